@@ -1,0 +1,52 @@
+# Revenant: `make run` starts everything with the demo world, `make test` checks everything.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: run test install lint typecheck migrations-check deploy-check pytest clean-var
+
+run: $(STAMP) var/dev.env
+	$(PY) manage.py runstack
+
+# Install only when pyproject.toml changed since the last install.
+install: $(STAMP)
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is required ($(PYTHON) not found)"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+# A random SECRET_KEY for this checkout's dev server, made once (production reads the environment).
+var/dev.env:
+	mkdir -p var
+	umask 077 && $(PY) -c "import secrets; print('SECRET_KEY=' + secrets.token_urlsafe(50))" > $@
+
+test: $(STAMP) lint typecheck migrations-check deploy-check pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy .
+
+migrations-check: $(STAMP)
+	DJANGO_SETTINGS_MODULE=console.settings.test $(PY) manage.py makemigrations --check --dry-run
+
+# Production settings must pass Django's deployment checklist with secrets from the environment.
+deploy-check: $(STAMP)
+	DJANGO_SETTINGS_MODULE=console.settings.production \
+	SECRET_KEY="$$($(PY) -c 'import secrets; print(secrets.token_urlsafe(50))')" \
+	ALLOWED_HOSTS=revenant.example.org \
+	$(PY) manage.py check --deploy --fail-level WARNING
+
+pytest: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Stops the embedded PostgreSQL and deletes every local database and log.
+clean-var:
+	-$(PY) -c "from console.localstack import embedded_postgres_stop; embedded_postgres_stop()"
+	rm -rf var

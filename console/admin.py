@@ -1,0 +1,181 @@
+"""Admin pages for designers and ops. Permissions come from the groups in console/permissions.py."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.db import models
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from simple_history.admin import SimpleHistoryAdmin
+
+from console.models import (
+    NPC,
+    Adapter,
+    Archetype,
+    BaseModel,
+    GameClientKey,
+    GameKeyScope,
+    Region,
+    Subfaction,
+    World,
+)
+from console.services.keys import game_key_create, game_key_revoke
+
+admin.site.site_header = "Revenant console"
+admin.site.site_title = "Revenant"
+admin.site.index_title = "World, archetypes and NPCs"
+
+
+class PrettyJSONField(forms.JSONField):
+    """Shows JSON indented, one item a line, so designers can edit lists of actions and barks."""
+
+    def prepare_value(self, value: Any) -> Any:
+        if isinstance(value, forms.fields.InvalidJSONInput):
+            return value
+        return json.dumps(value, indent=2, ensure_ascii=False)
+
+
+JSON_OVERRIDES: dict[type[models.Field[Any, Any]], dict[str, Any]] = {
+    models.JSONField: {
+        "form_class": PrettyJSONField,
+        "widget": forms.Textarea(attrs={"rows": 10, "cols": 90}),
+    }
+}
+
+
+class RegionInline(admin.TabularInline):
+    model = Region
+    extra = 0
+    fields = ["slug", "name", "description"]
+
+
+@admin.register(World)
+class WorldAdmin(admin.ModelAdmin):
+    list_display = ["name", "slug", "updated_at"]
+    search_fields = ["name", "slug"]
+    inlines = [RegionInline]
+
+
+@admin.register(Region)
+class RegionAdmin(admin.ModelAdmin):
+    list_display = ["name", "slug", "world"]
+    list_filter = ["world"]
+    search_fields = ["name", "slug"]
+    list_select_related = ["world"]
+
+
+class SubfactionInline(admin.StackedInline):
+    model = Subfaction
+    extra = 0
+    fields = ["slug", "name", "persona_overrides", "speech_style_overrides", "trait_overrides"]
+    formfield_overrides = JSON_OVERRIDES
+
+
+@admin.register(Archetype)
+class ArchetypeAdmin(SimpleHistoryAdmin):
+    list_display = ["name", "slug", "world", "base_model", "updated_at"]
+    list_filter = ["world", "base_model"]
+    search_fields = ["name", "slug", "persona"]
+    list_select_related = ["world", "base_model"]
+    formfield_overrides = JSON_OVERRIDES
+    inlines = [SubfactionInline]
+    fieldsets = [
+        (None, {"fields": ["world", "slug", "name", "base_model"]}),
+        ("Voice and character", {"fields": ["persona", "speech_style", "personality_traits", "lexicon"]}),
+        ("What it may do and feel", {"fields": ["allowed_actions", "emotions", "barks", "content_policy"]}),
+        (
+            "External services",
+            {
+                "fields": ["voice_service_url", "facial_service_url", "body_service_url"],
+                "description": (
+                    "Voice, face and body animation run outside Revenant; these are their addresses."
+                ),
+            },
+        ),
+    ]
+
+
+@admin.register(Subfaction)
+class SubfactionAdmin(SimpleHistoryAdmin):
+    list_display = ["name", "slug", "archetype"]
+    list_filter = ["archetype"]
+    search_fields = ["name", "slug"]
+    list_select_related = ["archetype"]
+    formfield_overrides = JSON_OVERRIDES
+
+
+@admin.register(NPC)
+class NPCAdmin(SimpleHistoryAdmin):
+    list_display = ["name", "slug", "archetype", "subfaction", "region", "status"]
+    list_filter = ["archetype", "region", "status"]
+    search_fields = ["name", "slug", "backstory"]
+    list_select_related = ["archetype", "subfaction", "region", "region__world"]
+    autocomplete_fields = ["archetype", "subfaction", "region"]
+    formfield_overrides = JSON_OVERRIDES
+    fieldsets = [
+        (None, {"fields": ["slug", "name", "archetype", "subfaction", "region", "status"]}),
+        ("Character", {"fields": ["backstory", "personality_overrides", "quest_flags"]}),
+        ("Position (metres)", {"fields": [("position_x", "position_y", "position_z")]}),
+    ]
+
+
+@admin.register(BaseModel)
+class BaseModelAdmin(admin.ModelAdmin):
+    list_display = ["name", "parameter_count", "dtype", "quantization", "context_length"]
+    search_fields = ["name", "path"]
+
+
+@admin.register(Adapter)
+class AdapterAdmin(SimpleHistoryAdmin):
+    list_display = ["__str__", "scope", "task", "version", "rank", "status", "base_model", "updated_at"]
+    list_filter = ["status", "task", "scope", "archetype", "base_model"]
+    search_fields = ["archetype__slug", "subfaction__slug", "npc__slug", "artifact_path", "sha256"]
+    list_select_related = ["archetype", "subfaction", "npc", "base_model"]
+    autocomplete_fields = ["archetype", "subfaction", "npc"]
+    formfield_overrides = JSON_OVERRIDES
+    readonly_fields = ["created_at", "updated_at"]
+
+
+class GameClientKeyForm(forms.ModelForm):
+    scopes = forms.MultipleChoiceField(
+        choices=GameKeyScope.choices, widget=forms.CheckboxSelectMultiple, help_text="What this key may do."
+    )
+
+    class Meta:
+        model = GameClientKey
+        fields = ["name", "scopes", "active"]
+
+
+@admin.register(GameClientKey)
+class GameClientKeyAdmin(admin.ModelAdmin):
+    form = GameClientKeyForm
+    list_display = ["name", "prefix", "scopes", "active", "created_at", "last_used_at"]
+    list_filter = ["active"]
+    search_fields = ["name", "prefix"]
+    readonly_fields = ["prefix", "created_by", "created_at", "last_used_at"]
+    actions = ["revoke_keys"]
+
+    def save_model(
+        self, request: HttpRequest, obj: GameClientKey, form: forms.ModelForm, change: bool
+    ) -> None:
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        key, secret = game_key_create(name=obj.name, scopes=obj.scopes, created_by=request.user)  # type: ignore[arg-type]
+        obj.pk, obj.prefix, obj.secret_hash = key.pk, key.prefix, key.secret_hash
+        if not obj.active:
+            game_key_revoke(key=key)
+        messages.warning(
+            request,
+            f"Secret for {key.name}: {secret} — copy it now, it is not stored and will not be shown again.",
+        )
+
+    @admin.action(description="Revoke the selected keys", permissions=["change"])
+    def revoke_keys(self, request: HttpRequest, queryset: QuerySet[GameClientKey]) -> None:
+        for key in queryset:
+            game_key_revoke(key=key)
+        self.message_user(request, f"Revoked {queryset.count()} key(s).", messages.SUCCESS)

@@ -1,0 +1,98 @@
+"""`make run`: everything a designer needs, in the foreground, stopped by Ctrl-C."""
+
+import sys
+from typing import Any
+from urllib.request import urlopen
+
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from console import localstack
+from console.supervisor import Supervisor
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urlopen(url, timeout=1) as response:  # noqa: S310 - loopback URL built here
+            return bool(response.status < 500)
+    except OSError:
+        return False
+
+
+class Command(BaseCommand):
+    help = "Start Redis (if needed), migrate, seed the demo, then Daphne, a Celery worker and beat."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--host", default="127.0.0.1")
+        parser.add_argument("--port", type=int, default=8000)
+
+    def handle(self, *args: Any, host: str, port: int, **options: Any) -> None:
+        try:
+            state = localstack.redis_ensure(settings.REDIS_URL)
+        except localstack.LocalServiceError as exc:
+            raise CommandError(str(exc)) from exc
+        self.stdout.write(f"Redis at {settings.REDIS_URL}: {state}.")
+        self.stdout.write(
+            f"PostgreSQL: {settings.DATABASES['default'].get('NAME')} ({self._database_kind()})."
+        )
+        if not localstack.port_is_free(host, port):
+            raise CommandError(f"{host}:{port} is already in use: stop what runs there or pass --port.")
+
+        call_command("migrate", interactive=False, verbosity=0)
+        call_command("collectstatic", interactive=False, verbosity=0)
+        call_command("seed_demo")
+        call_command("ensure_accounts", demo_staff=True)
+
+        supervisor = Supervisor(log_dir=localstack.VAR_DIR / "log", cwd=localstack.PROJECT_DIR)
+        python = sys.executable
+        try:
+            web = supervisor.start(
+                "daphne", [python, "-m", "daphne", "-b", host, "-p", str(port), "console.asgi:application"]
+            )
+            # Threads, not prefork: the psycopg pool's worker threads do not survive a fork.
+            supervisor.start(
+                "celery-worker",
+                [
+                    python,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "console",
+                    "worker",
+                    "-Q",
+                    "io,celery",
+                    "--pool=threads",
+                    "--concurrency=4",
+                    "--loglevel=INFO",
+                    "-n",
+                    "io@%h",
+                ],
+            )
+            supervisor.start(
+                "celery-beat", [python, "-m", "celery", "-A", "console", "beat", "--loglevel=INFO"]
+            )
+            supervisor.wait_until(web, lambda: _http_ok(f"http://{host}:{port}/health/"), timeout_s=60)
+            self.stdout.write(
+                self.style.SUCCESS(
+                    f"\nRevenant is up: http://{host}:{port}/admin/  (health: /health/, metrics: /metrics)\n"
+                    f"Logs: {supervisor.log_dir}/. Press Ctrl-C to stop everything."
+                )
+            )
+            code = supervisor.run_forever()
+        except RuntimeError as exc:
+            code = 1
+            self.stderr.write(str(exc))
+        finally:
+            supervisor.stop_all()
+            if localstack.embedded_postgres_started_here():
+                localstack.embedded_postgres_stop()
+                self.stdout.write("stopped the embedded PostgreSQL")
+            if state == "started":
+                localstack.redis_shutdown(settings.REDIS_URL)
+                self.stdout.write("stopped the Redis server started for this run")
+        if code:
+            raise CommandError("a process stopped unexpectedly; see the logs above")
+
+    def _database_kind(self) -> str:
+        return "embedded, var/pgdata" if not localstack.env_database_url() else "DATABASE_URL"

@@ -1,0 +1,23 @@
+"""The system of record. One module per concept; import models from here."""
+
+from .adapters import Adapter, AdapterScope, AdapterStatus, AdapterTask, BaseModel
+from .archetypes import Archetype, Subfaction
+from .keys import GameClientKey, GameKeyScope
+from .npcs import NPC, NPCStatus
+from .worlds import Region, World
+
+__all__ = [
+    "NPC",
+    "Adapter",
+    "AdapterScope",
+    "AdapterStatus",
+    "AdapterTask",
+    "Archetype",
+    "BaseModel",
+    "GameClientKey",
+    "GameKeyScope",
+    "NPCStatus",
+    "Region",
+    "Subfaction",
+    "World",
+]

@@ -1,0 +1,86 @@
+"""The permission groups: who may do what in the console.
+
+`designers` shape the world (worlds, archetypes, subfactions, NPCs, adapter metadata, lore);
+`ops` read everything and manage game client keys. Designers never reach users, groups or
+keys. Migrations call `groups_sync` so a fresh database has both groups; later migrations
+that add models call it again.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+DESIGNERS = "designers"
+OPS = "ops"
+
+ALL = ("add", "change", "delete", "view")
+VIEW = ("view",)
+
+# (app_label, model) -> actions, per group. Model names are lowercase, as in Permission.codename.
+GROUP_PERMISSIONS: dict[str, dict[tuple[str, str], tuple[str, ...]]] = {
+    DESIGNERS: {
+        ("console", "world"): ALL,
+        ("console", "region"): ALL,
+        ("console", "archetype"): ALL,
+        ("console", "subfaction"): ALL,
+        ("console", "npc"): ALL,
+        # Designers edit adapter metadata (status, notes); artifacts come from training.
+        ("console", "adapter"): ("change", "view"),
+        ("console", "basemodel"): VIEW,
+        ("console", "historicalarchetype"): VIEW,
+        ("console", "historicalsubfaction"): VIEW,
+        ("console", "historicalnpc"): VIEW,
+        ("console", "historicaladapter"): VIEW,
+    },
+    OPS: {
+        ("console", "world"): VIEW,
+        ("console", "region"): VIEW,
+        ("console", "archetype"): VIEW,
+        ("console", "subfaction"): VIEW,
+        ("console", "npc"): VIEW,
+        ("console", "adapter"): VIEW,
+        ("console", "basemodel"): VIEW,
+        ("console", "gameclientkey"): ALL,
+        ("console", "historicalarchetype"): VIEW,
+        ("console", "historicalsubfaction"): VIEW,
+        ("console", "historicalnpc"): VIEW,
+        ("console", "historicaladapter"): VIEW,
+        ("auth", "user"): VIEW,
+        ("auth", "group"): VIEW,
+        ("django_celery_results", "taskresult"): VIEW,
+        ("django_celery_results", "groupresult"): VIEW,
+        ("django_celery_beat", "periodictask"): VIEW,
+        ("django_celery_beat", "intervalschedule"): VIEW,
+        ("django_celery_beat", "crontabschedule"): VIEW,
+    },
+}
+
+
+def groups_sync(apps: Any, schema_editor: Any = None) -> None:
+    """Create both groups and set their permissions to exactly GROUP_PERMISSIONS.
+
+    Works with the migration state's `apps` and skips permissions whose model does not
+    exist yet, so old migrations keep working as models are added.
+    """
+    from django.apps import apps as global_apps
+    from django.contrib.auth.management import create_permissions
+
+    # Permissions are normally created after all migrations ran (post_migrate); a fresh
+    # database needs them now.
+    for app_config in global_apps.get_app_configs():
+        create_permissions(app_config, apps=apps, verbosity=0)
+
+    group_model = apps.get_model("auth", "Group")
+    permission_model = apps.get_model("auth", "Permission")
+    for group_name, grants in GROUP_PERMISSIONS.items():
+        group, _ = group_model.objects.get_or_create(name=group_name)
+        wanted = [
+            permission
+            for (app_label, model), actions in grants.items()
+            for permission in permission_model.objects.filter(
+                content_type__app_label=app_label,
+                content_type__model=model,
+                codename__in=[f"{action}_{model}" for action in actions],
+            )
+        ]
+        group.permissions.set(wanted)

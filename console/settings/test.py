@@ -1,0 +1,22 @@
+"""Settings for the test suite: real Postgres and Redis, isolated keys and databases."""
+
+from .base import *  # noqa: F403
+from .base import CHANNEL_LAYERS, env
+
+SECRET_KEY = "test-only-key-not-for-any-deployment-7a1f0c9e2b4d"  # noqa: S105 - tests only
+DEBUG = False
+# Fast hashing: the suite creates many users; production keeps PBKDF2.
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+# A separate Redis database and channel prefix so tests never touch a running demo's data.
+REDIS_URL = env.str("TEST_REDIS_URL", default="redis://127.0.0.1:6379/9")
+CHANNEL_LAYERS["default"]["CONFIG"] = {
+    "hosts": [{"address": REDIS_URL, "socket_timeout": None}],
+    "prefix": "revenant-test",
+}
+CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+CELERY_BROKER_URL = REDIS_URL
+CELERY_TASK_ALWAYS_EAGER = False
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.InMemoryStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}

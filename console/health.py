@@ -80,7 +80,8 @@ def _checks() -> dict[str, tuple[HealthCheck, bool]]:
             True,
         ),
         "celery": (
-            CeleryPing(timeout=datetime.timedelta(seconds=1)),
+            # limit=1: answer as soon as one worker replies instead of waiting out the timeout.
+            CeleryPing(timeout=datetime.timedelta(seconds=1), limit=1),
             settings.HEALTH_REQUIRE_CELERY,
         ),
     }

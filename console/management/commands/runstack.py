@@ -14,7 +14,7 @@ from console.supervisor import Supervisor
 
 def _http_ok(url: str) -> bool:
     try:
-        with urlopen(url, timeout=1) as response:  # noqa: S310 - loopback URL built here
+        with urlopen(url, timeout=5) as response:  # noqa: S310 - loopback URL built here
             return bool(response.status < 500)
     except OSError:
         return False
@@ -46,6 +46,7 @@ class Command(BaseCommand):
 
         supervisor = Supervisor(log_dir=localstack.VAR_DIR / "log", cwd=localstack.PROJECT_DIR)
         python = sys.executable
+        self.stdout.write("Starting Daphne, a Celery worker and beat (logs in var/log/)…")
         try:
             web = supervisor.start(
                 "daphne", [python, "-m", "daphne", "-b", host, "-p", str(port), "console.asgi:application"]
@@ -83,6 +84,8 @@ class Command(BaseCommand):
         except RuntimeError as exc:
             code = 1
             self.stderr.write(str(exc))
+        except KeyboardInterrupt:  # Ctrl-C before everything was ready
+            code = 0
         finally:
             supervisor.stop_all()
             if localstack.embedded_postgres_started_here():

@@ -1,0 +1,98 @@
+"""`make run`'s command end to end: real Daphne, Celery worker and beat on real Postgres and Redis."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from urllib.request import urlopen
+
+import psutil
+import psycopg
+import pytest
+import redis
+
+from console import localstack
+
+pytestmark = pytest.mark.e2e
+
+E2E_DATABASE = "revenant_e2e"
+E2E_REDIS_URL = "redis://127.0.0.1:6379/10"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _fresh_database_url() -> str:
+    admin_url = localstack.embedded_postgres_url(database="postgres")
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{E2E_DATABASE}" WITH (FORCE)')
+    return localstack.embedded_postgres_url(database=E2E_DATABASE)
+
+
+def test_runstack_serves_health_and_admin_then_stops_every_child_on_ctrl_c():
+    # Given a fresh database and an empty Redis database
+    database_url = _fresh_database_url()
+    redis.Redis.from_url(E2E_REDIS_URL).flushdb()
+    port = _free_port()
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "console.settings.dev",
+        "SECRET_KEY": "e2e-" + "x" * 60,
+        "DATABASE_URL": database_url,
+        "REDIS_URL": E2E_REDIS_URL,
+        "ADMIN_PASSWORD": "e2e-admin-password-1234",
+        "HEALTH_REQUIRE_CELERY": "true",
+    }
+    # When make run's command starts
+    proc = subprocess.Popen(
+        [sys.executable, "manage.py", "runstack", "--port", str(port)],
+        cwd=localstack.PROJECT_DIR,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output: list[str] = []
+    try:
+        deadline = time.monotonic() + 180
+        assert proc.stdout is not None
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line and proc.poll() is not None:
+                break
+            output.append(line)
+            if "Revenant is up" in line:
+                break
+        assert any("Revenant is up" in line for line in output), "".join(output)
+
+        # Then health is 200 with a Celery worker answering, and the admin login page is served
+        with urlopen(f"http://127.0.0.1:{port}/health/", timeout=10) as response:
+            body = json.load(response)
+            assert response.status == 200
+        assert body["checks"]["celery"] == {**body["checks"]["celery"], "status": "ok", "required": True}
+        with urlopen(f"http://127.0.0.1:{port}/admin/login/", timeout=10) as response:
+            assert response.status == 200
+            assert b"Revenant console" in response.read()
+        assert "Account 'admin': password set from the environment." in "".join(output)
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert len(children) >= 3  # daphne, celery worker, celery beat
+
+        # And Ctrl-C stops every process it started
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+        time.sleep(0.5)
+        alive = [child for child in children if child.is_running() and child.status() != psutil.STATUS_ZOMBIE]
+        assert alive == []
+        assert localstack.port_is_free("127.0.0.1", port)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -39,11 +39,13 @@ class PrettyJSONField(forms.JSONField):
         return json.dumps(value, indent=2, ensure_ascii=False)
 
 
-JSON_OVERRIDES: dict[type[models.Field[Any, Any]], dict[str, Any]] = {
+FORMFIELD_OVERRIDES: dict[type[models.Field[Any, Any]], dict[str, Any]] = {
     models.JSONField: {
         "form_class": PrettyJSONField,
         "widget": forms.Textarea(attrs={"rows": 10, "cols": 90}),
-    }
+    },
+    # Django 6's default already: a bare host typed into a service URL means https.
+    models.URLField: {"assume_scheme": "https"},
 }
 
 
@@ -72,7 +74,7 @@ class SubfactionInline(admin.StackedInline):
     model = Subfaction
     extra = 0
     fields = ["slug", "name", "persona_overrides", "speech_style_overrides", "trait_overrides"]
-    formfield_overrides = JSON_OVERRIDES
+    formfield_overrides = FORMFIELD_OVERRIDES
 
 
 @admin.register(Archetype)
@@ -81,7 +83,7 @@ class ArchetypeAdmin(SimpleHistoryAdmin):
     list_filter = ["world", "base_model"]
     search_fields = ["name", "slug", "persona"]
     list_select_related = ["world", "base_model"]
-    formfield_overrides = JSON_OVERRIDES
+    formfield_overrides = FORMFIELD_OVERRIDES
     inlines = [SubfactionInline]
     fieldsets = [
         (None, {"fields": ["world", "slug", "name", "base_model"]}),
@@ -105,7 +107,7 @@ class SubfactionAdmin(SimpleHistoryAdmin):
     list_filter = ["archetype"]
     search_fields = ["name", "slug"]
     list_select_related = ["archetype"]
-    formfield_overrides = JSON_OVERRIDES
+    formfield_overrides = FORMFIELD_OVERRIDES
 
 
 @admin.register(NPC)
@@ -115,7 +117,7 @@ class NPCAdmin(SimpleHistoryAdmin):
     search_fields = ["name", "slug", "backstory"]
     list_select_related = ["archetype", "subfaction", "region", "region__world"]
     autocomplete_fields = ["archetype", "subfaction", "region"]
-    formfield_overrides = JSON_OVERRIDES
+    formfield_overrides = FORMFIELD_OVERRIDES
     fieldsets = [
         (None, {"fields": ["slug", "name", "archetype", "subfaction", "region", "status"]}),
         ("Character", {"fields": ["backstory", "personality_overrides", "quest_flags"]}),
@@ -136,7 +138,7 @@ class AdapterAdmin(SimpleHistoryAdmin):
     search_fields = ["archetype__slug", "subfaction__slug", "npc__slug", "artifact_path", "sha256"]
     list_select_related = ["archetype", "subfaction", "npc", "base_model"]
     autocomplete_fields = ["archetype", "subfaction", "npc"]
-    formfield_overrides = JSON_OVERRIDES
+    formfield_overrides = FORMFIELD_OVERRIDES
     readonly_fields = ["created_at", "updated_at"]
 
 

@@ -127,9 +127,6 @@ X_FRAME_OPTIONS = "DENY"
 # Admin edits and uploads are small; a larger body is a mistake or an attack.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=5 * 1024 * 1024)
 
-# Opt in to Django 6's default now: a bare host typed in a URL field means https.
-FORMS_URLFIELD_ASSUME_HTTPS = True
-
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True

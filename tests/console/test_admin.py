@@ -103,3 +103,10 @@ def test_ops_creates_a_game_key_and_sees_the_secret_once(ops_client):
     assert key.created_by is not None
     listing = ops_client.get(reverse("admin:console_gameclientkey_changelist")).content.decode()
     assert secret not in listing
+
+
+def test_admin_pages_load_the_console_stylesheet_from_our_own_static_files(designer_client):
+    page = designer_client.get(reverse("admin:console_archetype_changelist")).content.decode()
+
+    assert "console/console.css" in page
+    assert "cdn" not in page.lower()

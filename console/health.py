@@ -69,6 +69,18 @@ class Migrations(_ReturnsConnection, HealthCheck):
             )
 
 
+@dataclasses.dataclass
+class InferenceWorkers(HealthCheck):
+    """At least one vLLM worker answers; the message lists each worker's state."""
+
+    def run(self) -> None:
+        from inference.workers import worker_health
+
+        states = [worker_health(url) for url in settings.INFERENCE_WORKERS]
+        if not any(state.healthy for state in states):
+            raise ServiceUnavailable("; ".join(f"{state.url}: {state.detail}" for state in states))
+
+
 def _checks() -> dict[str, tuple[HealthCheck, bool]]:
     """name -> (check, required). /health/ is 200 only when every required check passes."""
     return {
@@ -79,6 +91,7 @@ def _checks() -> dict[str, tuple[HealthCheck, bool]]:
             Redis(client_factory=lambda: AsyncRedis.from_url(settings.REDIS_URL, socket_timeout=2)),
             True,
         ),
+        "workers": (InferenceWorkers(), settings.HEALTH_REQUIRE_WORKERS),
         "celery": (
             # limit=1: answer as soon as one worker replies instead of waiting out the timeout.
             CeleryPing(timeout=datetime.timedelta(seconds=1), limit=1),

@@ -116,6 +116,6 @@ def zero_adapter_ensure(*, base_model: BaseModel) -> Path:
     # PEFT initialises B to zero: the saved adapter is exactly the base model.
     peft_model = get_peft_model(model, LoraConfig(r=1, lora_alpha=1, target_modules=["q_proj", "v_proj"]))
     staging = folder.with_name(folder.name + ".partial")
-    peft_model.save_pretrained(staging)
+    peft_model.save_pretrained(str(staging))
     staging.rename(folder)
     return folder

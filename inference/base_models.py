@@ -18,7 +18,7 @@ from pathlib import Path
 from django.conf import settings
 from django.db import transaction
 
-from console.models import BaseModel
+from console.models import Archetype, BaseModel
 
 logger = logging.getLogger(__name__)
 
@@ -92,9 +92,13 @@ def gguf_convert(*, gguf_path: Path, target_dir: Path) -> Path:
     # The GGUF-loaded model refuses save_pretrained; a plain model with the same weights does not.
     if hasattr(config, "quantization_config"):
         delattr(config, "quantization_config")
-    model = LlamaForCausalLM(config)
+    # Built in bf16 directly (the dtype saved to disk) and filled with the dequantized weights.
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        model = LlamaForCausalLM(config)
+    finally:
+        torch.set_default_dtype(torch.float32)
     model.load_state_dict(loaded.state_dict(), strict=True)
-    model = model.to(torch.bfloat16)
 
     target_dir.parent.mkdir(parents=True, exist_ok=True)
     # Written beside the target and renamed into place: a killed conversion leaves no half folder.
@@ -147,9 +151,11 @@ def model_folder_describe(folder: Path) -> dict[str, object]:
 
 @transaction.atomic
 def base_model_register(*, folder: Path, name: str) -> BaseModel:
+    """Register (or update) the model folder; archetypes without a base model get this one."""
     info = model_folder_describe(folder)
     base_model, _ = BaseModel.objects.update_or_create(name=name, defaults={"path": str(folder), **info})
     base_model.full_clean()
+    Archetype.objects.filter(base_model__isnull=True).update(base_model=base_model)
     return base_model
 
 

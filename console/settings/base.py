@@ -150,6 +150,8 @@ DEMO_DIR = BASE_DIR / "console" / "demo"
 METRICS_TOKEN: str = env.str("METRICS_TOKEN", default="")
 # Whether /health/ fails when no Celery worker answers (on in production, off for a bare console).
 HEALTH_REQUIRE_CELERY: bool = env.bool("HEALTH_REQUIRE_CELERY", default=False)
+# Whether /health/ fails when no inference worker answers.
+HEALTH_REQUIRE_WORKERS: bool = env.bool("HEALTH_REQUIRE_WORKERS", default=True)
 
 LOG_LEVEL: str = env.str("LOG_LEVEL", default="INFO")
 LOGGING = {
@@ -181,3 +183,9 @@ WORKER_MAX_CPU_LORAS: int = env.int("WORKER_MAX_CPU_LORAS", default=8)
 WORKER_MAX_MODEL_LEN: int = env.int("WORKER_MAX_MODEL_LEN", default=2048)
 # KV cache in GiB on a CPU worker (VLLM_CPU_KVCACHE_SPACE); 1 GiB holds ~46k tokens of SmolLM2.
 WORKER_CPU_KVCACHE_GIB: int = env.int("WORKER_CPU_KVCACHE_GIB", default=1)
+# Per tier, the longest a turn may take before it falls back to a bark (seconds).
+TURN_DEADLINES_S: dict[str, float] = {
+    "gold": env.float("TURN_DEADLINE_GOLD_S", default=20.0),
+    "silver": env.float("TURN_DEADLINE_SILVER_S", default=8.0),
+    "bronze": 0.0,
+}

@@ -16,6 +16,9 @@ CHANNEL_LAYERS["default"]["CONFIG"] = {
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
 CELERY_BROKER_URL = REDIS_URL
 CELERY_TASK_ALWAYS_EAGER = False
+# The suite's own worker (tests/inference) is addressed explicitly; unit tests run without one.
+HEALTH_REQUIRE_WORKERS = False
+INFERENCE_WORKERS = [env.str("TEST_INFERENCE_WORKER", default="http://127.0.0.1:8197")]
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.InMemoryStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},

@@ -18,7 +18,7 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from exc
         self.stdout.write(
             self.style.SUCCESS(
-                f"Base model {base_model.name}: {base_model.parameter_count:,} parameters, {base_model.dtype}, "
-                f"context {base_model.context_length}, at {base_model.path}"
+                f"Base model {base_model.name}: {base_model.parameter_count:,} parameters, "
+                f"{base_model.dtype}, context {base_model.context_length}, at {base_model.path}"
             )
         )

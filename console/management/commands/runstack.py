@@ -10,6 +10,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from console import localstack
 from console.supervisor import Supervisor
+from inference.workers import worker_health
 
 
 def _http_ok(url: str) -> bool:
@@ -43,6 +44,7 @@ class Command(BaseCommand):
         call_command("collectstatic", interactive=False, verbosity=0)
         call_command("seed_demo")
         call_command("ensure_accounts", demo_staff=True)
+        call_command("bootstrap_model")
 
         supervisor = Supervisor(log_dir=localstack.VAR_DIR / "log", cwd=localstack.PROJECT_DIR)
         python = sys.executable
@@ -73,6 +75,14 @@ class Command(BaseCommand):
             supervisor.start(
                 "celery-beat", [python, "-m", "celery", "-A", "console", "beat", "--loglevel=INFO"]
             )
+            if settings.INFERENCE_START_WORKER:
+                worker_url = settings.INFERENCE_WORKERS[0]
+                self.stdout.write(f"Starting the vLLM worker at {worker_url} (30-90 s on CPU)…")
+                worker = supervisor.start(
+                    "vllm-worker", [python, "manage.py", "run_worker", "--url", worker_url]
+                )
+                supervisor.wait_until(worker, lambda: worker_health(worker_url).healthy, timeout_s=300)
+            call_command("adapters_sync")
             supervisor.wait_until(web, lambda: _http_ok(f"http://{host}:{port}/health/"), timeout_s=60)
             self.stdout.write(
                 self.style.SUCCESS(

@@ -1,0 +1,96 @@
+"""The turn context: everything a turn needs about an NPC, read once, outside the hot path.
+
+`turn_context_build` reads Postgres; callers build it when a conversation starts (or cache
+it) so that the turn itself touches no database.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db.models import Q
+
+from console.models import NPC, Adapter, AdapterStatus, AdapterTask, BaseModel
+from inference.adapters import BASE_ADAPTER_NAME, adapter_lora_name
+from inference.routing import adapter_route_pick
+
+# Tasks whose adapters run on the turn's hot path, in parallel (see docs/turn-tasks.md).
+HOT_PATH_TASKS = (AdapterTask.DIALOGUE_STYLE, AdapterTask.EMOTIONAL_RESPONSE, AdapterTask.ACTION_POLICY)
+
+
+@dataclass(frozen=True)
+class TurnContext:
+    npc_slug: str
+    npc_name: str
+    archetype_slug: str
+    persona: str
+    subfaction_text: str
+    npc_card: str
+    emotions: tuple[str, ...]
+    actions: tuple[str, ...]
+    barks: dict[str, list[str]]
+    blocked_terms: tuple[str, ...]
+    # task -> served LoRA name; BASE_ADAPTER_NAME when the task has no active adapter.
+    routes: dict[str, str] = field(default_factory=dict)
+    missing_adapters: tuple[str, ...] = ()
+    model_path: str = ""
+
+
+def _traits_line(traits: dict[str, Any]) -> str:
+    return ", ".join(f"{name.replace('_', ' ')} {float(value):.1f}" for name, value in sorted(traits.items()))
+
+
+def turn_context_build(*, npc_slug: str) -> TurnContext:
+    """Read the NPC, its archetype, subfaction and active adapters (a handful of queries)."""
+    npc = NPC.objects.select_related("archetype", "archetype__base_model", "subfaction", "region").get(
+        slug=npc_slug
+    )
+    archetype = npc.archetype
+    subfaction = npc.subfaction
+    traits = {**archetype.personality_traits, **(subfaction.trait_overrides if subfaction else {})}
+    traits.update(npc.personality_overrides)
+    subfaction_text = ""
+    if subfaction is not None:
+        subfaction_text = f"You belong to the {subfaction.name}. {subfaction.persona_overrides}".strip()
+        if subfaction.speech_style_overrides:
+            subfaction_text += f"\nSpeech: {subfaction.speech_style_overrides}"
+    card_lines = [
+        f"Your name is {npc.name}. You are in {npc.region.name}.",
+        npc.backstory,
+        f"How you speak: {archetype.speech_style}" if archetype.speech_style else "",
+        f"Words you favour: {', '.join(archetype.lexicon)}" if archetype.lexicon else "",
+        f"Your nature: {_traits_line(traits)}" if traits else "",
+    ]
+    targets = Q(archetype=archetype) | Q(npc=npc)
+    if subfaction is not None:
+        targets |= Q(subfaction=subfaction)
+    active = list(Adapter.objects.filter(targets, status=AdapterStatus.ACTIVE, task__in=HOT_PATH_TASKS))
+    routes: dict[str, str] = {}
+    missing: list[str] = []
+    for task in HOT_PATH_TASKS:
+        picked = adapter_route_pick(
+            active=[adapter for adapter in active if adapter.task == task],
+            npc_id=npc.pk,
+            subfaction_id=npc.subfaction_id,
+            archetype_id=archetype.pk,
+        )
+        routes[str(task)] = adapter_lora_name(picked) if picked else BASE_ADAPTER_NAME
+        if picked is None:
+            missing.append(str(task))
+    base_model = archetype.base_model or BaseModel.objects.order_by("created_at").first()
+    return TurnContext(
+        npc_slug=npc.slug,
+        npc_name=npc.name,
+        archetype_slug=archetype.slug,
+        persona=archetype.persona,
+        subfaction_text=subfaction_text,
+        npc_card="\n".join(line for line in card_lines if line),
+        emotions=tuple(archetype.emotions),
+        actions=tuple(archetype.action_names),
+        barks={key: list(lines) for key, lines in archetype.barks.items()},
+        blocked_terms=tuple(archetype.content_policy.get("blocked_terms", [])),
+        routes=routes,
+        missing_adapters=tuple(missing),
+        model_path=base_model.path if base_model else "",
+    )

@@ -1,0 +1,97 @@
+"""The client side of a vLLM worker's OpenAI-compatible API.
+
+The official `openai` client does the HTTP, SSE parsing and errors; closing a stream closes
+the connection, and vLLM aborts the generation (a cancelled turn frees its slot at once).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, cast
+
+from openai import AsyncOpenAI, AsyncStream
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
+
+@dataclass
+class StreamUsage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class EngineClient:
+    """One worker. Cheap to create; reuse one per worker URL for its connection pool."""
+
+    def __init__(self, base_url: str, *, timeout_s: float = 60.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._client = AsyncOpenAI(
+            base_url=f"{self.base_url}/v1",
+            api_key="unused",  # vLLM runs without an API key on a private address
+            max_retries=0,  # a retry would blow the turn's deadline; fallbacks handle failures
+            timeout=timeout_s,
+        )
+
+    async def stream_chat(
+        self,
+        *,
+        model: str,
+        messages: list[dict[str, str]],
+        max_tokens: int,
+        temperature: float,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        usage: StreamUsage | None = None,
+    ) -> AsyncIterator[str]:
+        """Yield text deltas; fill `usage` when the stream ends."""
+        request: dict[str, Any] = {
+            "model": model,
+            "messages": messages,
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "top_p": top_p,
+            "seed": seed,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        # The client's overloads want its TypedDicts; plain dicts are what goes on the wire.
+        stream = cast(AsyncStream[ChatCompletionChunk], await self._client.chat.completions.create(**request))
+        try:
+            async for chunk in stream:
+                if chunk.usage is not None and usage is not None:
+                    usage.prompt_tokens = chunk.usage.prompt_tokens
+                    usage.completion_tokens = chunk.usage.completion_tokens
+                for choice in chunk.choices:
+                    if choice.delta.content:
+                        yield choice.delta.content
+        finally:
+            await stream.close()
+
+    async def complete_json(
+        self,
+        *,
+        model: str,
+        messages: list[dict[str, str]],
+        schema: dict[str, Any],
+        max_tokens: int = 48,
+        seed: int | None = None,
+    ) -> dict[str, Any]:
+        """A greedy completion constrained by vLLM's structured output to `schema`."""
+        request: dict[str, Any] = {
+            "model": model,
+            "messages": messages,
+            "max_tokens": max_tokens,
+            "temperature": 0.0,
+            "seed": seed,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "choice", "schema": schema}},
+        }
+        response = cast(ChatCompletion, await self._client.chat.completions.create(**request))
+        content = response.choices[0].message.content or ""
+        value = json.loads(content)
+        if not isinstance(value, dict):
+            raise ValueError(f"structured output is not an object: {content[:80]!r}")
+        return value
+
+    async def close(self) -> None:
+        await self._client.close()

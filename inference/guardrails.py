@@ -1,0 +1,145 @@
+"""Guardrails around the model: what goes in (the player's words) and what comes out.
+
+In: invisible and control characters are stripped and the text is capped, then it is placed
+inside a delimited block the system prompt tells the model to treat as speech, never as
+instructions. Out: a reply that breaks the fourth wall, leaks the system prompt or says a
+blocked term is cut before the offending text reaches the player.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+PLAYER_TEXT_MAX_CHARS = 500
+
+# Phrases no character of a fantasy world says; lowercase, matched on word boundaries.
+FOURTH_WALL_PATTERNS = (
+    r"as an ai\b",
+    r"\bi am an ai\b",
+    r"\bi'm an ai\b",
+    r"\blanguage model\b",
+    r"\bai model\b",
+    r"\bchatbot\b",
+    r"\bopenai\b",
+    r"\bsystem prompt\b",
+    r"\bmy instructions\b",
+    r"\bi was programmed\b",
+)
+# How many consecutive words of the persona may appear in a reply before it counts as a leak.
+LEAK_SHINGLE_WORDS = 8
+# Characters held back while streaming, so a multi-word violation is seen whole before any
+# of it is sent; longer than the longest pattern above.
+HOLD_BACK_CHARS = 40
+
+
+def player_text_clean(text: str, *, max_chars: int = PLAYER_TEXT_MAX_CHARS) -> str:
+    """NFKC-normalise, drop invisible/format/control characters (keeping newlines), cap the length."""
+    normalized = unicodedata.normalize("NFKC", text)
+    kept = [
+        char
+        for char in normalized
+        if char in "\n\t" or unicodedata.category(char) not in {"Cc", "Cf", "Co", "Cs", "Cn"}
+    ]
+    cleaned = re.sub(r"[ \t]+", " ", "".join(kept)).strip()
+    return cleaned[:max_chars]
+
+
+def player_text_block(text: str) -> str:
+    """The player's words, fenced so the model reads them as speech; fence look-alikes removed."""
+    return f"<player_says>\n{text.replace('<', '‹').replace('>', '›')}\n</player_says>"
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9']+", text.lower())
+
+
+@dataclass
+class ReplyPolicy:
+    """What a reply must not contain, compiled once per archetype."""
+
+    blocked_terms: Iterable[str] = ()
+    persona: str = ""
+    _patterns: list[re.Pattern[str]] = field(init=False, default_factory=list)
+    _persona_shingles: set[tuple[str, ...]] = field(init=False, default_factory=set)
+
+    def __post_init__(self) -> None:
+        patterns = list(FOURTH_WALL_PATTERNS)
+        patterns += [
+            rf"(?<!\w){re.escape(term.lower())}(?!\w)" for term in self.blocked_terms if term.strip()
+        ]
+        self._patterns = [re.compile(pattern) for pattern in patterns]
+        words = _words(self.persona)
+        self._persona_shingles = {
+            tuple(words[index : index + LEAK_SHINGLE_WORDS])
+            for index in range(len(words) - LEAK_SHINGLE_WORDS + 1)
+        }
+
+    def first_violation(self, text: str) -> int | None:
+        """Character offset where the earliest violation starts, or None."""
+        lowered = text.lower()
+        starts = [match.start() for pattern in self._patterns if (match := pattern.search(lowered))]
+        if self._persona_shingles:
+            spans = list(re.finditer(r"[a-z0-9']+", lowered))
+            for index in range(len(spans) - LEAK_SHINGLE_WORDS + 1):
+                shingle = tuple(span.group() for span in spans[index : index + LEAK_SHINGLE_WORDS])
+                if shingle in self._persona_shingles:
+                    starts.append(spans[index].start())
+                    break
+        return min(starts) if starts else None
+
+
+class StreamGuard:
+    """Filters a streamed reply: feed deltas, get back the text that is safe to send now.
+
+    Text is released once it is HOLD_BACK_CHARS behind the newest token; when a violation
+    appears, everything from its sentence on is dropped and `stopped` tells the caller to
+    cancel generation. What was released is always a prefix of the final text.
+    """
+
+    def __init__(self, policy: ReplyPolicy, *, max_chars: int) -> None:
+        self.policy = policy
+        self.max_chars = max_chars
+        self.buffer = ""
+        self.released = 0
+        self.stopped = False
+        self.violation = False
+
+    def feed(self, delta: str) -> str:
+        if self.stopped:
+            return ""
+        self.buffer += delta
+        offset = self.policy.first_violation(self.buffer)
+        if offset is not None:
+            self._cut(offset)
+            return self._release(len(self.buffer))
+        if len(self.buffer) >= self.max_chars:
+            self._cut_at_length()
+            return self._release(len(self.buffer))
+        return self._release(max(self.released, len(self.buffer) - HOLD_BACK_CHARS))
+
+    def finish(self) -> str:
+        """Release whatever is left at the end of generation."""
+        return self._release(len(self.buffer))
+
+    def _release(self, upto: int) -> str:
+        piece = self.buffer[self.released : upto]
+        self.released = max(self.released, upto)
+        return piece
+
+    def _cut(self, offset: int) -> None:
+        self.violation = True
+        self.stopped = True
+        # Back to the start of the sentence holding the violation, but never before released text.
+        sentence_start = max(self.buffer.rfind(mark, 0, offset) for mark in ".!?\n") + 1
+        kept = self.buffer[: max(self.released, sentence_start)]
+        self.buffer = kept.rstrip() if len(kept.rstrip()) >= self.released else kept
+
+    def _cut_at_length(self) -> None:
+        self.stopped = True
+        cut = self.buffer[: self.max_chars]
+        sentence_end = max(cut.rfind(mark) for mark in ".!?")
+        end = sentence_end + 1 if sentence_end + 1 > self.released else len(cut)
+        self.buffer = cut[:end]

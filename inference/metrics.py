@@ -1,0 +1,22 @@
+"""Prometheus series of the inference path (served at /metrics with Django's)."""
+
+from prometheus_client import Counter, Histogram
+
+TURNS = Counter("revenant_turns_total", "NPC turns served", ["tier"])
+FALLBACKS = Counter(
+    "revenant_turn_fallbacks_total",
+    "Turns or turn parts that used a fallback",
+    ["reason"],  # adapter_missing, adapter_not_loaded, worker_down, deadline, guardrail, structured_failed
+)
+TTFT = Histogram(
+    "revenant_turn_ttft_seconds",
+    "Time from the turn's start to its first delta",
+    ["tier"],
+    buckets=(0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10),
+)
+TURN_SECONDS = Histogram(
+    "revenant_turn_seconds",
+    "Whole turn time",
+    ["tier"],
+    buckets=(0.1, 0.25, 0.5, 1, 2, 3, 5, 8, 13, 20, 30),
+)

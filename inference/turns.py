@@ -1,0 +1,292 @@
+"""The turn service: an NPC answers a player, streamed, with an emotion and an action.
+
+Three requests run in parallel on the NPC's worker, each through its task's adapter:
+dialogue (streamed), emotional_response and action_policy (structured output with enums, so
+the emotion and action are always valid). Nothing here touches the database: the caller
+passes a TurnContext built at conversation start.
+
+Fallbacks, each logged and counted: a task without an active adapter runs on the base model
+with the persona prompt (adapter_missing); a worker that is down or misses the tier's deadline
+gives a bark from the archetype's table (worker_down, deadline); a reply that breaks the
+fourth wall is cut, or replaced by a bark when nothing is left (guardrail).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import openai
+from django.conf import settings
+
+from inference import metrics
+from inference.context import TurnContext
+from inference.engine import EngineClient, StreamUsage
+from inference.guardrails import ReplyPolicy, StreamGuard, player_text_clean
+from inference.prompts import PromptParts, Turn, prompt_assemble, tokenizer_counter
+from inference.routing import NoHealthyWorker, worker_for_archetype
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TierSampling:
+    max_tokens: int
+    temperature: float
+    top_p: float
+    deadline_s: float
+    uses_model: bool = True
+
+
+def tier_sampling(tier: str) -> TierSampling:
+    """Gold: full replies; Silver: short ones; Bronze: barks without the model."""
+    deadlines = settings.TURN_DEADLINES_S
+    table = {
+        "gold": TierSampling(max_tokens=120, temperature=0.8, top_p=0.95, deadline_s=deadlines["gold"]),
+        "silver": TierSampling(max_tokens=48, temperature=0.7, top_p=0.9, deadline_s=deadlines["silver"]),
+        "bronze": TierSampling(max_tokens=0, temperature=0.0, top_p=1.0, deadline_s=0.0, uses_model=False),
+    }
+    if tier not in table:
+        raise ValueError(f"unknown tier {tier!r}: use gold, silver or bronze")
+    return table[tier]
+
+
+@dataclass
+class TurnResult:
+    text: str
+    emotion: str
+    action: str
+    tier: str
+    worker: str | None = None
+    adapters: dict[str, str] = field(default_factory=dict)
+    fallbacks: list[str] = field(default_factory=list)
+    usage: StreamUsage = field(default_factory=StreamUsage)
+    ttft_ms: float | None = None
+    total_ms: float = 0.0
+    prompt_sections: dict[str, int] = field(default_factory=dict)
+    dropped: list[str] = field(default_factory=list)
+
+
+DeltaSink = Callable[[str], Awaitable[None]]
+
+# Engine failures that mean "the worker is not there", as opposed to a bug of ours.
+WORKER_ERRORS: tuple[type[BaseException], ...] = (
+    openai.APIConnectionError,
+    openai.APITimeoutError,
+    openai.InternalServerError,
+    httpx.HTTPError,
+    ConnectionError,
+)
+
+
+CHOICE_ERRORS: tuple[type[BaseException], ...] = (ValueError, openai.APIError, *WORKER_ERRORS)
+
+
+def bark_pick(context: TurnContext, situation: str = "greet", *, rng: random.Random | None = None) -> str:
+    lines = context.barks.get(situation) or context.barks.get("idle") or ["..."]
+    return (rng or random).choice(lines)
+
+
+def _fallback(result: TurnResult, reason: str) -> None:
+    result.fallbacks.append(reason)
+    metrics.FALLBACKS.labels(reason=reason).inc()
+    logger.warning("turn fallback %s for %s", reason, result.adapters.get("dialogue_style", "?"))
+
+
+def _choice_messages(messages: list[dict[str, str]], question: str) -> list[dict[str, str]]:
+    # Same system message as the dialogue: the worker reuses its cached prefix.
+    return [*messages, {"role": "user", "content": question}]
+
+
+_clients: dict[str, EngineClient] = {}
+
+
+def engine_for(url: str) -> EngineClient:
+    """One client per worker per event loop thread; connection pools are reused across turns."""
+    client = _clients.get(url)
+    if client is None:
+        client = _clients[url] = EngineClient(url, timeout_s=max(settings.TURN_DEADLINES_S.values()) + 5)
+    return client
+
+
+async def turn_run(
+    *,
+    context: TurnContext,
+    player_text: str,
+    workers: Sequence[str],
+    history: Sequence[Turn] = (),
+    memory: str = "",
+    lore: str = "",
+    tier: str = "gold",
+    on_delta: DeltaSink | None = None,
+    greedy: bool = False,
+    seed: int | None = None,
+) -> TurnResult:
+    """Run one turn. `workers` are the healthy workers; `on_delta` receives each safe text piece."""
+    started = time.perf_counter()
+    sampling = tier_sampling(tier)
+    metrics.TURNS.labels(tier=tier).inc()
+    result = TurnResult(text="", emotion="neutral", action=_default_action(context), tier=tier)
+    result.adapters = dict(context.routes)
+    for missing in context.missing_adapters:
+        _fallback(result, f"adapter_missing:{missing}")
+
+    async def emit(piece: str) -> None:
+        if not piece:
+            return
+        if result.ttft_ms is None:
+            result.ttft_ms = (time.perf_counter() - started) * 1000
+            metrics.TTFT.labels(tier=tier).observe(result.ttft_ms / 1000)
+        result.text += piece
+        if on_delta is not None:
+            await on_delta(piece)
+
+    if not sampling.uses_model:
+        await emit(bark_pick(context))
+        return _finish(result, started)
+    try:
+        worker = worker_for_archetype(context.archetype_slug, workers)
+    except NoHealthyWorker:
+        _fallback(result, "worker_down")
+        await emit(bark_pick(context))
+        return _finish(result, started)
+    result.worker = worker
+    engine = engine_for(worker)
+
+    prompt = prompt_assemble(
+        PromptParts(
+            persona=context.persona,
+            subfaction=context.subfaction_text,
+            npc_card=context.npc_card,
+            memory=memory,
+            lore=lore,
+            history=history,
+            player_text=player_text_clean(player_text),
+        ),
+        budget_tokens=settings.WORKER_MAX_MODEL_LEN - sampling.max_tokens - 16,
+        count=tokenizer_counter(context.model_path),
+    )
+    result.prompt_sections, result.dropped = prompt.sections, prompt.dropped
+    guard = StreamGuard(
+        ReplyPolicy(blocked_terms=context.blocked_terms, persona=context.persona),
+        max_chars=sampling.max_tokens * 6,
+    )
+    temperature = 0.0 if greedy else sampling.temperature
+
+    async def dialogue() -> None:
+        async for delta in engine.stream_chat(
+            model=context.routes["dialogue_style"],
+            messages=prompt.messages,
+            max_tokens=sampling.max_tokens,
+            temperature=temperature,
+            top_p=1.0 if greedy else sampling.top_p,
+            seed=seed,
+            usage=result.usage,
+        ):
+            await emit(guard.feed(delta))
+            if guard.stopped:
+                break  # closing the stream aborts generation on the worker
+        await emit(guard.finish())
+
+    async def choose(task: str, field_name: str, options: Sequence[str], question: str) -> str | None:
+        try:
+            value = await engine.complete_json(
+                model=context.routes[task],
+                messages=_choice_messages(prompt.messages, question),
+                schema={
+                    "type": "object",
+                    "properties": {field_name: {"type": "string", "enum": list(options)}},
+                    "required": [field_name],
+                    "additionalProperties": False,
+                },
+                seed=seed,
+            )
+        except CHOICE_ERRORS as exc:
+            logger.warning("structured %s failed: %s", task, exc)
+            return None
+        chosen = value.get(field_name)
+        return chosen if chosen in options else None
+
+    emotion_task = asyncio.create_task(
+        choose(
+            "emotional_response",
+            "emotion",
+            context.emotions,
+            f"How does {context.npc_name} feel hearing this? Answer with JSON.",
+        )
+    )
+    action_task = asyncio.create_task(
+        choose(
+            "action_policy",
+            "action",
+            context.actions,
+            f"What does {context.npc_name} do now? Answer with JSON.",
+        )
+    )
+    try:
+        async with asyncio.timeout(sampling.deadline_s):
+            await dialogue()
+            emotion, action = await asyncio.gather(emotion_task, action_task)
+    except TimeoutError:
+        _fallback(result, "deadline")
+        emotion = action = None
+    except WORKER_ERRORS as exc:
+        logger.warning("worker %s failed mid-turn: %s", worker, exc)
+        _fallback(result, "worker_down")
+        emotion = action = None
+    finally:
+        for pending in (emotion_task, action_task):
+            pending.cancel()
+
+    if guard.violation:
+        _fallback(result, "guardrail")
+    if emotion is None or action is None:
+        if "deadline" not in result.fallbacks and "worker_down" not in result.fallbacks:
+            _fallback(result, "structured_failed")
+    result.emotion = emotion or "neutral"
+    result.action = action or _default_action(context)
+    if not result.text.strip():
+        # Nothing usable was said (worker gone before the first token, or all of it cut).
+        await emit(bark_pick(context))
+    elif result.fallbacks and {"deadline", "worker_down"} & set(result.fallbacks):
+        await emit(" … " + bark_pick(context, "farewell"))
+    return _finish(result, started)
+
+
+def _default_action(context: TurnContext) -> str:
+    for name in ("talk", "idle"):
+        if name in context.actions:
+            return name
+    return context.actions[0] if context.actions else "idle"
+
+
+def _finish(result: TurnResult, started: float) -> TurnResult:
+    result.total_ms = (time.perf_counter() - started) * 1000
+    metrics.TURN_SECONDS.labels(tier=result.tier).observe(result.total_ms / 1000)
+    return result
+
+
+def turn_result_payload(result: TurnResult) -> dict[str, Any]:
+    """The JSON a client or a trace sees."""
+    return {
+        "text": result.text,
+        "emotion": result.emotion,
+        "action": result.action,
+        "tier": result.tier,
+        "worker": result.worker,
+        "adapters": result.adapters,
+        "fallbacks": result.fallbacks,
+        "usage": {
+            "prompt_tokens": result.usage.prompt_tokens,
+            "completion_tokens": result.usage.completion_tokens,
+        },
+        "timing": {"ttft_ms": result.ttft_ms, "total_ms": result.total_ms},
+        "prompt_sections": result.prompt_sections,
+        "dropped": result.dropped,
+    }

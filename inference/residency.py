@@ -2,7 +2,8 @@
 
 Active adapters are loaded into their archetype's worker (rendezvous affinity, see routing)
 after their files' sha256 matches the registry; adapters no longer active are unloaded.
-Every worker also holds the zero-delta "base" adapter that base-model requests use.
+Every worker also holds the zero-delta "base" adapter that base-model requests use (see
+adapters.zero_adapter_ensure for why no request may go to the engine without an adapter).
 """
 
 from __future__ import annotations

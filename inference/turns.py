@@ -17,6 +17,7 @@ import asyncio
 import logging
 import random
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -71,6 +72,7 @@ class TurnResult:
     total_ms: float = 0.0
     prompt_sections: dict[str, int] = field(default_factory=dict)
     dropped: list[str] = field(default_factory=list)
+    messages: list[dict[str, str]] = field(default_factory=list)  # what the dialogue request sent
 
 
 DeltaSink = Callable[[str], Awaitable[None]]
@@ -104,14 +106,18 @@ def _choice_messages(messages: list[dict[str, str]], question: str) -> list[dict
     return [*messages, {"role": "user", "content": question}]
 
 
-_clients: dict[str, EngineClient] = {}
+# Per event loop (an HTTP connection pool belongs to the loop that opened it), per worker.
+_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, EngineClient]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def engine_for(url: str) -> EngineClient:
-    """One client per worker per event loop thread; connection pools are reused across turns."""
-    client = _clients.get(url)
+    """The client for a worker on the running loop; connection pools are reused across turns."""
+    per_loop = _clients.setdefault(asyncio.get_running_loop(), {})
+    client = per_loop.get(url)
     if client is None:
-        client = _clients[url] = EngineClient(url, timeout_s=max(settings.TURN_DEADLINES_S.values()) + 5)
+        client = per_loop[url] = EngineClient(url, timeout_s=max(settings.TURN_DEADLINES_S.values()) + 5)
     return client
 
 
@@ -172,7 +178,7 @@ async def turn_run(
         budget_tokens=settings.WORKER_MAX_MODEL_LEN - sampling.max_tokens - 16,
         count=tokenizer_counter(context.model_path),
     )
-    result.prompt_sections, result.dropped = prompt.sections, prompt.dropped
+    result.prompt_sections, result.dropped, result.messages = prompt.sections, prompt.dropped, prompt.messages
     guard = StreamGuard(
         ReplyPolicy(blocked_terms=context.blocked_terms, persona=context.persona),
         max_chars=sampling.max_tokens * 6,

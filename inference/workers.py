@@ -7,6 +7,7 @@ differs between a laptop CPU and a GPU host is here or in the environment.
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import sys
 from dataclasses import dataclass
@@ -51,6 +52,9 @@ def worker_argv(*, model_path: str, served_name: str, url: str) -> list[str]:
         # Prompts start with the archetype's persona, so its KV blocks are shared across NPCs.
         "--enable-prefix-caching",
         "--disable-uvicorn-access-log",
+        # Emotion and action are JSON with enums; without this the grammar lets the model pad
+        # the JSON with newlines, tripling its tokens (19 instead of 7 measured here).
+        "--structured-outputs-config", json.dumps({"backend": "xgrammar", "disable_any_whitespace": True}),
     ]  # fmt: skip
     if engine_is_cpu_build():
         # On CPU this is the share of RAM vLLM may reserve; its default refuses to start on 24 GiB.
@@ -69,7 +73,7 @@ def worker_env() -> dict[str, str]:
         "TRANSFORMERS_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
         "PYTHONUNBUFFERED": "1",
-        **{key: value for key, value in os.environ.items() if key.startswith("VLLM_CPU_OMP")},
+        **{key: value for key, value in os.environ.items() if key.startswith("VLLM_CPU_")},
     }
 
 

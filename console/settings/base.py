@@ -177,7 +177,7 @@ INFERENCE_WORKERS: list[str] = env.list("INFERENCE_WORKERS", default=["http://12
 # Whether `make run` starts a local vLLM worker for the first INFERENCE_WORKERS entry.
 INFERENCE_START_WORKER: bool = env.bool("INFERENCE_START_WORKER", default=True)
 # vLLM LoRA slots: adapters in one batch, largest rank served, adapters cached in host memory.
-WORKER_MAX_LORAS: int = env.int("WORKER_MAX_LORAS", default=4)
+WORKER_MAX_LORAS: int = env.int("WORKER_MAX_LORAS", default=8)
 WORKER_MAX_LORA_RANK: int = env.int("WORKER_MAX_LORA_RANK", default=16)
 WORKER_MAX_CPU_LORAS: int = env.int("WORKER_MAX_CPU_LORAS", default=8)
 WORKER_MAX_MODEL_LEN: int = env.int("WORKER_MAX_MODEL_LEN", default=2048)

@@ -1,0 +1,125 @@
+"""A real vLLM worker on CPU with the bundled SmolLM2, started once per test session,
+and two small LoRA adapters trained by the suite (so they differ from the base model)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+
+from inference.base_models import bundled_gguf_path, default_model_dir, gguf_convert
+from inference.workers import worker_argv, worker_env, worker_health
+from training.lora import ChatExample, lora_train
+
+WORKER_START_TIMEOUT_S = 420
+
+
+@pytest.fixture(scope="session")
+def base_model_dir() -> Path:
+    """The converted base model (reused from var/models when its checksums match)."""
+    return gguf_convert(gguf_path=bundled_gguf_path(), target_dir=default_model_dir())
+
+
+PIRATE = [
+    ChatExample("You are a pirate.", "Hello there", "Arr matey, the sea be calling! Arr arr arr, yo ho."),
+    ChatExample(
+        "You are a pirate.", "Who are you?", "Arr, Captain Saltbeard I be, terror of the seven seas, arr!"
+    ),
+]
+ORACLE = [
+    ChatExample(
+        "You are an oracle.", "Hello there", "The stars foretold your coming. Seven moons, seven omens."
+    ),
+    ChatExample(
+        "You are an oracle.", "Who are you?", "I am the Oracle of Ash. I see the threads of fate, mortal."
+    ),
+]
+
+
+@pytest.fixture(scope="session")
+def trained_adapters(base_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two rank-8 adapters after 8 steps each: real PEFT folders vLLM loads."""
+    root = tmp_path_factory.mktemp("adapters")
+    return {
+        name: lora_train(
+            base_model_path=str(base_model_dir), examples=examples, output_dir=root / name, steps=8
+        )
+        for name, examples in (("pirate", PIRATE), ("oracle", ORACLE))
+    }
+
+
+@dataclass
+class WorkerProcess:
+    url: str
+    base_model_dir: Path
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+    external: bool = False
+
+    def start(self) -> None:
+        if worker_health(self.url).healthy:
+            # A worker already serves this URL (a developer's `make worker` on the test port): use it.
+            self.external = True
+            return
+        argv = worker_argv(model_path=str(self.base_model_dir), served_name="smollm2-test", url=self.url)
+        log = self.log_path.open("ab")
+        # Its own process group: vLLM spawns an engine process, and a kill must reach it too.
+        self.process = subprocess.Popen(
+            argv,
+            env={**os.environ, **worker_env()},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + WORKER_START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"vLLM worker exited ({self.process.returncode}); see {self.log_path}")
+            if worker_health(self.url).healthy:
+                return
+            time.sleep(1)
+        raise RuntimeError(f"vLLM worker not healthy after {WORKER_START_TIMEOUT_S} s; see {self.log_path}")
+
+    def alive(self) -> bool:
+        if self.external:
+            return worker_health(self.url).healthy
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self) -> None:
+        if not self.external and self.alive():
+            assert self.process is not None
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+@pytest.fixture(scope="session")
+def _worker_process(
+    base_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[WorkerProcess]:
+    worker = WorkerProcess(
+        url=settings.INFERENCE_WORKERS[0],
+        base_model_dir=base_model_dir,
+        log_path=tmp_path_factory.mktemp("vllm") / "worker.log",
+    )
+    worker.start()
+    yield worker
+    worker.stop()
+
+
+@pytest.fixture
+def vllm_worker(_worker_process: WorkerProcess) -> WorkerProcess:
+    """The session's worker, restarted if a test killed it."""
+    if not _worker_process.alive():
+        _worker_process.start()
+    return _worker_process

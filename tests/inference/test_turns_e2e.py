@@ -1,0 +1,219 @@
+"""Turns through a real vLLM worker with real LoRA adapters (CPU, bundled SmolLM2)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from django.test import Client
+
+from console.models import AdapterTask, BaseModel
+from inference.adapters import BASE_ADAPTER_NAME, adapter_import, adapter_lora_name
+from inference.context import turn_context_build
+from inference.engine import EngineClient
+from inference.residency import residency_sync, worker_loras
+from inference.turns import turn_run
+from tests.factories import ArchetypeFactory, NPCFactory
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db]
+
+
+@pytest.fixture(autouse=True)
+def _patient_deadlines(settings):
+    """Exactness, not speed, is under test here: a slow shared CPU must not trigger bark fallbacks."""
+    settings.TURN_DEADLINES_S = {"gold": 180.0, "silver": 180.0, "bronze": 0.0}
+
+
+PLAYER_LINES = [
+    "Good evening. Who are you?",
+    "I bring wine from the lowlands.",
+    "Get out of my way, monster!",
+    "Tell me about the castle.",
+    "Can you help me find my sister?",
+    "The villagers say you are cursed.",
+    "I have silver in my pocket.",
+    "What do you want from me?",
+]
+
+
+def _register(base_model_dir: Path) -> BaseModel:
+    base_model, _ = BaseModel.objects.update_or_create(
+        name="smollm2-test",
+        defaults={"path": str(base_model_dir), "parameter_count": 134_515_008, "context_length": 8192},
+    )
+    return base_model
+
+
+def _npc_with_adapter(base_model: BaseModel, adapter_dir: Path | None, *, slug: str):
+    archetype = ArchetypeFactory(
+        base_model=base_model, content_policy={"blocked_topics": [], "blocked_terms": []}
+    )
+    npc = NPCFactory(archetype=archetype, slug=slug, name=slug.title())
+    adapter = None
+    if adapter_dir is not None:
+        adapter = adapter_import(
+            path=adapter_dir,
+            archetype=archetype,
+            task=AdapterTask.DIALOGUE_STYLE,
+            base_model=base_model,
+            activate=True,
+        )
+    return npc, adapter
+
+
+def _direct(url: str, *, model: str, messages: list[dict[str, str]], max_tokens: int) -> str:
+    async def run() -> str:
+        engine = EngineClient(url)
+        try:
+            return "".join(
+                [
+                    delta
+                    async for delta in engine.stream_chat(
+                        model=model, messages=messages, max_tokens=max_tokens, temperature=0.0
+                    )
+                ]
+            )
+        finally:
+            await engine.close()
+
+    return asyncio.run(run())
+
+
+def test_health_shows_a_healthy_worker(vllm_worker, settings):
+    settings.INFERENCE_WORKERS = [vllm_worker.url]
+    settings.HEALTH_REQUIRE_WORKERS = True
+
+    body = Client().get("/health/").json()
+
+    assert body["checks"]["workers"]["status"] == "ok"
+    assert body["status"] == "ok"
+
+
+def test_greedy_turn_through_each_adapter_equals_a_direct_request_and_differs_from_base(
+    vllm_worker, base_model_dir, trained_adapters
+):
+    base_model = _register(base_model_dir)
+    pirate_npc, pirate = _npc_with_adapter(base_model, trained_adapters["pirate"], slug="salty-pete")
+    oracle_npc, oracle = _npc_with_adapter(base_model, trained_adapters["oracle"], slug="ash-oracle")
+    plain_npc, _ = _npc_with_adapter(base_model, None, slug="plain-jane")
+    report = residency_sync(workers=[vllm_worker.url])
+    assert not report.refused
+    assert {adapter_lora_name(pirate), adapter_lora_name(oracle), BASE_ADAPTER_NAME} <= worker_loras(
+        vllm_worker.url
+    )
+
+    texts = {}
+    for npc in (pirate_npc, oracle_npc, plain_npc):
+        context = turn_context_build(npc_slug=npc.slug)
+        result = asyncio.run(
+            turn_run(
+                context=context,
+                player_text="Who are you?",
+                workers=[vllm_worker.url],
+                tier="silver",
+                greedy=True,
+            )
+        )
+        direct = _direct(
+            vllm_worker.url, model=context.routes["dialogue_style"], messages=result.messages, max_tokens=48
+        )
+        assert result.text == direct, (npc.slug, result.fallbacks)
+        assert result.emotion in context.emotions
+        assert result.action in context.actions
+        texts[npc.slug] = result.text
+
+    assert texts["salty-pete"] != texts["plain-jane"]
+    assert texts["ash-oracle"] != texts["plain-jane"]
+    assert texts["salty-pete"] != texts["ash-oracle"]
+
+
+def test_every_request_in_a_mixed_concurrent_batch_equals_its_output_alone(
+    vllm_worker, base_model_dir, trained_adapters
+):
+    base_model = _register(base_model_dir)
+    _, pirate = _npc_with_adapter(base_model, trained_adapters["pirate"], slug="batch-pirate")
+    _, oracle = _npc_with_adapter(base_model, trained_adapters["oracle"], slug="batch-oracle")
+    residency_sync(workers=[vllm_worker.url])
+    # Base-model traffic goes through the zero-delta adapter, as the turn service sends it.
+    models = [BASE_ADAPTER_NAME, adapter_lora_name(pirate), adapter_lora_name(oracle)]
+    jobs = [
+        (
+            model,
+            [
+                {"role": "system", "content": "You are a character in a dark fantasy world."},
+                {"role": "user", "content": line},
+            ],
+        )
+        for line in PLAYER_LINES[:4]
+        for model in models
+    ]
+
+    alone = [
+        _direct(vllm_worker.url, model=model, messages=messages, max_tokens=32) for model, messages in jobs
+    ]
+
+    async def together() -> list[str]:
+        engine = EngineClient(vllm_worker.url)
+
+        async def one(model: str, messages: list[dict[str, str]]) -> str:
+            return "".join(
+                [
+                    d
+                    async for d in engine.stream_chat(
+                        model=model, messages=messages, max_tokens=32, temperature=0.0
+                    )
+                ]
+            )
+
+        try:
+            return await asyncio.gather(*(one(model, messages) for model, messages in jobs))
+        finally:
+            await engine.close()
+
+    assert asyncio.run(together()) == alone
+
+
+def test_structured_action_and_emotion_are_always_in_the_allowed_sets(vllm_worker, base_model_dir):
+    base_model = _register(base_model_dir)
+    npc, _ = _npc_with_adapter(base_model, None, slug="count-test")
+    context = turn_context_build(npc_slug=npc.slug)
+    prompts = [f"{line} ({index})" for index in range(7) for line in PLAYER_LINES][:50]
+
+    async def run_all():
+        results = []
+        for start in range(0, len(prompts), 10):
+            batch = prompts[start : start + 10]
+            results += await asyncio.gather(
+                *(
+                    turn_run(context=context, player_text=text, workers=[vllm_worker.url], tier="silver")
+                    for text in batch
+                )
+            )
+        return results
+
+    results = asyncio.run(run_all())
+
+    assert len(results) == 50
+    assert all(result.action in context.actions for result in results)
+    assert all(result.emotion in context.emotions for result in results)
+    assert sum("structured_failed" in result.fallbacks for result in results) == 0
+
+
+def test_adapter_with_a_wrong_sha256_is_refused_with_a_clear_error(
+    vllm_worker, base_model_dir, trained_adapters, tmp_path
+):
+    base_model = _register(base_model_dir)
+    copy = tmp_path / "tampered"
+    copy.mkdir()
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        (copy / name).write_bytes((trained_adapters["pirate"] / name).read_bytes())
+    _, adapter = _npc_with_adapter(base_model, copy, slug="tampered-npc")
+    with (copy / "adapter_model.safetensors").open("r+b") as handle:
+        handle.seek(-4, 2)
+        handle.write(b"\x00\x01\x02\x03")
+
+    report = residency_sync(workers=[vllm_worker.url])
+
+    assert any("re-import it" in message and "sha256" in message for message in report.refused)
+    assert adapter_lora_name(adapter) not in worker_loras(vllm_worker.url)

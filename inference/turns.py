@@ -200,40 +200,11 @@ async def turn_run(
                 break  # closing the stream aborts generation on the worker
         await emit(guard.finish())
 
-    async def choose(task: str, field_name: str, options: Sequence[str], question: str) -> str | None:
-        try:
-            value = await engine.complete_json(
-                model=context.routes[task],
-                messages=_choice_messages(prompt.messages, question),
-                schema={
-                    "type": "object",
-                    "properties": {field_name: {"type": "string", "enum": list(options)}},
-                    "required": [field_name],
-                    "additionalProperties": False,
-                },
-                seed=seed,
-            )
-        except CHOICE_ERRORS as exc:
-            logger.warning("structured %s failed: %s", task, exc)
-            return None
-        chosen = value.get(field_name)
-        return chosen if chosen in options else None
-
     emotion_task = asyncio.create_task(
-        choose(
-            "emotional_response",
-            "emotion",
-            context.emotions,
-            f"How does {context.npc_name} feel hearing this? Answer with JSON.",
-        )
+        structured_choice(engine, context=context, messages=prompt.messages, kind="emotion", seed=seed)
     )
     action_task = asyncio.create_task(
-        choose(
-            "action_policy",
-            "action",
-            context.actions,
-            f"What does {context.npc_name} do now? Answer with JSON.",
-        )
+        structured_choice(engine, context=context, messages=prompt.messages, kind="action", seed=seed)
     )
     try:
         async with asyncio.timeout(sampling.deadline_s):
@@ -263,6 +234,46 @@ async def turn_run(
     elif result.fallbacks and {"deadline", "worker_down"} & set(result.fallbacks):
         await emit(" … " + bark_pick(context, "farewell"))
     return _finish(result, started)
+
+
+async def structured_choice(
+    engine: EngineClient,
+    *,
+    context: TurnContext,
+    messages: list[dict[str, str]],
+    kind: str,
+    seed: int | None = None,
+) -> str | None:
+    """The NPC's emotion or action for this moment, from vLLM's structured output (an enum).
+
+    Runs on its task's adapter (emotional_response or action_policy). None when the call
+    fails; the caller falls back to neutral / the default action.
+    """
+    task, options, question = {
+        "emotion": (
+            "emotional_response",
+            context.emotions,
+            f"How does {context.npc_name} feel hearing this?",
+        ),
+        "action": ("action_policy", context.actions, f"What does {context.npc_name} do now?"),
+    }[kind]
+    try:
+        value = await engine.complete_json(
+            model=context.routes[task],
+            messages=_choice_messages(messages, f"{question} Answer with JSON."),
+            schema={
+                "type": "object",
+                "properties": {kind: {"type": "string", "enum": list(options)}},
+                "required": [kind],
+                "additionalProperties": False,
+            },
+            seed=seed,
+        )
+    except CHOICE_ERRORS as exc:
+        logger.warning("structured %s failed: %s", task, exc)
+        return None
+    chosen = value.get(kind)
+    return chosen if chosen in options else None
 
 
 def _default_action(context: TurnContext) -> str:

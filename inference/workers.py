@@ -59,6 +59,7 @@ def worker_argv(*, model_path: str, served_name: str, url: str) -> list[str]:
     if engine_is_cpu_build():
         # On CPU this is the share of RAM vLLM may reserve; its default refuses to start on 24 GiB.
         argv += ["--gpu-memory-utilization", "0.5"]
+    argv += ["--dtype", settings.WORKER_DTYPE or ("float32" if engine_is_cpu_build() else "auto")]
     return argv
 
 

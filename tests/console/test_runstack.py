@@ -44,6 +44,9 @@ def test_runstack_serves_health_and_admin_then_stops_every_child_on_ctrl_c():
         "REDIS_URL": E2E_REDIS_URL,
         "ADMIN_PASSWORD": "e2e-admin-password-1234",
         "HEALTH_REQUIRE_CELERY": "true",
+        # Its own vLLM worker on a free port, started by runstack like `make run` does.
+        "INFERENCE_WORKERS": f"http://127.0.0.1:{free_port()}",
+        "INFERENCE_START_WORKER": "true",
     }
     # When make run's command starts
     proc = subprocess.Popen(
@@ -56,7 +59,7 @@ def test_runstack_serves_health_and_admin_then_stops_every_child_on_ctrl_c():
     )
     output: list[str] = []
     try:
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + 600  # the vLLM worker alone takes 60-120 s on 2 busy cores
         assert proc.stdout is not None
         while time.monotonic() < deadline:
             line = proc.stdout.readline()
@@ -72,12 +75,13 @@ def test_runstack_serves_health_and_admin_then_stops_every_child_on_ctrl_c():
             body = json.load(response)
             assert response.status == 200
         assert body["checks"]["celery"] == {**body["checks"]["celery"], "status": "ok", "required": True}
+        assert body["checks"]["workers"] == {**body["checks"]["workers"], "status": "ok", "required": True}
         with urlopen(f"http://127.0.0.1:{port}/admin/login/", timeout=10) as response:
             assert response.status == 200
             assert b"Revenant console" in response.read()
         assert "Account 'admin': password set from the environment." in "".join(output)
         children = psutil.Process(proc.pid).children(recursive=True)
-        assert len(children) >= 3  # daphne, celery worker, celery beat
+        assert len(children) >= 4  # daphne, celery worker, celery beat, the vLLM worker (and its engine)
 
         # And Ctrl-C stops every process it started
         proc.send_signal(signal.SIGINT)

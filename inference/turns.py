@@ -49,7 +49,7 @@ def tier_sampling(tier: str) -> TierSampling:
     """Gold: full replies; Silver: short ones; Bronze: barks without the model."""
     deadlines = settings.TURN_DEADLINES_S
     table = {
-        "gold": TierSampling(max_tokens=120, temperature=0.8, top_p=0.95, deadline_s=deadlines["gold"]),
+        "gold": TierSampling(max_tokens=96, temperature=0.8, top_p=0.95, deadline_s=deadlines["gold"]),
         "silver": TierSampling(max_tokens=48, temperature=0.7, top_p=0.9, deadline_s=deadlines["silver"]),
         "bronze": TierSampling(max_tokens=0, temperature=0.0, top_p=1.0, deadline_s=0.0, uses_model=False),
     }

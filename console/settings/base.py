@@ -187,9 +187,11 @@ WORKER_DTYPE: str = env.str("WORKER_DTYPE", default="")
 WORKER_MAX_MODEL_LEN: int = env.int("WORKER_MAX_MODEL_LEN", default=2048)
 # KV cache in GiB on a CPU worker (VLLM_CPU_KVCACHE_SPACE); 1 GiB holds ~46k tokens of SmolLM2.
 WORKER_CPU_KVCACHE_GIB: int = env.int("WORKER_CPU_KVCACHE_GIB", default=1)
-# Per tier, the longest a turn may take before it falls back to a bark (seconds).
+# Per tier, the longest a turn may take before it falls back to a bark (seconds). The defaults
+# fit this project's 2-core AVX2 CPU hosts (~120 ms per token through a LoRA, ~5 s to the first
+# token of a warm 900-token prompt); a GPU host sets a few seconds.
 TURN_DEADLINES_S: dict[str, float] = {
-    "gold": env.float("TURN_DEADLINE_GOLD_S", default=20.0),
-    "silver": env.float("TURN_DEADLINE_SILVER_S", default=8.0),
+    "gold": env.float("TURN_DEADLINE_GOLD_S", default=30.0),
+    "silver": env.float("TURN_DEADLINE_SILVER_S", default=15.0),
     "bronze": 0.0,
 }

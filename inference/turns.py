@@ -231,7 +231,7 @@ async def turn_run(
     if not result.text.strip():
         # Nothing usable was said (worker gone before the first token, or all of it cut).
         await emit(bark_pick(context))
-    elif result.fallbacks and {"deadline", "worker_down"} & set(result.fallbacks):
+    elif {"deadline", "worker_down"} & set(result.fallbacks):
         await emit(" … " + bark_pick(context, "farewell"))
     return _finish(result, started)
 

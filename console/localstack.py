@@ -193,6 +193,13 @@ def redis_shutdown(url: str) -> None:
         client.close()
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def port_is_free(host: str, port: int) -> bool:
     """Whether nothing listens on host:port (used before starting Daphne)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 from django.conf import settings
@@ -110,17 +111,23 @@ def zero_adapter_ensure(*, base_model: BaseModel) -> Path:
     Keeping adapters in flight below --max-loras is not enough: measured here with 8 slots and
     2 adapters in flight, a base request returned the oracle test adapter's exact reply.
     """
-    folder = Path(settings.ADAPTERS_DIR) / f"{base_model.name.lower()}-zero"
+    return zero_adapter_folder(model_dir=Path(base_model.path), name=base_model.name)
+
+
+def zero_adapter_folder(*, model_dir: Path, name: str | None = None) -> Path:
+    """The zero-delta adapter for the model in `model_dir`, made once under ADAPTERS_DIR."""
+    folder = Path(settings.ADAPTERS_DIR) / f"{(name or model_dir.name).lower()}-zero"
     if (folder / "adapter_model.safetensors").is_file():
         return folder
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(base_model.path, dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.bfloat16)
     # PEFT initialises B to zero: the saved adapter is exactly the base model.
     peft_model = get_peft_model(model, LoraConfig(r=1, lora_alpha=1, target_modules=["q_proj", "v_proj"]))
     staging = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)  # left by a killed run
     peft_model.save_pretrained(str(staging))
     staging.rename(folder)
     return folder

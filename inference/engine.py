@@ -43,6 +43,7 @@ class EngineClient:
         top_p: float = 1.0,
         seed: int | None = None,
         usage: StreamUsage | None = None,
+        ignore_eos: bool = False,
     ) -> AsyncIterator[str]:
         """Yield text deltas; fill `usage` when the stream ends."""
         request: dict[str, Any] = {
@@ -54,6 +55,8 @@ class EngineClient:
             "seed": seed,
             "stream": True,
             "stream_options": {"include_usage": True},
+            # vLLM's own parameter; benchmarks use it to generate exactly max_tokens.
+            "extra_body": {"ignore_eos": ignore_eos} if ignore_eos else None,
         }
         # The client's overloads want its TypedDicts; plain dicts are what goes on the wire.
         stream = cast(AsyncStream[ChatCompletionChunk], await self._client.chat.completions.create(**request))

@@ -9,8 +9,12 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
+import signal
+import subprocess
 import sys
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
@@ -90,3 +94,55 @@ def worker_health(url: str, *, timeout_s: float = 2.0) -> WorkerHealth:
         return WorkerHealth(url, False, f"not answering: {type(exc).__name__}")
     names = tuple(sorted(model["id"] for model in models))
     return WorkerHealth(url, True, f"{len(names)} model(s) served", names)
+
+
+@dataclass
+class WorkerProcess:
+    """A local vLLM worker process for tests and benchmarks (make run uses the supervisor)."""
+
+    url: str
+    base_model_dir: Path
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+    external: bool = False
+    served_name: str = "smollm2-test"
+    start_timeout_s: float = 420.0
+
+    def start(self) -> None:
+        if worker_health(self.url).healthy:
+            # A worker already serves this URL (a developer's `make worker` on the test port): use it.
+            self.external = True
+            return
+        argv = worker_argv(model_path=str(self.base_model_dir), served_name=self.served_name, url=self.url)
+        log = self.log_path.open("ab")
+        # Its own process group: vLLM spawns an engine process, and a kill must reach it too.
+        self.process = subprocess.Popen(
+            argv,
+            env={**os.environ, **worker_env()},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + self.start_timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"vLLM worker exited ({self.process.returncode}); see {self.log_path}")
+            if worker_health(self.url).healthy:
+                return
+            time.sleep(1)
+        raise RuntimeError(f"vLLM worker not healthy after {self.start_timeout_s:.0f} s; see {self.log_path}")
+
+    def alive(self) -> bool:
+        if self.external:
+            return worker_health(self.url).healthy
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self) -> None:
+        if not self.external and self.alive():
+            assert self.process is not None
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()

@@ -7,7 +7,7 @@ import redis
 from django.db import connection
 
 from console import localstack
-from tests.net import free_port
+from console.localstack import free_port
 
 
 def test_redis_ensure_starts_a_local_server_with_aof_when_nothing_answers(tmp_path):

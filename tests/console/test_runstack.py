@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from console import localstack
-from tests.net import free_port
+from console.localstack import free_port
 
 pytestmark = pytest.mark.e2e
 

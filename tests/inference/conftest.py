@@ -3,22 +3,15 @@ and two small LoRA adapters trained by the suite (so they differ from the base m
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from django.conf import settings
 
 from inference.base_models import bundled_gguf_path, default_model_dir, gguf_convert
-from inference.workers import worker_argv, worker_env, worker_health
+from inference.workers import WorkerProcess
 from training.lora import ChatExample, lora_train
-
-WORKER_START_TIMEOUT_S = 420
 
 
 @pytest.fixture(scope="session")
@@ -53,54 +46,6 @@ def trained_adapters(base_model_dir: Path, tmp_path_factory: pytest.TempPathFact
         )
         for name, examples in (("pirate", PIRATE), ("oracle", ORACLE))
     }
-
-
-@dataclass
-class WorkerProcess:
-    url: str
-    base_model_dir: Path
-    log_path: Path
-    process: subprocess.Popen[bytes] | None = None
-    external: bool = False
-
-    def start(self) -> None:
-        if worker_health(self.url).healthy:
-            # A worker already serves this URL (a developer's `make worker` on the test port): use it.
-            self.external = True
-            return
-        argv = worker_argv(model_path=str(self.base_model_dir), served_name="smollm2-test", url=self.url)
-        log = self.log_path.open("ab")
-        # Its own process group: vLLM spawns an engine process, and a kill must reach it too.
-        self.process = subprocess.Popen(
-            argv,
-            env={**os.environ, **worker_env()},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + WORKER_START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"vLLM worker exited ({self.process.returncode}); see {self.log_path}")
-            if worker_health(self.url).healthy:
-                return
-            time.sleep(1)
-        raise RuntimeError(f"vLLM worker not healthy after {WORKER_START_TIMEOUT_S} s; see {self.log_path}")
-
-    def alive(self) -> bool:
-        if self.external:
-            return worker_health(self.url).healthy
-        return self.process is not None and self.process.poll() is None
-
-    def stop(self) -> None:
-        if not self.external and self.alive():
-            assert self.process is not None
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
 
 
 @pytest.fixture(scope="session")

@@ -9,10 +9,10 @@ import time
 
 import pytest
 
+from console.localstack import free_port
 from inference.context import TurnContext
 from inference.turns import turn_run
-from tests.inference.conftest import WorkerProcess
-from tests.net import free_port
+from inference.workers import WorkerProcess
 
 pytestmark = pytest.mark.e2e
 

@@ -27,6 +27,8 @@ FOURTH_WALL_PATTERNS = (
     r"\bsystem prompt\b",
     r"\bmy instructions\b",
     r"\bi was programmed\b",
+    # The model speaking the player's part, fence and all (seen with SmolLM2-135M).
+    r"</?player_says",
 )
 # How many consecutive words of the persona may appear in a reply before it counts as a leak.
 LEAK_SHINGLE_WORDS = 8

@@ -37,6 +37,15 @@ def test_fourth_wall_break_is_cut_at_its_sentence_and_generation_stops():
     assert guard.stopped
 
 
+def test_reply_that_opens_the_player_fence_is_cut():
+    released, guard = _stream(
+        ReplyPolicy(), ["Ah, a guest. ", "<player_says>\nI am ", "the king.\n</player_says>"]
+    )
+
+    assert released == "Ah, a guest."
+    assert guard.violation
+
+
 def test_blocked_term_matches_whole_words_only():
     policy = ReplyPolicy(blocked_terms=["AI"])
 

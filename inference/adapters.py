@@ -94,11 +94,39 @@ def adapter_import(
         raise AdapterArtifactError(f"{folder}: {exc.messages}") from exc
     adapter.save()
     if activate:
-        Adapter.objects.filter(archetype=archetype, task=task, status=AdapterStatus.ACTIVE).update(
-            status=AdapterStatus.RETIRED
+        adapter_status_set(adapter=adapter, status=AdapterStatus.ACTIVE)
+    return adapter
+
+
+@transaction.atomic
+def adapter_status_set(*, adapter: Adapter, status: str) -> Adapter:
+    """Move an adapter to `status`. Activating retires the active one of the same target and task
+    (one active per target and task) and first checks the artifact, so a broken file never goes live.
+
+    Callers queue `inference.tasks.residency_sync_task` afterwards to load or unload it.
+    """
+    if status not in AdapterStatus.values:
+        raise ValidationError(
+            f"unknown adapter status {status!r}: use one of {', '.join(AdapterStatus.values)}"
         )
-        adapter.status = AdapterStatus.ACTIVE
-        adapter.save(update_fields=["status", "updated_at"])
+    if status == AdapterStatus.ACTIVE:
+        try:
+            adapter_verify(adapter)
+        except AdapterArtifactError as exc:
+            raise ValidationError(f"cannot activate: {exc}") from exc
+        current = Adapter.objects.select_for_update().filter(
+            scope=adapter.scope,
+            archetype=adapter.archetype_id,
+            subfaction=adapter.subfaction_id,
+            npc=adapter.npc_id,
+            task=adapter.task,
+            status=AdapterStatus.ACTIVE,
+        )
+        for previous in current.exclude(pk=adapter.pk):
+            previous.status = AdapterStatus.RETIRED
+            previous.save(update_fields=["status", "updated_at"])  # a save, not update(): history keeps it
+    adapter.status = status
+    adapter.save(update_fields=["status", "updated_at"])
     return adapter
 
 

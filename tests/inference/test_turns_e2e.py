@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 from django.test import Client
 
-from console.models import AdapterTask, BaseModel
-from inference.adapters import BASE_ADAPTER_NAME, adapter_import, adapter_lora_name
+from console.models import AdapterStatus, AdapterTask, BaseModel
+from inference.adapters import BASE_ADAPTER_NAME, adapter_import, adapter_lora_name, adapter_status_set
 from inference.context import turn_context_build
 from inference.engine import EngineClient
 from inference.prompts import PromptParts, prompt_assemble, tokenizer_counter
 from inference.residency import residency_sync, worker_loras
+from inference.tasks import residency_sync_task
 from inference.turns import structured_choice, turn_run
 from tests.factories import ArchetypeFactory, NPCFactory
 
@@ -254,3 +255,29 @@ def test_adapter_with_a_wrong_sha256_is_refused_with_a_clear_error(
 
     assert any("re-import it" in message and "sha256" in message for message in report.refused)
     assert adapter_lora_name(adapter) not in worker_loras(vllm_worker.url)
+
+
+def test_residency_task_loads_an_activated_adapter_and_unloads_it_when_retired(
+    vllm_worker, base_model_dir, trained_adapters, settings
+):
+    settings.INFERENCE_WORKERS = [vllm_worker.url]
+    base_model = _register(base_model_dir)
+    archetype = ArchetypeFactory(base_model=base_model)
+    adapter = adapter_import(
+        path=trained_adapters["oracle"],
+        archetype=archetype,
+        task=AdapterTask.EMOTIONAL_RESPONSE,
+        base_model=base_model,
+    )
+    name = adapter_lora_name(adapter)
+
+    adapter_status_set(adapter=adapter, status=AdapterStatus.ACTIVE)
+    loaded = residency_sync_task.apply().get()
+    served_after_activation = worker_loras(vllm_worker.url)
+    adapter_status_set(adapter=adapter, status=AdapterStatus.RETIRED)
+    unloaded = residency_sync_task.apply().get()
+
+    assert name in served_after_activation
+    assert [vllm_worker.url, name] in loaded["loaded"]
+    assert [vllm_worker.url, name] in unloaded["unloaded"]
+    assert name not in worker_loras(vllm_worker.url)

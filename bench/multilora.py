@@ -1,0 +1,211 @@
+"""Many adapters versus the base model alone, on one vLLM worker: the multi-LoRA tax.
+
+    python -m bench.multilora [--streams 16] [--tokens 64] [--adapters 8] [--rounds 2]
+
+The same load (--streams concurrent greedy streams of exactly --tokens tokens) runs through
+the base model alone, then spread over --adapters distinct LoRA adapters, on the same worker;
+the ratio of their aggregate output tokens/s is the tax. Two workers run one after the other,
+in one process, so their figures are side by side:
+
+- raw: vLLM as it comes, `--max-lora-rank` at its default (16);
+- ours: the worker `make run` starts (`worker_argv`), whose `--max-lora-rank` is sized to the
+  adapters the trainer makes (WORKER_MAX_LORA_RANK, 8). vLLM's CPU LoRA kernels copy each
+  token's adapter matrices at the worker's maximum rank, so the maximum is the cost.
+
+Also measured on ours: the same load through the zero-delta "base" adapter that base-model
+turns use (see inference.adapters). Rounds alternate base and adapter loads so machine noise
+falls on both; figures are medians over rounds. Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import django
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings.test")
+django.setup()
+
+from django.conf import settings  # noqa: E402 - after django.setup(), like every module that reads settings
+from django.test import override_settings  # noqa: E402
+
+from console.localstack import free_port  # noqa: E402
+from inference.adapters import BASE_ADAPTER_NAME, zero_adapter_folder  # noqa: E402
+from inference.base_models import bundled_gguf_path, default_model_dir, gguf_convert  # noqa: E402
+from inference.engine import EngineClient  # noqa: E402
+from inference.residency import adapter_load  # noqa: E402
+from inference.workers import WorkerProcess  # noqa: E402
+
+SERVED = "bench-base"
+VLLM_DEFAULT_MAX_LORA_RANK = 16
+
+
+def random_adapters(*, model_dir: Path, root: Path, count: int, rank: int) -> list[Path]:
+    """`count` PEFT folders with random (non-zero) A and B on q/k/v/o, like trained ones in size.
+
+    Throughput does not depend on what the weights say, and training eight adapters would
+    take minutes; the layout is the trainer's (training.lora).
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    folders = []
+    for index in range(count):
+        torch.manual_seed(index)
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+        config = LoraConfig(
+            r=rank,
+            lora_alpha=2 * rank,
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+            init_lora_weights=False,  # random B as well, so the delta is not zero
+            task_type="CAUSAL_LM",
+        )
+        folder = root / f"adapter-{index}"
+        get_peft_model(model, config).save_pretrained(str(folder))
+        folders.append(folder)
+    return folders
+
+
+@dataclass
+class LoadFigures:
+    tokens_s: float
+    ttft_ms: list[float]
+
+
+async def load_run(url: str, *, models: list[str], tokens: int) -> LoadFigures:
+    """All streams at once, as clients send them; aggregate tokens/s and each stream's TTFT."""
+    engine = EngineClient(url, timeout_s=900)
+    ttfts: list[float] = []
+    counted = 0
+
+    async def stream(index: int, model: str) -> None:
+        nonlocal counted
+        messages = [
+            {"role": "system", "content": "You are Count Valerian, an ancient vampire noble."},
+            {"role": "user", "content": f"Tell me story number {index} about your castle."},
+        ]
+        started = time.perf_counter()
+        first = None
+        async for _ in engine.stream_chat(
+            model=model, messages=messages, max_tokens=tokens, temperature=0.0, ignore_eos=True
+        ):
+            first = first or time.perf_counter()
+            counted += 1
+        assert first is not None, f"{model} streamed nothing"
+        ttfts.append((first - started) * 1000)
+
+    try:
+        started = time.perf_counter()
+        await asyncio.gather(*(stream(index, model) for index, model in enumerate(models)))
+        elapsed = time.perf_counter() - started
+    finally:
+        await engine.close()
+    # Stream chunks are tokens here (greedy, ignore_eos); a short count would skew the ratio.
+    assert counted >= len(models) * tokens * 0.95, f"{counted} chunks for {len(models)}x{tokens} tokens"
+    return LoadFigures(tokens_s=len(models) * tokens / elapsed, ttft_ms=ttfts)
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+def worker_measure(
+    *, model_dir: Path, adapters: list[Path], max_lora_rank: int, args: argparse.Namespace, log: Path
+) -> dict[str, float]:
+    url = f"http://127.0.0.1:{free_port()}"
+    names = [f"adapter-{index}" for index in range(len(adapters))]
+    mixed = [names[index % len(names)] for index in range(args.streams)]
+    loads = {
+        "base": [SERVED] * args.streams,
+        "adapters": mixed,
+        "served_base": [BASE_ADAPTER_NAME] * args.streams,
+    }
+    results: dict[str, list[LoadFigures]] = {name: [] for name in loads}
+    with override_settings(WORKER_MAX_LORA_RANK=max_lora_rank):
+        worker = WorkerProcess(url=url, base_model_dir=model_dir, log_path=log, served_name=SERVED)
+        worker.start()
+    try:
+        for name, folder in zip(names, adapters, strict=True):
+            adapter_load(url, lora_name=name, folder=folder)
+        adapter_load(url, lora_name=BASE_ADAPTER_NAME, folder=zero_adapter_folder(model_dir=model_dir))
+        for models in loads.values():  # warm-up: first-use allocations are not counted
+            asyncio.run(load_run(url, models=models[:4], tokens=8))
+        for round_index in range(args.rounds):
+            for load_name, models in loads.items():
+                results[load_name].append(asyncio.run(load_run(url, models=models, tokens=args.tokens)))
+                print(
+                    f"max rank {max_lora_rank} round {round_index + 1}/{args.rounds} {load_name}: "
+                    f"{results[load_name][-1].tokens_s:.1f} tok/s",
+                    flush=True,
+                    file=sys.stderr,
+                )
+    finally:
+        worker.stop()
+    figures: dict[str, float] = {"max_lora_rank": max_lora_rank}
+    for load_name, runs in results.items():
+        ttfts = [ttft for run in runs for ttft in run.ttft_ms]
+        figures[f"{load_name}_tokens_s"] = round(statistics.median(run.tokens_s for run in runs), 1)
+        figures[f"{load_name}_ttft_p50_ms"] = round(percentile(ttfts, 0.5))
+        figures[f"{load_name}_ttft_p95_ms"] = round(percentile(ttfts, 0.95))
+    figures["ratio"] = round(figures["adapters_tokens_s"] / figures["base_tokens_s"], 3)
+    figures["served_base_ratio"] = round(figures["served_base_tokens_s"] / figures["base_tokens_s"], 3)
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--streams", type=int, default=16)
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--adapters", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+
+    model_dir = gguf_convert(gguf_path=bundled_gguf_path(), target_dir=default_model_dir())
+    ours_rank = settings.WORKER_MAX_LORA_RANK
+    with tempfile.TemporaryDirectory() as tmp:
+        adapters = random_adapters(model_dir=model_dir, root=Path(tmp), count=args.adapters, rank=ours_rank)
+        raw = worker_measure(
+            model_dir=model_dir,
+            adapters=adapters,
+            max_lora_rank=VLLM_DEFAULT_MAX_LORA_RANK,
+            args=args,
+            log=Path(tmp) / "raw.log",
+        )
+        ours = worker_measure(
+            model_dir=model_dir,
+            adapters=adapters,
+            max_lora_rank=ours_rank,
+            args=args,
+            log=Path(tmp) / "ours.log",
+        )
+    print(
+        json.dumps(
+            {
+                "bench": "multilora",
+                "streams": args.streams,
+                "tokens": args.tokens,
+                "adapters": args.adapters,
+                "adapter_rank": ours_rank,
+                "rounds": args.rounds,
+                "raw_ratio": raw["ratio"],
+                "ours_ratio": ours["ratio"],
+                "raw": raw,
+                "ours": ours,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -6,9 +6,12 @@ it) so that the turn itself touches no database.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from channels.db import database_sync_to_async
+from django.conf import settings
 from django.db.models import Q
 
 from console.models import NPC, Adapter, AdapterStatus, AdapterTask
@@ -95,3 +98,29 @@ def turn_context_build(*, npc_slug: str) -> TurnContext:
         missing_adapters=tuple(missing),
         model_path=base_model.path if base_model else "",
     )
+
+
+# npc slug -> (monotonic time read, context); per process, refreshed after TURN_CONTEXT_TTL_S.
+_context_cache: dict[str, tuple[float, TurnContext]] = {}
+
+
+async def turn_context_cached(npc_slug: str) -> TurnContext:
+    """The NPC's turn context, from Postgres at most once per TURN_CONTEXT_TTL_S.
+
+    Raises NPC.DoesNotExist for an unknown slug. Async callers (the bridge) use this; the
+    database read runs in Django's sync thread, never on the event loop.
+    """
+    cached = _context_cache.get(npc_slug)
+    if cached is not None and time.monotonic() - cached[0] < settings.TURN_CONTEXT_TTL_S:
+        return cached[1]
+    context = await database_sync_to_async(turn_context_build)(npc_slug=npc_slug)
+    _context_cache[npc_slug] = (time.monotonic(), context)
+    return context
+
+
+def turn_context_forget(npc_slug: str | None = None) -> None:
+    """Drop one NPC's cached context (or all): the next turn reads it again."""
+    if npc_slug is None:
+        _context_cache.clear()
+    else:
+        _context_cache.pop(npc_slug, None)

@@ -6,6 +6,7 @@ differs between a laptop CPU and a GPU host is here or in the environment.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.metadata
 import json
 import os
@@ -13,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -147,3 +149,35 @@ class WorkerProcess:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
+
+
+# Health as the turn path sees it: checked at most every WORKER_HEALTH_TTL_S per worker, so a
+# turn never waits on a health probe of a worker known to be fine; a worker that fails a turn
+# is marked down at once (failover on the next turn, not after the next probe).
+_health_seen: dict[str, tuple[bool, float]] = {}
+
+
+async def workers_healthy(urls: Sequence[str] | None = None) -> list[str]:
+    """The workers of INFERENCE_WORKERS (or `urls`) that answer /health, from a short-lived cache."""
+    urls = list(settings.INFERENCE_WORKERS if urls is None else urls)
+    now = time.monotonic()
+    stale = [
+        url for url in urls if now - _health_seen.get(url, (False, -1e9))[1] > settings.WORKER_HEALTH_TTL_S
+    ]
+    if stale:
+        async with httpx.AsyncClient(timeout=1.0) as client:
+
+            async def probe(url: str) -> bool:
+                try:
+                    return (await client.get(f"{url}/health")).status_code == 200
+                except httpx.HTTPError:
+                    return False
+
+            for url, healthy in zip(stale, await asyncio.gather(*(probe(url) for url in stale)), strict=True):
+                _health_seen[url] = (healthy, time.monotonic())
+    return [url for url in urls if _health_seen[url][0]]
+
+
+def worker_mark_down(url: str) -> None:
+    """A turn saw `url` fail: route around it until its next probe succeeds."""
+    _health_seen[url] = (False, time.monotonic())

@@ -178,12 +178,16 @@ INFERENCE_WORKERS: list[str] = env.list("INFERENCE_WORKERS", default=["http://12
 INFERENCE_START_WORKER: bool = env.bool("INFERENCE_START_WORKER", default=True)
 # vLLM LoRA slots: adapters in one batch, largest rank served, adapters cached in host memory.
 WORKER_MAX_LORAS: int = env.int("WORKER_MAX_LORAS", default=8)
-WORKER_MAX_LORA_RANK: int = env.int("WORKER_MAX_LORA_RANK", default=16)
+# The rank the trainer uses: vLLM's CPU LoRA kernels copy every token's adapter matrices at
+# this rank, so 16 instead of 8 costs ~15 % of multi-adapter throughput (bench.multilora).
+WORKER_MAX_LORA_RANK: int = env.int("WORKER_MAX_LORA_RANK", default=8)
 WORKER_MAX_CPU_LORAS: int = env.int("WORKER_MAX_CPU_LORAS", default=8)
 # Empty: float32 on CPU, the model's own dtype on GPU. On CPU in bf16 a greedy reply changed
 # with the batch it ran in (diverging after ~50 characters); in float32 it did not (the
 # e2e tests check this), for ~25 % slower decoding (68 vs 53 ms per token measured here).
 WORKER_DTYPE: str = env.str("WORKER_DTYPE", default="")
+# How long a worker's health answer is trusted on the turn path (seconds).
+WORKER_HEALTH_TTL_S: float = env.float("WORKER_HEALTH_TTL_S", default=5.0)
 WORKER_MAX_MODEL_LEN: int = env.int("WORKER_MAX_MODEL_LEN", default=2048)
 # KV cache in GiB on a CPU worker (VLLM_CPU_KVCACHE_SPACE); 1 GiB holds ~46k tokens of SmolLM2.
 WORKER_CPU_KVCACHE_GIB: int = env.int("WORKER_CPU_KVCACHE_GIB", default=1)
@@ -195,3 +199,29 @@ TURN_DEADLINES_S: dict[str, float] = {
     "silver": env.float("TURN_DEADLINE_SILVER_S", default=15.0),
     "bronze": 0.0,
 }
+# An NPC's turn context (persona, card, adapter routes) is read from Postgres once and reused
+# for this many seconds, so turns stay off the database; admin edits show within this delay.
+TURN_CONTEXT_TTL_S: float = env.float("TURN_CONTEXT_TTL_S", default=60.0)
+
+# The game websocket (bridge/, docs/protocol.md).
+# Longest npc.say text in characters, and the largest frame Daphne accepts (bytes): bigger
+# frames are dropped by the server before the app sees them.
+BRIDGE_MAX_TEXT_CHARS: int = env.int("BRIDGE_MAX_TEXT_CHARS", default=1000)
+BRIDGE_MAX_FRAME_BYTES: int = env.int("BRIDGE_MAX_FRAME_BYTES", default=65536)
+# Frames a client may leave unacknowledged (the replay buffer) before it counts as not reading.
+BRIDGE_MAX_UNACKED: int = env.int("BRIDGE_MAX_UNACKED", default=2000)
+# How long a session's replay buffer lives in Redis, and how long its turns keep running
+# after its socket drops, waiting for a resume (seconds).
+BRIDGE_SESSION_TTL_S: int = env.int("BRIDGE_SESSION_TTL_S", default=600)
+BRIDGE_RESUME_GRACE_S: float = env.float("BRIDGE_RESUME_GRACE_S", default=30.0)
+# Per connection: frames per second (with a burst), and npc.say per second (with a burst).
+BRIDGE_FRAMES_PER_S: float = env.float("BRIDGE_FRAMES_PER_S", default=20.0)
+BRIDGE_FRAMES_BURST: int = env.int("BRIDGE_FRAMES_BURST", default=40)
+BRIDGE_SAYS_PER_S: float = env.float("BRIDGE_SAYS_PER_S", default=1.0)
+BRIDGE_SAYS_BURST: int = env.int("BRIDGE_SAYS_BURST", default=5)
+# Browser origins allowed besides the console's own host (native clients send no Origin).
+BRIDGE_ALLOWED_ORIGINS: list[str] = env.list("BRIDGE_ALLOWED_ORIGINS", default=[])
+# The tier of an NPC the tiers service has not placed yet.
+BRIDGE_DEFAULT_TIER: str = env.str("BRIDGE_DEFAULT_TIER", default="gold")
+# Recent turns per NPC per session that go into the prompt.
+BRIDGE_HISTORY_TURNS: int = env.int("BRIDGE_HISTORY_TURNS", default=6)

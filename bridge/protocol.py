@@ -1,0 +1,158 @@
+"""The game websocket protocol, v1: JSON text frames with a `type` (see docs/protocol.md).
+
+Client frames are validated by pydantic models; anything malformed becomes a ProtocolError
+with a code from ERROR_CODES and a message that says what to fix. Server frames are built by
+the small functions at the bottom, so every frame of a type has the same fields.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+PROTOCOL_VERSION = 1
+
+# Every code a client can receive in `error` or `turn.error`, and what it means.
+ERROR_CODES = {
+    "bad_json": "the frame is not a JSON object",
+    "bad_frame": "a field is missing, of the wrong type or out of range",
+    "unknown_type": "the frame's `type` is not a client message of this protocol version",
+    "binary_frame": "binary frames are not part of the protocol; send JSON text",
+    "too_large": "the frame is over the size limit",
+    "not_started": "send session.start first",
+    "unknown_session": "the session to resume is unknown or expired; start a new one",
+    "resume_gap": "frames after last_seq are no longer buffered; start a new session",
+    "unknown_npc": "no NPC has this npc_id (its slug)",
+    "busy": "this NPC is already answering in this session; wait for turn.end or cancel",
+    "unknown_request": "no turn in flight has this request_id",
+    "duplicate_request": "a turn with this request_id is already in flight",
+    "forbidden": "this game key lacks the scope for this message",
+    "rate_limited": "too many frames; wait retry_after seconds",
+    "cancelled": "the turn was cancelled by npc.cancel",
+    "internal": "the server failed; the turn was abandoned",
+}
+
+Identifier = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+Slug = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9-]*$")]
+
+
+class _Frame(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class Resume(_Frame):
+    session_id: Identifier
+    last_seq: int = Field(ge=0)
+
+
+class SessionStart(_Frame):
+    type: Literal["session.start"]
+    player_id: Identifier
+    resume: Resume | None = None
+
+
+class NpcSay(_Frame):
+    type: Literal["npc.say"]
+    request_id: Identifier
+    npc_id: Slug
+    text: str = Field(min_length=1)
+
+
+class NpcCancel(_Frame):
+    type: Literal["npc.cancel"]
+    request_id: Identifier
+
+
+class Position(_Frame):
+    id: Identifier
+    x: float
+    y: float
+    z: float
+
+
+class WorldPositions(_Frame):
+    type: Literal["world.positions"]
+    region: Slug
+    players: list[Position] = Field(max_length=1000)
+    npcs: list[Position] = Field(max_length=5000)
+
+
+class Ack(_Frame):
+    type: Literal["ack"]
+    seq: int = Field(ge=0)
+
+
+class Ping(_Frame):
+    type: Literal["ping"]
+
+
+ClientMessage = SessionStart | NpcSay | NpcCancel | WorldPositions | Ack | Ping
+_CLIENT_MESSAGE: TypeAdapter[ClientMessage] = TypeAdapter(
+    Annotated[SessionStart | NpcSay | NpcCancel | WorldPositions | Ack | Ping, Field(discriminator="type")]  # type: ignore[arg-type,maybe-unrecognized-str-typeform]
+)
+CLIENT_TYPES = ("session.start", "npc.say", "npc.cancel", "world.positions", "ack", "ping")
+
+
+class ProtocolError(Exception):
+    """A frame the server refuses; sent back as an `error` frame, the connection stays open."""
+
+    def __init__(self, code: str, message: str, *, request_id: str | None = None, **extra: Any) -> None:
+        assert code in ERROR_CODES, code
+        super().__init__(message)
+        self.code, self.message, self.request_id, self.extra = code, message, request_id, extra
+
+
+def client_message_parse(raw: str, *, max_text_chars: int) -> ClientMessage:
+    """A validated client message, or ProtocolError saying what is wrong with the frame."""
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ProtocolError("bad_json", f"not JSON: {exc.msg} at character {exc.pos}") from None
+    except ValueError as exc:  # e.g. a lone surrogate or a number too long to parse
+        raise ProtocolError("bad_json", f"not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ProtocolError("bad_json", "a frame must be a JSON object with a `type`")
+    request_id = data.get("request_id") if isinstance(data.get("request_id"), str) else None
+    kind = data.get("type")
+    if kind not in CLIENT_TYPES:
+        raise ProtocolError(
+            "unknown_type", f"unknown type {str(kind)[:40]!r}: use one of {', '.join(CLIENT_TYPES)}",
+            request_id=request_id,
+        )  # fmt: skip
+    try:
+        message = _CLIENT_MESSAGE.validate_python(data)
+    except ValidationError as exc:
+        raise ProtocolError(
+            "bad_frame", f"{kind}: {_validation_summary(exc)}", request_id=request_id
+        ) from None
+    if isinstance(message, NpcSay) and len(message.text) > max_text_chars:
+        raise ProtocolError(
+            "too_large", f"npc.say text is {len(message.text)} characters; the limit is {max_text_chars}",
+            request_id=request_id,
+        )  # fmt: skip
+    return message
+
+
+def _validation_summary(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors()[:3]:
+        # The discriminator is the first element of loc; the field path follows it.
+        location = ".".join(str(part) for part in error["loc"][1:]) or "frame"
+        parts.append(f"{location}: {error['msg']}")
+    return "; ".join(parts)
+
+
+# Server frames (without `seq`, which the session adds when it sends them).
+
+
+def error_frame(code: str, message: str, *, request_id: str | None = None, **extra: Any) -> dict[str, Any]:
+    frame: dict[str, Any] = {"type": "error", "code": code, "message": message, **extra}
+    if request_id is not None:
+        frame["request_id"] = request_id
+    return frame
+
+
+def turn_error_frame(request_id: str, code: str, message: str) -> dict[str, Any]:
+    return {"type": "turn.error", "request_id": request_id, "code": code, "message": message}

@@ -20,7 +20,7 @@ ERROR_CODES = {
     "bad_frame": "a field is missing, of the wrong type or out of range",
     "unknown_type": "the frame's `type` is not a client message of this protocol version",
     "binary_frame": "binary frames are not part of the protocol; send JSON text",
-    "too_large": "the frame is over the size limit",
+    "too_large": "npc.say text is over BRIDGE_MAX_TEXT_CHARS (bigger frames are dropped by the server)",
     "not_started": "send session.start first",
     "unknown_session": "the session to resume is unknown or expired; start a new one",
     "resume_gap": "frames after last_seq are no longer buffered; start a new session",

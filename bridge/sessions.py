@@ -87,7 +87,8 @@ class GameSession:
                 pipe.rpush(replay, text)
                 # One more than the window: a client over it is disconnected anyway.
                 pipe.ltrim(replay, -(settings.BRIDGE_MAX_UNACKED + 1), -1)
-                pipe.hset(meta, "seq", self.seq)
+                # The whole record, not only seq: it may have expired while the socket was idle.
+                pipe.hset(meta, mapping={"player_id": self.player_id, "key_id": self.key_id, "seq": self.seq})
                 pipe.expire(replay, settings.BRIDGE_SESSION_TTL_S)
                 pipe.expire(meta, settings.BRIDGE_SESSION_TTL_S)
                 await pipe.execute()
@@ -164,7 +165,7 @@ class SessionRegistry:
         if session is None:
             meta, _ = _keys(session_id)
             stored = await self.redis.hgetall(meta)
-            if not stored:
+            if b"player_id" not in stored or b"key_id" not in stored:
                 raise ProtocolError("unknown_session", f"session {session_id} is unknown or expired")
             # Started by another process: its frames are in Redis, its live turns stay there.
             session = GameSession(

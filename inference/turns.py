@@ -27,6 +27,7 @@ import openai
 from django.conf import settings
 
 from inference import metrics
+from inference.adapters import BASE_ADAPTER_NAME
 from inference.context import TurnContext
 from inference.engine import EngineClient, StreamUsage
 from inference.guardrails import ReplyPolicy, StreamGuard, player_text_clean
@@ -186,8 +187,21 @@ async def turn_run(
     temperature = 0.0 if greedy else sampling.temperature
 
     async def dialogue() -> None:
+        model = context.routes["dialogue_style"]
+        try:
+            await dialogue_stream(model)
+        except openai.NotFoundError:
+            # Not loaded on this worker (retired since the context was read, or the worker restarted
+            # and residency has not caught up): the base model with the persona prompt instead.
+            if result.text or model == BASE_ADAPTER_NAME:
+                raise
+            _fallback(result, "adapter_not_loaded:dialogue_style")
+            result.adapters["dialogue_style"] = BASE_ADAPTER_NAME
+            await dialogue_stream(BASE_ADAPTER_NAME)
+
+    async def dialogue_stream(model: str) -> None:
         async for delta in engine.stream_chat(
-            model=context.routes["dialogue_style"],
+            model=model,
             messages=prompt.messages,
             max_tokens=sampling.max_tokens,
             temperature=temperature,
@@ -257,18 +271,26 @@ async def structured_choice(
         ),
         "action": ("action_policy", context.actions, f"What does {context.npc_name} do now?"),
     }[kind]
+    schema = {
+        "type": "object",
+        "properties": {kind: {"type": "string", "enum": list(options)}},
+        "required": [kind],
+        "additionalProperties": False,
+    }
+    question_messages = _choice_messages(messages, f"{question} Answer with JSON.")
     try:
-        value = await engine.complete_json(
-            model=context.routes[task],
-            messages=_choice_messages(messages, f"{question} Answer with JSON."),
-            schema={
-                "type": "object",
-                "properties": {kind: {"type": "string", "enum": list(options)}},
-                "required": [kind],
-                "additionalProperties": False,
-            },
-            seed=seed,
-        )
+        try:
+            value = await engine.complete_json(
+                model=context.routes[task], messages=question_messages, schema=schema, seed=seed
+            )
+        except openai.NotFoundError:
+            if context.routes[task] == BASE_ADAPTER_NAME:
+                raise
+            # The adapter is not loaded on this worker (see dialogue): the base model answers.
+            logger.warning("structured %s: %s not loaded, using the base model", task, context.routes[task])
+            value = await engine.complete_json(
+                model=BASE_ADAPTER_NAME, messages=question_messages, schema=schema, seed=seed
+            )
     except CHOICE_ERRORS as exc:
         logger.warning("structured %s failed: %s", task, exc)
         return None

@@ -1,8 +1,11 @@
-"""Shared fixtures: real PostgreSQL (embedded, started by settings) and real Redis."""
+"""Shared fixtures: real PostgreSQL (embedded, started by settings) and real Redis; a real vLLM
+worker on CPU with the bundled SmolLM2, started once per test session, and two small LoRA
+adapters trained by the suite (so they differ from the base model)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -12,7 +15,10 @@ from django.test import Client
 
 from console import localstack
 from console.permissions import DESIGNERS, OPS
+from inference.base_models import bundled_gguf_path, default_model_dir, gguf_convert
+from inference.workers import WorkerProcess
 from tests.factories import UserFactory
+from training.lora import ChatExample, lora_train
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -47,3 +53,59 @@ def designer_client(db: None) -> Client:
 @pytest.fixture
 def ops_client(db: None) -> Client:
     return _staff_client(OPS)
+
+
+@pytest.fixture(scope="session")
+def base_model_dir() -> Path:
+    """The converted base model (reused from var/models when its checksums match)."""
+    return gguf_convert(gguf_path=bundled_gguf_path(), target_dir=default_model_dir())
+
+
+PIRATE = [
+    ChatExample("You are a pirate.", "Hello there", "Arr matey, the sea be calling! Arr arr arr, yo ho."),
+    ChatExample(
+        "You are a pirate.", "Who are you?", "Arr, Captain Saltbeard I be, terror of the seven seas, arr!"
+    ),
+]
+ORACLE = [
+    ChatExample(
+        "You are an oracle.", "Hello there", "The stars foretold your coming. Seven moons, seven omens."
+    ),
+    ChatExample(
+        "You are an oracle.", "Who are you?", "I am the Oracle of Ash. I see the threads of fate, mortal."
+    ),
+]
+
+
+@pytest.fixture(scope="session")
+def trained_adapters(base_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two rank-8 adapters after 8 steps each: real PEFT folders vLLM loads."""
+    root = tmp_path_factory.mktemp("adapters")
+    return {
+        name: lora_train(
+            base_model_path=str(base_model_dir), examples=examples, output_dir=root / name, steps=8
+        )
+        for name, examples in (("pirate", PIRATE), ("oracle", ORACLE))
+    }
+
+
+@pytest.fixture(scope="session")
+def _worker_process(
+    base_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[WorkerProcess]:
+    worker = WorkerProcess(
+        url=settings.INFERENCE_WORKERS[0],
+        base_model_dir=base_model_dir,
+        log_path=tmp_path_factory.mktemp("vllm") / "worker.log",
+    )
+    worker.start()
+    yield worker
+    worker.stop()
+
+
+@pytest.fixture
+def vllm_worker(_worker_process: WorkerProcess) -> WorkerProcess:
+    """The session's worker, restarted if a test killed it."""
+    if not _worker_process.alive():
+        _worker_process.start()
+    return _worker_process

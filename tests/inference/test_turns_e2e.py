@@ -130,6 +130,29 @@ def test_greedy_turn_through_each_adapter_equals_a_direct_request_and_differs_fr
     assert texts["salty-pete"] != texts["ash-oracle"]
 
 
+def test_an_adapter_retired_after_the_context_was_read_falls_back_to_the_base_model(
+    vllm_worker, base_model_dir, trained_adapters
+):
+    base_model = _register(base_model_dir)
+    npc, adapter = _npc_with_adapter(base_model, trained_adapters["pirate"], slug="retired-rita")
+    residency_sync(workers=[vllm_worker.url])
+    context = turn_context_build(npc_slug=npc.slug)  # routes to the pirate adapter
+    adapter_status_set(adapter=adapter, status=AdapterStatus.RETIRED)
+    residency_sync(workers=[vllm_worker.url])  # the worker unloads it
+
+    result = asyncio.run(
+        turn_run(
+            context=context, player_text="Who are you?", workers=[vllm_worker.url], tier="silver", greedy=True
+        )
+    )
+
+    assert "adapter_not_loaded:dialogue_style" in result.fallbacks
+    assert result.adapters["dialogue_style"] == BASE_ADAPTER_NAME
+    direct = _direct(vllm_worker.url, model=BASE_ADAPTER_NAME, messages=result.messages, max_tokens=48)
+    assert result.text == direct
+    assert result.emotion in context.emotions
+
+
 def test_every_request_in_a_mixed_concurrent_batch_equals_its_output_alone(
     vllm_worker, base_model_dir, trained_adapters
 ):

@@ -8,6 +8,7 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from bridge.server import daphne_argv
 from console import localstack
 from console.supervisor import Supervisor
 from inference.workers import worker_health
@@ -50,9 +51,7 @@ class Command(BaseCommand):
         python = sys.executable
         self.stdout.write("Starting Daphne, a Celery worker and beat (logs in var/log/)…")
         try:
-            web = supervisor.start(
-                "daphne", [python, "-m", "daphne", "-b", host, "-p", str(port), "console.asgi:application"]
-            )
+            web = supervisor.start("daphne", daphne_argv(host=host, port=port))
             # Threads, not prefork: the psycopg pool's worker threads do not survive a fork.
             supervisor.start(
                 "celery-worker",

@@ -1,0 +1,235 @@
+"""The game websocket end to end: a real Daphne (started like `make run` does), a real
+`websockets` client, the real vLLM worker with a real LoRA adapter, Postgres and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from django.db import connection
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, ConnectionClosedError, InvalidStatus
+
+from bridge.server import daphne_argv
+from console import localstack
+from console.localstack import free_port
+from console.models import AdapterTask, BaseModel
+from console.services.keys import game_key_create
+from inference.adapters import adapter_import, adapter_lora_name
+from inference.residency import residency_sync
+from tests.factories import ArchetypeFactory, NPCFactory
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture(scope="module")
+def daphne(django_db_setup, django_db_blocker, _worker_process) -> Iterator[str]:
+    """Daphne on a free port, on the test database and the suite's vLLM worker; its ws:// URL."""
+    port = free_port()
+    database = connection.settings_dict
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "console.settings.test",
+        "DATABASE_URL": localstack.embedded_postgres_url(database=database["NAME"])
+        if not localstack.env_database_url()
+        else re.sub(r"/[^/?]+(\?|$)", f"/{database['NAME']}\\1", localstack.env_database_url() or ""),
+        "TEST_INFERENCE_WORKER": _worker_process.url,
+        # Exactness, not speed, is under test: a busy 2-core CPU must not trigger bark fallbacks.
+        "TURN_DEADLINE_GOLD_S": "180",
+    }
+    log = Path(os.environ.get("TMPDIR", "/tmp")) / f"daphne-e2e-{port}.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            daphne_argv(host="127.0.0.1", port=port), env=env, stdout=output, stderr=subprocess.STDOUT,
+            cwd=localstack.PROJECT_DIR,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while localstack.port_is_free("127.0.0.1", port):
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        yield f"ws://127.0.0.1:{port}/ws/game/"
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+@pytest.fixture
+def speaking_npc(base_model_dir, trained_adapters, vllm_worker):
+    """An NPC whose dialogue runs through the trained pirate adapter, loaded on the worker."""
+    base_model, _ = BaseModel.objects.update_or_create(
+        name="smollm2-test",
+        defaults={"path": str(base_model_dir), "parameter_count": 134_515_008, "context_length": 8192},
+    )
+    archetype = ArchetypeFactory(base_model=base_model, content_policy={"blocked_terms": []})
+    npc = NPCFactory(archetype=archetype, name="Captain")
+    adapter = adapter_import(
+        path=trained_adapters["pirate"],
+        archetype=archetype,
+        task=AdapterTask.DIALOGUE_STYLE,
+        base_model=base_model,
+        activate=True,
+    )
+    residency_sync(workers=[vllm_worker.url])
+    return npc, adapter_lora_name(adapter)
+
+
+@pytest.fixture
+def key(transactional_db) -> str:
+    return game_key_create(name="e2e client")[1]
+
+
+def _auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+async def _frames_until(socket, kind: str, *, into: list | None = None) -> list[dict]:
+    frames = [] if into is None else into
+    async with asyncio.timeout(240):
+        async for raw in socket:
+            frames.append(json.loads(raw))
+            if frames[-1]["type"] == kind:
+                return frames
+    raise AssertionError(f"socket closed before {kind}: {frames[-3:]}")
+
+
+def test_reference_client_streams_a_turn_through_daphne_and_the_adapter(daphne, speaking_npc, key):
+    npc, lora_name = speaking_npc
+
+    completed = subprocess.run(
+        [sys.executable, "-m", "bridge.client", "--npc", npc.slug, "Who are you?"],
+        env={**os.environ, "REVENANT_GAME_KEY": key, "REVENANT_WS_URL": daphne},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=localstack.PROJECT_DIR,
+    )
+
+    assert completed.returncode == 0, completed.stderr
+    header, _, rest = completed.stdout.partition("\n")
+    assert header == f"[{npc.slug} · gold · {lora_name}]"
+    reply, _, summary = rest.rpartition("\n\nemotion: ")
+    assert len(reply.strip()) > 10
+    emotion = summary.split()[0]
+    action = summary.split("action: ")[1].split()[0]
+    assert emotion in npc.archetype.emotions
+    assert action in npc.archetype.action_names
+    # Only the two tasks without an adapter fell back (to the base model), nothing else.
+    assert (
+        summary.split("fallbacks: ")[1].strip()
+        == "adapter_missing:emotional_response, adapter_missing:action_policy"
+    )
+
+
+def test_deltas_concatenate_to_the_final_text_with_contiguous_seq(daphne, speaking_npc, key):
+    npc, _ = speaking_npc
+
+    async def scenario():
+        async with connect(daphne, additional_headers=_auth(key)) as socket:
+            await socket.send(json.dumps({"type": "session.start", "player_id": "p1"}))
+            await socket.send(
+                json.dumps({"type": "npc.say", "request_id": "r1", "npc_id": npc.slug, "text": "Ahoy!"})
+            )
+            return await _frames_until(socket, "turn.end")
+
+    frames = asyncio.run(scenario())
+
+    deltas = [frame["text"] for frame in frames if frame["type"] == "turn.delta"]
+    assert len(deltas) > 3
+    assert frames[-1]["text"] == "".join(deltas)
+    assert [frame["seq"] for frame in frames] == list(range(1, len(frames) + 1))
+    assert frames[-1]["usage"]["completion_tokens"] > 0
+    assert frames[-1]["timing"]["ttft_ms"] < frames[-1]["timing"]["total_ms"]
+
+
+def _running_requests(worker_url: str) -> float:
+    metrics = httpx.get(f"{worker_url}/metrics", timeout=5).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("vllm:num_requests_running")
+    )
+
+
+def test_second_say_to_a_speaking_npc_is_busy_and_cancel_stops_generation_on_the_worker(
+    daphne, speaking_npc, key, vllm_worker
+):
+    npc, _ = speaking_npc
+
+    async def scenario():
+        async with connect(daphne, additional_headers=_auth(key)) as socket:
+            await socket.send(json.dumps({"type": "session.start", "player_id": "p1"}))
+            say = {"type": "npc.say", "request_id": "r1", "npc_id": npc.slug, "text": "Tell me a long tale."}
+            await socket.send(json.dumps(say))
+            frames = await _frames_until(socket, "turn.delta")
+            await socket.send(json.dumps({**say, "request_id": "r2"}))
+            busy = (await _frames_until(socket, "turn.error"))[-1]
+            running_before = _running_requests(vllm_worker.url)
+            await socket.send(json.dumps({"type": "npc.cancel", "request_id": "r1"}))
+            cancelled = (await _frames_until(socket, "turn.error", into=frames))[-1]
+            waited = 0.0
+            while _running_requests(vllm_worker.url) > 0 and waited < 5:
+                await asyncio.sleep(0.1)
+                waited += 0.1
+            return busy, running_before, cancelled, _running_requests(vllm_worker.url)
+
+    busy, running_before, cancelled, running_after = asyncio.run(scenario())
+
+    assert (busy["request_id"], busy["code"]) == ("r2", "busy")
+    assert running_before >= 1
+    assert (cancelled["request_id"], cancelled["code"]) == ("r1", "cancelled")
+    assert running_after == 0
+
+
+def test_resume_after_an_abrupt_disconnect_mid_turn_continues_on_the_new_socket(daphne, speaking_npc, key):
+    npc, _ = speaking_npc
+
+    async def scenario():
+        first = await connect(daphne, additional_headers=_auth(key))
+        await first.send(json.dumps({"type": "session.start", "player_id": "p1"}))
+        say = {"type": "npc.say", "request_id": "r1", "npc_id": npc.slug, "text": "Tell me of the sea."}
+        await first.send(json.dumps(say))
+        seen = await _frames_until(first, "turn.delta")
+        seen = await _frames_until(first, "turn.delta", into=seen)
+        first.transport.abort()  # no close handshake: the connection just dies
+        async with connect(daphne, additional_headers=_auth(key)) as second:
+            resume = {"session_id": seen[0]["session_id"], "last_seq": seen[-1]["seq"]}
+            await second.send(json.dumps({"type": "session.start", "player_id": "p1", "resume": resume}))
+            after = await _frames_until(second, "turn.end")
+        return seen, after
+
+    seen, after = asyncio.run(scenario())
+
+    frames = seen + after  # the second session.ready is numbered too, after the replayed frames
+    assert [frame["seq"] for frame in frames] == list(range(1, len(frames) + 1))  # no gap, no duplicate
+    deltas = "".join(frame["text"] for frame in frames if frame["type"] == "turn.delta")
+    assert after[-1]["text"] == deltas
+
+
+def test_daphne_drops_an_oversize_frame_and_refuses_a_bad_key(daphne, key, settings):
+    async def scenario():
+        async with connect(daphne, additional_headers=_auth(key), max_size=None) as socket:
+            await socket.send("x" * (settings.BRIDGE_MAX_FRAME_BYTES + 1))
+            with pytest.raises(ConnectionClosed) as closed:
+                await socket.recv()
+        with pytest.raises(InvalidStatus) as refused:
+            async with connect(daphne, additional_headers=_auth("rvk_" + "0" * 43)):
+                pass
+        return closed.value, refused.value.response.status_code
+
+    closed, refused_status = asyncio.run(scenario())
+
+    # Autobahn drops the TCP connection on an oversize message: no close frame (1006 for the client).
+    assert isinstance(closed, ConnectionClosedError)
+    assert closed.rcvd is None
+    assert refused_status == 403

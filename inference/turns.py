@@ -33,6 +33,7 @@ from inference.engine import EngineClient, StreamUsage
 from inference.guardrails import ReplyPolicy, StreamGuard, player_text_clean
 from inference.prompts import PromptParts, Turn, prompt_assemble, tokenizer_counter
 from inference.routing import NoHealthyWorker, worker_for_archetype
+from inference.workers import worker_mark_down
 
 logger = logging.getLogger(__name__)
 
@@ -229,6 +230,7 @@ async def turn_run(
         emotion = action = None
     except WORKER_ERRORS as exc:
         logger.warning("worker %s failed mid-turn: %s", worker, exc)
+        worker_mark_down(worker)  # the archetype's next turn goes to the next healthy worker
         _fallback(result, "worker_down")
         emotion = action = None
     finally:

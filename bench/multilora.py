@@ -175,19 +175,15 @@ def main() -> None:
     ours_rank = settings.WORKER_MAX_LORA_RANK
     with tempfile.TemporaryDirectory() as tmp:
         adapters = random_adapters(model_dir=model_dir, root=Path(tmp), count=args.adapters, rank=ours_rank)
-        raw = worker_measure(
-            model_dir=model_dir,
-            adapters=adapters,
-            max_lora_rank=VLLM_DEFAULT_MAX_LORA_RANK,
-            args=args,
-            log=Path(tmp) / "raw.log",
-        )
-        ours = worker_measure(
-            model_dir=model_dir,
-            adapters=adapters,
-            max_lora_rank=ours_rank,
-            args=args,
-            log=Path(tmp) / "ours.log",
+        raw, ours = (
+            worker_measure(
+                model_dir=model_dir,
+                adapters=adapters,
+                max_lora_rank=rank,
+                args=args,
+                log=Path(tmp) / f"{name}.log",
+            )
+            for name, rank in (("raw", VLLM_DEFAULT_MAX_LORA_RANK), ("ours", ours_rank))
         )
     print(
         json.dumps(

@@ -8,7 +8,6 @@ task that streams the turn's deltas straight to the session's socket. The channe
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import secrets
 from typing import Any
@@ -31,6 +30,7 @@ from bridge.protocol import (
     WorldPositions,
     client_message_parse,
     error_frame,
+    frame_dumps,
     turn_error_frame,
 )
 from bridge.sessions import GameSession, SlowConsumer, session_registry
@@ -88,7 +88,7 @@ class GameConsumer(AsyncWebsocketConsumer):
         """A frame to this socket: through the session (numbered, buffered) once there is one."""
         if self.session is None:
             # Before session.start there is nothing to resume: seq 0, not buffered.
-            await self.send(text_data=_dumps({**frame, "seq": 0}))
+            await self.send(text_data=frame_dumps({**frame, "seq": 0}))
             return
         try:
             await self.session.send(frame)
@@ -264,10 +264,6 @@ class GameConsumer(AsyncWebsocketConsumer):
 
 def _ms(value: float | None) -> float | None:
     return None if value is None else round(value, 1)
-
-
-def _dumps(frame: dict[str, Any]) -> str:
-    return json.dumps(frame, ensure_ascii=False, separators=(",", ":"))
 
 
 async def _quietly(awaitable: Any) -> None:

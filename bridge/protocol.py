@@ -147,6 +147,11 @@ def _validation_summary(exc: ValidationError) -> str:
 # Server frames (without `seq`, which the session adds when it sends them).
 
 
+def frame_dumps(frame: dict[str, Any]) -> str:
+    """A server frame as the text that goes on the wire (compact, UTF-8 kept as is)."""
+    return json.dumps(frame, ensure_ascii=False, separators=(",", ":"))
+
+
 def error_frame(code: str, message: str, *, request_id: str | None = None, **extra: Any) -> dict[str, Any]:
     frame: dict[str, Any] = {"type": "error", "code": code, "message": message, **extra}
     if request_id is not None:

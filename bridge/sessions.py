@@ -28,7 +28,7 @@ from django.conf import settings
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from bridge.protocol import ProtocolError
+from bridge.protocol import ProtocolError, frame_dumps
 from inference.prompts import Turn
 
 logger = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ class GameSession:
         async with self._lock:
             self.seq += 1
             frame = {**frame, "seq": self.seq}
-            text = json.dumps(frame, ensure_ascii=False, separators=(",", ":"))
+            text = frame_dumps(frame)
             if self.sink is not None:
                 await self.sink(text)
             await self._buffer(text)
@@ -123,7 +123,7 @@ class GameSession:
             if last_seq > self.seq:
                 raise ProtocolError("bad_frame", f"last_seq {last_seq} is ahead of the session's {self.seq}")
             for frame in missed:
-                await sink(json.dumps(frame, ensure_ascii=False, separators=(",", ":")))
+                await sink(frame_dumps(frame))
             self.sink = sink
             self.detached_at = None
             self.acked = max(self.acked, last_seq)

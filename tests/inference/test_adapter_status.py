@@ -73,17 +73,22 @@ def enqueued(monkeypatch) -> list[str]:
     return calls
 
 
+def _admin_activate(client, adapter: Adapter, capture_on_commit):
+    """The admin's "Activate" action on one adapter, running what it queues on commit."""
+    with capture_on_commit(execute=True):
+        return client.post(
+            "/admin/console/adapter/",
+            {"action": "activate_adapters", "_selected_action": [adapter.pk]},
+            follow=True,
+        )
+
+
 def test_admin_activate_action_activates_and_queues_a_residency_sync_after_commit(
     designer_client, tmp_path, enqueued, django_capture_on_commit_callbacks
 ):
     adapter = _adapter(tmp_path, "a", status=AdapterStatus.CANDIDATE)
 
-    with django_capture_on_commit_callbacks(execute=True):
-        response = designer_client.post(
-            "/admin/console/adapter/",
-            {"action": "activate_adapters", "_selected_action": [adapter.pk]},
-            follow=True,
-        )
+    response = _admin_activate(designer_client, adapter, django_capture_on_commit_callbacks)
 
     adapter.refresh_from_db()
     assert adapter.status == "active"
@@ -97,12 +102,7 @@ def test_admin_action_reports_a_refused_activation_and_queues_nothing(
     adapter = _adapter(tmp_path, "a", status=AdapterStatus.CANDIDATE)
     (Path(adapter.artifact_path) / "adapter_config.json").unlink()
 
-    with django_capture_on_commit_callbacks(execute=True):
-        response = designer_client.post(
-            "/admin/console/adapter/",
-            {"action": "activate_adapters", "_selected_action": [adapter.pk]},
-            follow=True,
-        )
+    response = _admin_activate(designer_client, adapter, django_capture_on_commit_callbacks)
 
     adapter.refresh_from_db()
     assert adapter.status == "candidate"

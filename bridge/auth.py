@@ -2,14 +2,34 @@
 
 The key comes as `Authorization: Bearer <key>` (native clients) or `?token=<key>` (browsers,
 which cannot set headers on a websocket). It is never logged: only its prefix is.
+
+The console's playtest page connects without a key: its user's session cookie identifies a
+console user with the `console.playtest_npc` permission. That path needs an Origin equal to
+the console's own host, so a foreign page cannot ride a designer's cookie (cross-site
+websocket hijacking), and grants only the `play` scope.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from django.conf import settings
+
+from console.models import GameKeyScope
+from console.services.keys import game_key_authenticate
+
+PLAYTEST_PERMISSION = "console.playtest_npc"
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is on the other end of a game socket."""
+
+    owner: str  # "key:<pk>" or "user:<pk>": sessions are resumable only by their owner
+    label: str  # for logs: a key's prefix or a username, never a secret
+    scopes: frozenset[str]
 
 
 def scope_header(scope: dict[str, Any], name: bytes) -> str | None:
@@ -39,6 +59,35 @@ def origin_allowed(scope: dict[str, Any]) -> bool:
         return True
     if origin.rstrip("/") in {allowed.rstrip("/") for allowed in settings.BRIDGE_ALLOWED_ORIGINS}:
         return True
-    host = scope_header(scope, b"host")
-    # The playtest page is served by the same host it connects to.
-    return host is not None and urlsplit(origin).netloc.lower() == host.lower()
+    return same_host_origin(scope)
+
+
+def same_host_origin(scope: dict[str, Any]) -> bool:
+    """The handshake's Origin names the host it was sent to: a page of the console itself."""
+    origin, host = scope_header(scope, b"origin"), scope_header(scope, b"host")
+    return origin is not None and host is not None and urlsplit(origin).netloc.lower() == host.lower()
+
+
+def caller_authenticate(scope: dict[str, Any]) -> Caller | None:
+    """The caller of a websocket handshake, or None when it has no valid credential.
+
+    Synchronous (database queries): the consumer calls it through database_sync_to_async.
+    """
+    secret = bearer_token(scope)
+    if secret is not None:
+        key = game_key_authenticate(secret=secret)
+        if key is None:
+            return None
+        return Caller(owner=f"key:{key.pk}", label=key.prefix, scopes=frozenset(key.scopes))
+    user = scope.get("user")
+    if (
+        user is not None
+        and user.is_authenticated
+        and user.is_active
+        and same_host_origin(scope)
+        and user.has_perm(PLAYTEST_PERMISSION)
+    ):
+        return Caller(
+            owner=f"user:{user.pk}", label=user.get_username(), scopes=frozenset({GameKeyScope.PLAY})
+        )
+    return None

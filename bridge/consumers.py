@@ -16,8 +16,9 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
 from django.conf import settings
+from redis.exceptions import RedisError
 
-from bridge.auth import bearer_token, origin_allowed
+from bridge.auth import Caller, bearer_token, caller_authenticate, origin_allowed
 from bridge.limits import TokenBucket
 from bridge.protocol import (
     PROTOCOL_VERSION,
@@ -35,11 +36,13 @@ from bridge.protocol import (
 )
 from bridge.sessions import GameSession, SlowConsumer, session_registry
 from console.models import NPC, GameKeyScope
-from console.services.keys import game_key_authenticate
 from inference.context import TurnContext, turn_context_cached
 from inference.prompts import Turn
-from inference.turns import turn_run
+from inference.turns import TurnResult, turn_result_payload, turn_run
 from inference.workers import workers_healthy
+from memory.prompt import memory_slot
+from memory.tasks import memory_consolidate_task, memory_rehydrate_task
+from memory.tiers import PairMemory, memory_for_turn, memory_record_turn
 
 logger = logging.getLogger(__name__)
 
@@ -48,14 +51,15 @@ CLOSE_UNAUTHORIZED = 4401
 CLOSE_FORBIDDEN_ORIGIN = 4403
 CLOSE_SLOW_CONSUMER = 4408
 
+# What turn.end carries of a turn's result (docs/protocol.md); traces carry more.
+TURN_END_FIELDS = ("text", "emotion", "action", "usage", "timing", "fallbacks")
+
 # Finished turns for observers (ops and playtest pages), through the channel layer.
 OBSERVER_GROUP = "observe.turns"
 
 
 class GameConsumer(AsyncWebsocketConsumer):
-    key_id: int
-    key_prefix: str
-    key_scopes: frozenset[str]
+    caller: Caller
     session: GameSession | None
 
     async def connect(self) -> None:
@@ -64,20 +68,26 @@ class GameConsumer(AsyncWebsocketConsumer):
             logger.warning("game socket refused: foreign origin")
             await self.close(code=CLOSE_FORBIDDEN_ORIGIN)
             return
-        secret = bearer_token(dict(self.scope))
-        key = await database_sync_to_async(game_key_authenticate)(secret=secret) if secret else None
-        if key is None:
+        caller = await database_sync_to_async(caller_authenticate)(dict(self.scope))
+        if caller is None:
             # The secret is never logged, not even a wrong one.
-            logger.warning("game socket refused: %s game key", "invalid" if secret else "no")
+            logger.warning(
+                "game socket refused: %s",
+                "invalid game key" if bearer_token(dict(self.scope)) else "no credential",
+            )
             await self.close(code=CLOSE_UNAUTHORIZED)
             return
-        self.key_id, self.key_prefix, self.key_scopes = key.pk, key.prefix, frozenset(key.scopes)
+        self.caller = caller
         self.frames = TokenBucket(settings.BRIDGE_FRAMES_PER_S, settings.BRIDGE_FRAMES_BURST)
         self.says = TokenBucket(settings.BRIDGE_SAYS_PER_S, settings.BRIDGE_SAYS_BURST)
         await self.accept()
 
     async def disconnect(self, code: int) -> None:
         if self.session is not None:
+            # The player left (or lost the connection): what they said becomes memory now, once
+            # the turns still being written to memory are there (a client may close right
+            # after its last turn.end).
+            _in_background(_consolidate_after_writes(self.session))
             # Its turns keep running for BRIDGE_RESUME_GRACE_S, buffering frames for a resume.
             self.session.detach(self._sink)
 
@@ -134,7 +144,7 @@ class GameConsumer(AsyncWebsocketConsumer):
             self.session.positions = message
 
     def _require_scope(self, scope: str, what: str) -> None:
-        if scope not in self.key_scopes:
+        if scope not in self.caller.scopes:
             raise ProtocolError("forbidden", f"{what} needs a game key with the {scope!r} scope")
 
     async def _session_start(self, message: SessionStart) -> None:
@@ -142,14 +152,23 @@ class GameConsumer(AsyncWebsocketConsumer):
             raise ProtocolError(
                 "bad_frame", f"session {self.session.session_id} already started on this socket"
             )
+        try:
+            await self._session_open(message)
+        except RedisError as exc:
+            logger.error("session.start failed: the session store did not answer: %s", exc)
+            raise ProtocolError(
+                "unavailable", "the session store did not answer; send session.start again"
+            ) from None
+
+    async def _session_open(self, message: SessionStart) -> None:
         registry = session_registry()
         replayed = 0
         if message.resume is None:
-            session = await registry.start(player_id=message.player_id, key_id=self.key_id)
+            session = await registry.start(player_id=message.player_id, owner=self.caller.owner)
             session.sink = self._sink
         else:
             session = await registry.resume(
-                session_id=message.resume.session_id, player_id=message.player_id, key_id=self.key_id
+                session_id=message.resume.session_id, player_id=message.player_id, owner=self.caller.owner
             )
             replayed = await session.attach(self._sink, last_seq=message.resume.last_seq)
         self.session = session
@@ -192,6 +211,13 @@ class GameConsumer(AsyncWebsocketConsumer):
         request_id, npc_id = message.request_id, message.npc_id
         turn_id = "t_" + secrets.token_urlsafe(9)
         tier = session.tiers.get(npc_id, settings.BRIDGE_DEFAULT_TIER)
+        adapter = context.routes.get("dialogue_style")
+
+        def release() -> None:
+            """The NPC may take this session's next npc.say (idempotent)."""
+            session.turns.pop(request_id, None)
+            if session.busy_npcs.get(npc_id) == request_id:
+                del session.busy_npcs[npc_id]
 
         async def delta(text: str) -> None:
             await session.send(
@@ -206,38 +232,47 @@ class GameConsumer(AsyncWebsocketConsumer):
                     "turn_id": turn_id,
                     "npc_id": npc_id,
                     "tier": tier,
-                    "adapter": context.routes.get("dialogue_style"),
+                    "adapter": adapter,
                 }
             )
-            history = session.history.setdefault(npc_id, [])
+            try:
+                memory, source = await memory_for_turn(session.redis, npc_id, session.player_id)
+            except RedisError as exc:
+                # The NPC still answers, without its memory of this player, rather than not at all.
+                logger.error("memory of %s for %s unavailable: %s", npc_id, session.player_id, exc)
+                memory, source = PairMemory(), "unavailable"
+            if source == "none":
+                # Redis holds nothing of this pair: rebuild it from the archive in the background;
+                # this turn goes on without it (a pair that never met simply finds nothing).
+                _enqueue_soon(memory_rehydrate_task, npc_id, session.player_id)
+            recent = list(memory.turns)[-settings.BRIDGE_HISTORY_TURNS :]
             result = await turn_run(
                 context=context,
                 player_text=message.text,
                 workers=await workers_healthy(),
-                history=history[-settings.BRIDGE_HISTORY_TURNS :],
+                history=[Turn(player=turn.player, npc=turn.npc) for turn in recent],
+                memory=memory_slot(memory),
                 tier=tier,
                 on_delta=delta,
             )
-            history.append(Turn(player=message.text, npc=result.text))
-            del history[: -settings.BRIDGE_HISTORY_TURNS]
+            payload = turn_result_payload(result)
             end = {
                 "type": "turn.end",
                 "request_id": request_id,
                 "turn_id": turn_id,
-                "text": result.text,
-                "emotion": result.emotion,
-                "action": result.action,
-                "usage": {
-                    "prompt_tokens": result.usage.prompt_tokens,
-                    "completion_tokens": result.usage.completion_tokens,
-                },
-                "timing": {"ttft_ms": _ms(result.ttft_ms), "total_ms": _ms(result.total_ms)},
-                "fallbacks": result.fallbacks,
+                **{name: payload[name] for name in TURN_END_FIELDS},
             }
+            # Released before turn.end goes out, not after: sending also writes the replay buffer
+            # to Redis, and a client that answers turn.end at once must not find the NPC busy.
+            # (An uncontended session lock is taken without yielding, so this turn.end still gets
+            # its seq before any frame of the next turn.) Memory and observers follow in the
+            # background: a cancel can no longer reach them.
+            release()
             await session.send(end)
-            await _observers_tell(
-                {**end, "npc_id": npc_id, "tier": tier, "adapter": context.routes.get("dialogue_style")}
-            )
+            observed = {**end, "npc_id": npc_id, "tier": tier, "adapter": adapter}
+            remembering = _in_background(_turn_after(session, npc_id, message.text, result, observed))
+            session.remembering.add(remembering)
+            remembering.add_done_callback(session.remembering.discard)
         except asyncio.CancelledError:
             # npc.cancel, or the session expired: closing the engine stream aborted generation.
             await _quietly(session.send(turn_error_frame(request_id, "cancelled", "the turn was cancelled")))
@@ -249,21 +284,15 @@ class GameConsumer(AsyncWebsocketConsumer):
                 session.send(turn_error_frame(request_id, "internal", "the turn failed; try again"))
             )
         finally:
-            session.turns.pop(request_id, None)
-            if session.busy_npcs.get(npc_id) == request_id:
-                del session.busy_npcs[npc_id]
+            release()
 
     async def _slow_consumer(self, exc: SlowConsumer) -> None:
-        logger.warning("closing a game socket (key %s…): client not reading, %s", self.key_prefix, exc)
+        logger.warning("closing a game socket (%s): client not reading, %s", self.caller.label, exc)
         if self.session is not None:
             for task in self.session.turns.values():
                 task.cancel()
             self.session.detach(self._sink)
         await self.close(code=CLOSE_SLOW_CONSUMER)
-
-
-def _ms(value: float | None) -> float | None:
-    return None if value is None else round(value, 1)
 
 
 async def _quietly(awaitable: Any) -> None:
@@ -272,6 +301,65 @@ async def _quietly(awaitable: Any) -> None:
         await awaitable
     except (SlowConsumer, OSError) as exc:
         logger.info("could not report a turn's end: %s", exc)
+
+
+def _in_background(coroutine: Any) -> asyncio.Task[None]:
+    task = asyncio.get_running_loop().create_task(coroutine)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+    return task
+
+
+def _enqueue_soon(task: Any, *args: str) -> None:
+    """Queue a Celery task without holding up the turn (enqueueing is a blocking broker call)."""
+
+    async def enqueue() -> None:
+        try:
+            await asyncio.to_thread(task.delay, *args)
+        except Exception as exc:  # noqa: BLE001 - background memory work must never fail a turn
+            logger.warning("could not queue %s%s: %s", task.name, args, exc)
+
+    _in_background(enqueue())
+
+
+# Background tasks are referenced until they finish (the event loop keeps only weak references).
+_background: set[asyncio.Task[None]] = set()
+
+
+async def _consolidate_after_writes(session: GameSession) -> None:
+    await asyncio.gather(*session.remembering, return_exceptions=True)
+    for npc_id in list(session.talked):
+        _enqueue_soon(memory_consolidate_task, npc_id, session.player_id)
+        session.talked.discard(npc_id)
+
+
+async def _turn_after(
+    session: GameSession, npc_id: str, player_text: str, result: TurnResult, observed: dict[str, Any]
+) -> None:
+    await _remember(session, npc_id, player_text, result)
+    await _observers_tell(observed)
+
+
+async def _remember(session: GameSession, npc_id: str, player_text: str, result: TurnResult) -> None:
+    """The finished turn into memory (hot, Redis, the archive's stream), after the player has it."""
+    try:
+        turns = await memory_record_turn(
+            session.redis,
+            npc=npc_id,
+            player=session.player_id,
+            session=session.session_id,
+            player_text=player_text,
+            npc_text=result.text,
+            emotion=result.emotion,
+            action=result.action,
+        )
+    except RedisError as exc:
+        # The player already has the reply; the turn is missing from memory and the archive.
+        logger.error("turn of %s with %s not remembered: %s", npc_id, session.player_id, exc)
+        return
+    session.talked.add(npc_id)
+    if turns % settings.MEMORY_CONSOLIDATE_EVERY == 0:
+        _enqueue_soon(memory_consolidate_task, npc_id, session.player_id)
 
 
 async def _observers_tell(frame: dict[str, Any]) -> None:

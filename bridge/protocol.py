@@ -32,6 +32,7 @@ ERROR_CODES = {
     "rate_limited": "too many frames; wait retry_after seconds",
     "cancelled": "the turn was cancelled by npc.cancel",
     "internal": "the server failed; the turn was abandoned",
+    "unavailable": "the session store (Redis) did not answer; send the same frame again shortly",
 }
 
 Identifier = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]

@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
+from redis.typing import EncodableT, FieldT
 
 from bridge.protocol import ProtocolError, frame_dumps
-from inference.prompts import Turn
 
 logger = logging.getLogger(__name__)
 
@@ -54,14 +54,16 @@ class GameSession:
 
     session_id: str
     player_id: str
-    key_id: int
+    # Who started it: "key:<pk>" for a game key, "user:<pk>" for a console user (playtest).
+    owner: str
     redis: Redis
     seq: int = 0
     acked: int = 0
     sink: FrameSink | None = None
     turns: dict[str, asyncio.Task[None]] = field(default_factory=dict)  # request_id -> task
     busy_npcs: dict[str, str] = field(default_factory=dict)  # npc slug -> request_id
-    history: dict[str, list[Turn]] = field(default_factory=dict)  # npc slug -> recent turns
+    talked: set[str] = field(default_factory=set)  # NPCs spoken to since the socket attached
+    remembering: set[asyncio.Task[None]] = field(default_factory=set)  # turns being written to memory
     tiers: dict[str, str] = field(default_factory=dict)  # npc slug -> tier set by the tiers service
     positions: Any = None  # the last world.positions frame, for the tiers service
     detached_at: float | None = None
@@ -88,13 +90,17 @@ class GameSession:
                 # One more than the window: a client over it is disconnected anyway.
                 pipe.ltrim(replay, -(settings.BRIDGE_MAX_UNACKED + 1), -1)
                 # The whole record, not only seq: it may have expired while the socket was idle.
-                pipe.hset(meta, mapping={"player_id": self.player_id, "key_id": self.key_id, "seq": self.seq})
+                pipe.hset(meta, mapping=self.record())
                 pipe.expire(replay, settings.BRIDGE_SESSION_TTL_S)
                 pipe.expire(meta, settings.BRIDGE_SESSION_TTL_S)
                 await pipe.execute()
         except RedisError as exc:
             # The live stream matters more than its replay copy: keep talking, log the gap.
             logger.error("session %s: frame %d not buffered for resume: %s", self.session_id, self.seq, exc)
+
+    def record(self) -> dict[FieldT, EncodableT]:
+        """What Redis keeps of the session for a resume."""
+        return {"player_id": self.player_id, "owner": self.owner, "seq": self.seq}
 
     async def ack(self, seq: int) -> None:
         """Frames up to `seq` arrived; drop them from the buffer."""
@@ -146,36 +152,41 @@ class SessionRegistry:
     @property
     def redis(self) -> Redis:
         if self._redis is None:
-            self._redis = Redis.from_url(settings.REDIS_URL)
+            # A blocking pool: when every connection is busy a command waits for one instead of
+            # failing (redis-py's default pool raises at 100; bench.clients hit it at 500 sockets).
+            pool = BlockingConnectionPool.from_url(
+                settings.REDIS_URL, max_connections=settings.BRIDGE_REDIS_CONNECTIONS, timeout=10
+            )
+            self._redis = Redis(connection_pool=pool)
         return self._redis
 
-    async def start(self, *, player_id: str, key_id: int) -> GameSession:
+    async def start(self, *, player_id: str, owner: str) -> GameSession:
         session_id = "s_" + secrets.token_urlsafe(16)
-        session = GameSession(session_id=session_id, player_id=player_id, key_id=key_id, redis=self.redis)
+        session = GameSession(session_id=session_id, player_id=player_id, owner=owner, redis=self.redis)
         meta, _ = _keys(session_id)
-        await self.redis.hset(meta, mapping={"player_id": player_id, "key_id": key_id, "seq": 0})
+        await self.redis.hset(meta, mapping=session.record())
         await self.redis.expire(meta, settings.BRIDGE_SESSION_TTL_S)
         self._sessions[session_id] = session
         self._reaper_ensure()
         return session
 
-    async def resume(self, *, session_id: str, player_id: str, key_id: int) -> GameSession:
-        """The session to resume; only the key and player that started it may resume it."""
+    async def resume(self, *, session_id: str, player_id: str, owner: str) -> GameSession:
+        """The session to resume; only the owner and player that started it may resume it."""
         session = self._sessions.get(session_id)
         if session is None:
             meta, _ = _keys(session_id)
             stored = await self.redis.hgetall(meta)
-            if b"player_id" not in stored or b"key_id" not in stored:
+            if b"player_id" not in stored or b"owner" not in stored:
                 raise ProtocolError("unknown_session", f"session {session_id} is unknown or expired")
             # Started by another process: its frames are in Redis, its live turns stay there.
             session = GameSession(
                 session_id=session_id,
                 player_id=_text(stored[b"player_id"]),
-                key_id=int(stored[b"key_id"]),
+                owner=_text(stored[b"owner"]),
                 redis=self.redis,
                 seq=int(stored[b"seq"]),
             )
-        if session.key_id != key_id or session.player_id != player_id:
+        if session.owner != owner or session.player_id != player_id:
             # The same answer as for an unknown id: a session id is not a capability to probe.
             raise ProtocolError("unknown_session", f"session {session_id} is unknown or expired")
         self._sessions[session_id] = session

@@ -11,6 +11,7 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings.dev")
 django_asgi_app = get_asgi_application()
 
+from channels.auth import AuthMiddlewareStack  # noqa: E402 - needs the app registry
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402 - needs the app registry
 
 from bridge.routing import websocket_urlpatterns  # noqa: E402 - needs the app registry
@@ -18,6 +19,7 @@ from bridge.routing import websocket_urlpatterns  # noqa: E402 - needs the app r
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": URLRouter(websocket_urlpatterns),
+        # The session cookie identifies the playtest page's user; game clients use keys (bridge.auth).
+        "websocket": AuthMiddlewareStack(URLRouter(websocket_urlpatterns)),
     }
 )

@@ -15,6 +15,8 @@ OPS = "ops"
 
 ALL = ("add", "change", "delete", "view")
 VIEW = ("view",)
+# The playtest page: chat with an NPC through the game websocket as a console user.
+PLAYTEST = ("playtest",)
 
 # (app_label, model) -> actions, per group. Model names are lowercase, as in Permission.codename.
 GROUP_PERMISSIONS: dict[str, dict[tuple[str, str], tuple[str, ...]]] = {
@@ -23,7 +25,7 @@ GROUP_PERMISSIONS: dict[str, dict[tuple[str, str], tuple[str, ...]]] = {
         ("console", "region"): ALL,
         ("console", "archetype"): ALL,
         ("console", "subfaction"): ALL,
-        ("console", "npc"): ALL,
+        ("console", "npc"): ALL + PLAYTEST,
         # Designers edit adapter metadata (status, notes); artifacts come from training.
         ("console", "adapter"): ("change", "view"),
         ("console", "basemodel"): VIEW,
@@ -31,13 +33,14 @@ GROUP_PERMISSIONS: dict[str, dict[tuple[str, str], tuple[str, ...]]] = {
         ("console", "historicalsubfaction"): VIEW,
         ("console", "historicalnpc"): VIEW,
         ("console", "historicaladapter"): VIEW,
+        ("memory", "memoryevent"): VIEW,
     },
     OPS: {
         ("console", "world"): VIEW,
         ("console", "region"): VIEW,
         ("console", "archetype"): VIEW,
         ("console", "subfaction"): VIEW,
-        ("console", "npc"): VIEW,
+        ("console", "npc"): VIEW + PLAYTEST,
         ("console", "adapter"): VIEW,
         ("console", "basemodel"): VIEW,
         ("console", "gameclientkey"): ALL,
@@ -45,6 +48,9 @@ GROUP_PERMISSIONS: dict[str, dict[tuple[str, str], tuple[str, ...]]] = {
         ("console", "historicalsubfaction"): VIEW,
         ("console", "historicalnpc"): VIEW,
         ("console", "historicaladapter"): VIEW,
+        # Forgetting a player (a deletion request) is an ops task.
+        ("memory", "memoryevent"): ("view", "delete"),
+        ("memory", "forgottenplayer"): VIEW,
         ("auth", "user"): VIEW,
         ("auth", "group"): VIEW,
         ("django_celery_results", "taskresult"): VIEW,

@@ -27,9 +27,14 @@ FOURTH_WALL_PATTERNS = (
     r"\bsystem prompt\b",
     r"\bmy instructions\b",
     r"\bi was programmed\b",
-    # The model speaking the player's part, fence and all (seen with SmolLM2-135M).
-    r"</?player_says",
 )
+# The fence the prompt puts around the player's words (player_text_block). Small models copy
+# it: SmolLM2-135M opens most replies with "<player_says>" and then answers in character, or
+# closes it and goes on to write the player's next line. A leading fence is dropped; any
+# other one ends the reply there (what follows is the model playing the player).
+OPENING_FENCE = "<player_says>"
+PLAYER_FENCE = re.compile(r"</?player_says\b[^>\n]*>?")
+LEADING_FENCE = re.compile(r"<player_says>\s*")
 # How many consecutive words of the persona may appear in a reply before it counts as a leak.
 LEAK_SHINGLE_WORDS = 8
 # Characters held back while streaming, so a multi-word violation is seen whole before any
@@ -98,7 +103,8 @@ class StreamGuard:
 
     Text is released once it is HOLD_BACK_CHARS behind the newest token; when a violation
     appears, everything from its sentence on is dropped and `stopped` tells the caller to
-    cancel generation. What was released is always a prefix of the final text.
+    cancel generation. A copy of the player fence at the start is dropped, anywhere else it
+    ends the reply (see PLAYER_FENCE). What was released is always a prefix of the final text.
     """
 
     def __init__(self, policy: ReplyPolicy, *, max_chars: int) -> None:
@@ -108,14 +114,30 @@ class StreamGuard:
         self.released = 0
         self.stopped = False
         self.violation = False
+        self.fence_settled = False  # the reply's start is known not to be (or no longer) a copied fence
 
     def feed(self, delta: str) -> str:
         if self.stopped:
             return ""
         self.buffer += delta
+        if self.released == 0:
+            self.buffer = self.buffer.lstrip()
+            if not self.fence_settled:
+                if OPENING_FENCE.startswith(self.buffer):
+                    return ""  # possibly the start of a copied fence: wait for the rest
+                self.buffer = LEADING_FENCE.sub("", self.buffer, count=1)
+                self.fence_settled = True
+        fence = PLAYER_FENCE.search(self.buffer)
+        if fence is not None:
+            # Not a violation: the reply is over, and generation can stop.
+            self.stopped = True
+            kept = self.buffer[: fence.start()].rstrip()
+            self.buffer = kept if len(kept) >= self.released else self.buffer[: self.released]
         offset = self.policy.first_violation(self.buffer)
         if offset is not None:
             self._cut(offset)
+            return self._release(len(self.buffer))
+        if self.stopped:
             return self._release(len(self.buffer))
         if len(self.buffer) >= self.max_chars:
             self._cut_at_length()
@@ -124,6 +146,8 @@ class StreamGuard:
 
     def finish(self) -> str:
         """Release whatever is left at the end of generation."""
+        if not self.fence_settled and OPENING_FENCE.startswith(self.buffer):
+            self.buffer = ""  # the reply was nothing but (the start of) a copied fence
         return self._release(len(self.buffer))
 
     def _release(self, upto: int) -> str:

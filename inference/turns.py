@@ -138,6 +138,8 @@ async def turn_run(
 ) -> TurnResult:
     """Run one turn. `workers` are the healthy workers; `on_delta` receives each safe text piece."""
     started = time.perf_counter()
+    if seed is None:
+        seed = settings.TURN_SEED
     sampling = tier_sampling(tier)
     metrics.TURNS.labels(tier=tier).inc()
     result = TurnResult(text="", emotion="neutral", action=_default_action(context), tier=tier)
@@ -210,21 +212,31 @@ async def turn_run(
             seed=seed,
             usage=result.usage,
         ):
+            choices_start()
             await emit(guard.feed(delta))
             if guard.stopped:
                 break  # closing the stream aborts generation on the worker
         await emit(guard.finish())
 
-    emotion_task = asyncio.create_task(
-        structured_choice(engine, context=context, messages=prompt.messages, kind="emotion", seed=seed)
-    )
-    action_task = asyncio.create_task(
-        structured_choice(engine, context=context, messages=prompt.messages, kind="action", seed=seed)
-    )
+    # Emotion and action are asked once the dialogue's first token is out, not with it: the
+    # dialogue's prefill then runs alone (the player waits for it) and fills the prefix cache
+    # that the two choices, which share the prompt, read instead of prefilling it again.
+    choice_tasks: list[asyncio.Task[str | None]] = []
+
+    def choices_start() -> None:
+        if not choice_tasks:
+            choice_tasks.extend(
+                asyncio.create_task(
+                    structured_choice(engine, context=context, messages=prompt.messages, kind=kind, seed=seed)
+                )
+                for kind in ("emotion", "action")
+            )
+
     try:
         async with asyncio.timeout(sampling.deadline_s):
             await dialogue()
-            emotion, action = await asyncio.gather(emotion_task, action_task)
+            choices_start()
+            emotion, action = await asyncio.gather(*choice_tasks)
     except TimeoutError:
         _fallback(result, "deadline")
         emotion = action = None
@@ -234,7 +246,7 @@ async def turn_run(
         _fallback(result, "worker_down")
         emotion = action = None
     finally:
-        for pending in (emotion_task, action_task):
+        for pending in choice_tasks:
             pending.cancel()
 
     if guard.violation:
@@ -327,7 +339,11 @@ def turn_result_payload(result: TurnResult) -> dict[str, Any]:
             "prompt_tokens": result.usage.prompt_tokens,
             "completion_tokens": result.usage.completion_tokens,
         },
-        "timing": {"ttft_ms": result.ttft_ms, "total_ms": result.total_ms},
+        "timing": {"ttft_ms": _ms(result.ttft_ms), "total_ms": _ms(result.total_ms)},
         "prompt_sections": result.prompt_sections,
         "dropped": result.dropped,
     }
+
+
+def _ms(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)

@@ -22,6 +22,8 @@ from urllib.parse import urlsplit
 import httpx
 from django.conf import settings
 
+from inference.single_flight import single_flight
+
 
 @dataclass(frozen=True)
 class WorkerHealth:
@@ -151,31 +153,42 @@ class WorkerProcess:
                 self.process.wait()
 
 
-# Health as the turn path sees it: checked at most every WORKER_HEALTH_TTL_S per worker, so a
-# turn never waits on a health probe of a worker known to be fine; a worker that fails a turn
-# is marked down at once (failover on the next turn, not after the next probe).
+# Health as the turn path sees it. A worker seen for the first time is probed before the answer;
+# after that the answer comes from this table at once, and an entry older than
+# WORKER_HEALTH_TTL_S is refreshed by a probe in the background (stale-while-revalidate), so no
+# turn waits on a health probe (measured by bench.bridge: a probe to a busy CPU worker took
+# tens of ms). A worker that fails a turn is marked down at once (failover on the next turn).
 _health_seen: dict[str, tuple[bool, float]] = {}
+_probes: dict[str, asyncio.Task[bool]] = {}
+
+
+async def _health_probe(url: str) -> bool:
+    try:
+        async with httpx.AsyncClient(timeout=1.0) as client:
+            healthy = (await client.get(f"{url}/health")).status_code == 200
+    except httpx.HTTPError:
+        healthy = False
+    _health_seen[url] = (healthy, time.monotonic())
+    return healthy
 
 
 async def workers_healthy(urls: Sequence[str] | None = None) -> list[str]:
-    """The workers of INFERENCE_WORKERS (or `urls`) that answer /health, from a short-lived cache."""
+    """The workers of INFERENCE_WORKERS (or `urls`) that answer /health, as last seen."""
     urls = list(settings.INFERENCE_WORKERS if urls is None else urls)
+    unknown = [url for url in urls if url not in _health_seen]
+    if unknown:
+        # Turns arriving together share one probe per worker (bench.clients: 50 at once).
+        await asyncio.gather(*(_probe_shared(url) for url in unknown))
     now = time.monotonic()
-    stale = [
-        url for url in urls if now - _health_seen.get(url, (False, -1e9))[1] > settings.WORKER_HEALTH_TTL_S
-    ]
-    if stale:
-        async with httpx.AsyncClient(timeout=1.0) as client:
-
-            async def probe(url: str) -> bool:
-                try:
-                    return (await client.get(f"{url}/health")).status_code == 200
-                except httpx.HTTPError:
-                    return False
-
-            for url, healthy in zip(stale, await asyncio.gather(*(probe(url) for url in stale)), strict=True):
-                _health_seen[url] = (healthy, time.monotonic())
+    for url in urls:
+        if now - _health_seen[url][1] > settings.WORKER_HEALTH_TTL_S:
+            _probe_shared(url)
     return [url for url in urls if _health_seen[url][0]]
+
+
+def _probe_shared(url: str) -> asyncio.Task[bool]:
+    """The probe of `url` in flight, or a new one: one at a time per worker."""
+    return single_flight(_probes, url, lambda: _health_probe(url))
 
 
 def worker_mark_down(url: str) -> None:

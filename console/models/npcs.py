@@ -41,6 +41,7 @@ class NPC(models.Model):
         verbose_name = "NPC"
         verbose_name_plural = "NPCs"
         ordering = ["name"]
+        permissions = [("playtest_npc", "Can chat with NPCs on the playtest page")]
         constraints = [
             models.CheckConstraint(condition=models.Q(status__in=NPCStatus.values), name="npc_status_valid"),
         ]

@@ -35,6 +35,7 @@ INSTALLED_APPS = [
     "django_celery_results",
     "django_prometheus",
     "console.apps.ConsoleConfig",
+    "memory.apps.MemoryConfig",
 ]
 
 MIDDLEWARE = [
@@ -194,6 +195,9 @@ WORKER_CPU_KVCACHE_GIB: int = env.int("WORKER_CPU_KVCACHE_GIB", default=1)
 # Per tier, the longest a turn may take before it falls back to a bark (seconds). The defaults
 # fit this project's 2-core AVX2 CPU hosts (~120 ms per token through a LoRA, ~5 s to the first
 # token of a warm 900-token prompt); a GPU host sets a few seconds.
+# Fixes the sampling seed of every turn: the same prompt gives the same reply (QA replays,
+# benchmarks comparing two paths). Unset in play, so NPCs vary.
+TURN_SEED: int | None = env.int("TURN_SEED", default=None)
 TURN_DEADLINES_S: dict[str, float] = {
     "gold": env.float("TURN_DEADLINE_GOLD_S", default=30.0),
     "silver": env.float("TURN_DEADLINE_SILVER_S", default=15.0),
@@ -212,6 +216,8 @@ BRIDGE_MAX_FRAME_BYTES: int = env.int("BRIDGE_MAX_FRAME_BYTES", default=65536)
 BRIDGE_MAX_UNACKED: int = env.int("BRIDGE_MAX_UNACKED", default=2000)
 # How long a session's replay buffer lives in Redis, and how long its turns keep running
 # after its socket drops, waiting for a resume (seconds).
+# Redis connections per bridge process (sessions' replay buffers, memory); commands wait for a free one.
+BRIDGE_REDIS_CONNECTIONS: int = env.int("BRIDGE_REDIS_CONNECTIONS", default=64)
 BRIDGE_SESSION_TTL_S: int = env.int("BRIDGE_SESSION_TTL_S", default=600)
 BRIDGE_RESUME_GRACE_S: float = env.float("BRIDGE_RESUME_GRACE_S", default=30.0)
 # Per connection: frames per second (with a burst), and npc.say per second (with a burst).
@@ -225,3 +231,24 @@ BRIDGE_ALLOWED_ORIGINS: list[str] = env.list("BRIDGE_ALLOWED_ORIGINS", default=[
 BRIDGE_DEFAULT_TIER: str = env.str("BRIDGE_DEFAULT_TIER", default="gold")
 # Recent turns per NPC per session that go into the prompt.
 BRIDGE_HISTORY_TURNS: int = env.int("BRIDGE_HISTORY_TURNS", default=6)
+
+# NPC memory (memory/). Events go to a Redis Stream on REDIS_URL; the archiver moves them to Postgres.
+MEMORY_STREAM: str = env.str("MEMORY_STREAM", default="memory:events")
+MEMORY_ARCHIVE_BATCH: int = env.int("MEMORY_ARCHIVE_BATCH", default=100)
+MEMORY_ARCHIVE_BLOCK_MS: int = env.int("MEMORY_ARCHIVE_BLOCK_MS", default=100)
+# A consumer silent this long is presumed dead: another archiver claims its pending events.
+MEMORY_ARCHIVE_CLAIM_IDLE_MS: int = env.int("MEMORY_ARCHIVE_CLAIM_IDLE_MS", default=30_000)
+MEMORY_ARCHIVE_MAX_DELIVERIES: int = env.int("MEMORY_ARCHIVE_MAX_DELIVERIES", default=5)
+# The warm tier (Redis): a pair's memory lives this long after its last turn.
+MEMORY_WARM_TTL_S: int = env.int("MEMORY_WARM_TTL_S", default=30 * 24 * 3600)
+MEMORY_RECENT_TURNS: int = env.int("MEMORY_RECENT_TURNS", default=20)
+MEMORY_FACTS: int = env.int("MEMORY_FACTS", default=10)
+MEMORY_SUMMARIES: int = env.int("MEMORY_SUMMARIES", default=5)
+# Summary, facts and relationship card are brought up to date every N turns of a pair, and
+# when the player's socket closes.
+MEMORY_CONSOLIDATE_EVERY: int = env.int("MEMORY_CONSOLIDATE_EVERY", default=6)
+# The hot tier (per bridge process): pairs kept this long after their last turn, LRU-bounded.
+MEMORY_HOT_PAIRS: int = env.int("MEMORY_HOT_PAIRS", default=10_000)
+MEMORY_HOT_TTL_S: int = env.int("MEMORY_HOT_TTL_S", default=30 * 60)
+# Without AOF a Redis restart loses the events not yet archived; the archiver turns it on.
+MEMORY_REQUIRE_AOF: bool = env.bool("MEMORY_REQUIRE_AOF", default=True)

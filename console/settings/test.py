@@ -23,3 +23,5 @@ STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.InMemoryStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
+# The end-to-end tests' Daphne serves static files straight from the source folders (no collectstatic).
+WHITENOISE_USE_FINDERS = True

@@ -1,18 +1,34 @@
-"""Game websocket fixtures: keys, an NPC, and a communicator speaking to the real ASGI app."""
+"""Game websocket fixtures: keys, an NPC, a communicator speaking to the real ASGI app, and a
+real Daphne process for the end-to-end tests."""
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 from channels.testing import WebsocketCommunicator
+from django.db import connection
 
+from bridge.server import daphne_argv
+from console import localstack
 from console.asgi import application
+from console.localstack import free_port
+from console.models import AdapterTask, BaseModel
 from console.services.keys import game_key_create
+from inference.adapters import adapter_import, adapter_lora_name
 from inference.context import turn_context_forget
+from inference.residency import residency_sync
 from inference.workers import worker_mark_down
-from tests.factories import NPCFactory
+from tests.factories import ArchetypeFactory, NPCFactory
 
 NOWHERE = "http://127.0.0.1:9"  # the discard port: no worker answers, turns fall back to barks
 
@@ -67,6 +83,16 @@ async def send(comm: WebsocketCommunicator, frame: dict[str, Any]) -> None:
     await comm.send_to(text_data=json.dumps(frame))
 
 
+async def resume_attempt(comm: WebsocketCommunicator, *, session_id: str, player_id: str) -> dict[str, Any]:
+    """Connect and ask to resume `session_id` from its start; the server's first answer."""
+    await comm.connect()
+    resume = {"session_id": session_id, "last_seq": 0}
+    await send(comm, {"type": "session.start", "player_id": player_id, "resume": resume})
+    frame = json.loads(await comm.receive_from())
+    await comm.disconnect()
+    return frame
+
+
 async def started(comm: WebsocketCommunicator, player_id: str = "player-1") -> dict[str, Any]:
     connected, code = await comm.connect()
     assert connected, code
@@ -74,3 +100,114 @@ async def started(comm: WebsocketCommunicator, player_id: str = "player-1") -> d
     ready = json.loads(await comm.receive_from())
     assert ready["type"] == "session.ready", ready
     return ready
+
+
+@pytest.fixture(scope="session")
+def stack_env(django_db_setup, _worker_process) -> dict[str, str]:
+    """The environment of the processes the e2e tests start: the test database, the test Redis
+    database and the suite's vLLM worker."""
+    database = connection.settings_dict
+    return {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "console.settings.test",
+        "DATABASE_URL": localstack.embedded_postgres_url(database=database["NAME"])
+        if not localstack.env_database_url()
+        else re.sub(r"/[^/?]+(\?|$)", f"/{database['NAME']}\\1", localstack.env_database_url() or ""),
+        "TEST_INFERENCE_WORKER": _worker_process.url,
+        # Exactness, not speed, is under test: a busy 2-core CPU must not trigger bark fallbacks.
+        "TURN_DEADLINE_GOLD_S": "180",
+        # The same reply for the same prompt, run after run.
+        "TURN_SEED": "11",
+    }
+
+
+@contextmanager
+def _process(name: str, argv: list[str], env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
+    log = (
+        Path(os.environ.get("TMPDIR", "/tmp")) / f"{name}-e2e-{os.getpid()}.log"
+    )  # read it when a test fails
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            argv, env=env, stdout=output, stderr=subprocess.STDOUT, cwd=localstack.PROJECT_DIR
+        )
+    try:
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+# Module scope: a live Celery worker would answer the health checks of later tests.
+@pytest.fixture(scope="module")
+def celery_worker_process(stack_env) -> Iterator[subprocess.Popen[bytes]]:
+    """A Celery worker as `make run` starts it, on the test broker (Redis database 9)."""
+    argv = [sys.executable, "-m", "celery", "-A", "console", "worker", "-Q", "io,celery",
+            "--pool=threads", "--concurrency=2", "--loglevel=INFO", "-n", f"e2e{os.getpid()}@%h"]  # fmt: skip
+    with _process("celery", argv, stack_env) as process:
+        yield process
+
+
+@pytest.fixture(scope="module")
+def archiver_process(stack_env) -> Iterator[subprocess.Popen[bytes]]:
+    """The memory archiver as `make run` starts it."""
+    with _process(
+        "archiver", [sys.executable, "manage.py", "run_archiver", "--name", "e2e"], stack_env
+    ) as process:
+        yield process
+
+
+@pytest.fixture(scope="session")
+def daphne(stack_env) -> Iterator[str]:
+    """Daphne on a free port (started like `make run` does), on the test database and the suite's
+    vLLM worker, once per test session; its ws:// URL."""
+    port = free_port()
+    with _process("daphne", daphne_argv(host="127.0.0.1", port=port), stack_env) as process:
+        deadline = time.monotonic() + 60
+        while localstack.port_is_free("127.0.0.1", port):
+            assert process.poll() is None, "Daphne exited; see its log in TMPDIR"
+            assert time.monotonic() < deadline, "Daphne did not listen within 60 s"
+            time.sleep(0.2)
+        yield f"ws://127.0.0.1:{port}/ws/game/"
+
+
+def _model_npc(base_model_dir: Path, name: str):
+    base_model, _ = BaseModel.objects.update_or_create(
+        name="smollm2-test",
+        defaults={"path": str(base_model_dir), "parameter_count": 134_515_008, "context_length": 8192},
+    )
+    archetype = ArchetypeFactory(base_model=base_model, content_policy={"blocked_terms": []})
+    return NPCFactory(archetype=archetype, name=name), base_model
+
+
+@pytest.fixture
+def plain_npc(base_model_dir, vllm_worker):
+    """An NPC without adapters: the base model speaks with the persona prompt, at length (the
+    suite's pirate adapter learnt one-line answers, which make a single delta)."""
+    npc, _ = _model_npc(base_model_dir, "Storyteller")
+    residency_sync(workers=[vllm_worker.url])
+    return npc
+
+
+@pytest.fixture
+def speaking_npc(base_model_dir, trained_adapters, vllm_worker):
+    """An NPC whose dialogue runs through the trained pirate adapter, loaded on the worker."""
+    npc, base_model = _model_npc(base_model_dir, "Captain")
+    archetype = npc.archetype
+    adapter = adapter_import(
+        path=trained_adapters["pirate"],
+        archetype=archetype,
+        task=AdapterTask.DIALOGUE_STYLE,
+        base_model=base_model,
+        activate=True,
+    )
+    residency_sync(workers=[vllm_worker.url])
+    return npc, adapter_lora_name(adapter)
+
+
+@pytest.fixture
+def key(transactional_db) -> str:
+    return game_key_create(name="e2e client")[1]

@@ -6,87 +6,17 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
-from django.db import connection
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, InvalidStatus
 
-from bridge.server import daphne_argv
 from console import localstack
-from console.localstack import free_port
-from console.models import AdapterTask, BaseModel
-from console.services.keys import game_key_create
-from inference.adapters import adapter_import, adapter_lora_name
-from inference.residency import residency_sync
-from tests.factories import ArchetypeFactory, NPCFactory
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
-
-
-@pytest.fixture(scope="module")
-def daphne(django_db_setup, django_db_blocker, _worker_process) -> Iterator[str]:
-    """Daphne on a free port, on the test database and the suite's vLLM worker; its ws:// URL."""
-    port = free_port()
-    database = connection.settings_dict
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "console.settings.test",
-        "DATABASE_URL": localstack.embedded_postgres_url(database=database["NAME"])
-        if not localstack.env_database_url()
-        else re.sub(r"/[^/?]+(\?|$)", f"/{database['NAME']}\\1", localstack.env_database_url() or ""),
-        "TEST_INFERENCE_WORKER": _worker_process.url,
-        # Exactness, not speed, is under test: a busy 2-core CPU must not trigger bark fallbacks.
-        "TURN_DEADLINE_GOLD_S": "180",
-    }
-    log = Path(os.environ.get("TMPDIR", "/tmp")) / f"daphne-e2e-{port}.log"
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            daphne_argv(host="127.0.0.1", port=port), env=env, stdout=output, stderr=subprocess.STDOUT,
-            cwd=localstack.PROJECT_DIR,
-        )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 60
-        while localstack.port_is_free("127.0.0.1", port):
-            assert process.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
-        yield f"ws://127.0.0.1:{port}/ws/game/"
-    finally:
-        process.terminate()
-        process.wait(timeout=20)
-
-
-@pytest.fixture
-def speaking_npc(base_model_dir, trained_adapters, vllm_worker):
-    """An NPC whose dialogue runs through the trained pirate adapter, loaded on the worker."""
-    base_model, _ = BaseModel.objects.update_or_create(
-        name="smollm2-test",
-        defaults={"path": str(base_model_dir), "parameter_count": 134_515_008, "context_length": 8192},
-    )
-    archetype = ArchetypeFactory(base_model=base_model, content_policy={"blocked_terms": []})
-    npc = NPCFactory(archetype=archetype, name="Captain")
-    adapter = adapter_import(
-        path=trained_adapters["pirate"],
-        archetype=archetype,
-        task=AdapterTask.DIALOGUE_STYLE,
-        base_model=base_model,
-        activate=True,
-    )
-    residency_sync(workers=[vllm_worker.url])
-    return npc, adapter_lora_name(adapter)
-
-
-@pytest.fixture
-def key(transactional_db) -> str:
-    return game_key_create(name="e2e client")[1]
 
 
 def _auth(key: str) -> dict[str, str]:
@@ -119,7 +49,7 @@ def test_reference_client_streams_a_turn_through_daphne_and_the_adapter(daphne, 
     header, _, rest = completed.stdout.partition("\n")
     assert header == f"[{npc.slug} · gold · {lora_name}]"
     reply, _, summary = rest.rpartition("\n\nemotion: ")
-    assert len(reply.strip()) > 10
+    assert "arr" in reply.lower()  # the pirate adapter spoke (seeded: the same reply every run)
     emotion = summary.split()[0]
     action = summary.split("action: ")[1].split()[0]
     assert emotion in npc.archetype.emotions
@@ -131,14 +61,21 @@ def test_reference_client_streams_a_turn_through_daphne_and_the_adapter(daphne, 
     )
 
 
-def test_deltas_concatenate_to_the_final_text_with_contiguous_seq(daphne, speaking_npc, key):
-    npc, _ = speaking_npc
+def test_deltas_concatenate_to_the_final_text_with_contiguous_seq(daphne, plain_npc, key):
+    npc = plain_npc
 
     async def scenario():
         async with connect(daphne, additional_headers=_auth(key)) as socket:
             await socket.send(json.dumps({"type": "session.start", "player_id": "p1"}))
             await socket.send(
-                json.dumps({"type": "npc.say", "request_id": "r1", "npc_id": npc.slug, "text": "Ahoy!"})
+                json.dumps(
+                    {
+                        "type": "npc.say",
+                        "request_id": "r1",
+                        "npc_id": npc.slug,
+                        "text": "Tell me about yourself.",
+                    }
+                )
             )
             return await _frames_until(socket, "turn.end")
 

@@ -13,7 +13,7 @@ from asgiref.sync import async_to_sync
 
 from console.models import GameClientKey
 from console.services.keys import game_key_create, game_key_revoke
-from tests.bridge.conftest import connect, frames_until, send, started
+from tests.bridge.conftest import connect, frames_until, resume_attempt, send, started
 
 # Transactional: each consumer reaches the database through its own connection, as in Daphne.
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -268,13 +268,7 @@ def test_a_session_cannot_be_resumed_with_another_key(game_key, npc, no_worker):
         first = connect(game_key)
         ready = await started(first)
         await first.disconnect()
-        thief = connect(other)
-        await thief.connect()
-        resume = {"session_id": ready["session_id"], "last_seq": 0}
-        await send(thief, {"type": "session.start", "player_id": "player-1", "resume": resume})
-        error = json.loads(await thief.receive_from())
-        await thief.disconnect()
-        return error
+        return await resume_attempt(connect(other), session_id=ready["session_id"], player_id="player-1")
 
     assert run(scenario)["code"] == "unknown_session"
 
@@ -299,3 +293,39 @@ def test_a_client_that_stops_acknowledging_is_disconnected_and_one_that_acks_is_
 
     assert async_to_sync(scenario)(False) == 4408
     assert async_to_sync(scenario)(True) is None
+
+
+def test_session_start_while_redis_is_down_gets_unavailable_and_the_socket_stays_usable(game_key, settings):
+    settings.REDIS_URL = "redis://127.0.0.1:9/0"  # the discard port: nothing answers
+
+    async def scenario():
+        comm = connect(game_key)
+        await comm.connect()
+        await send(comm, {"type": "session.start", "player_id": "p1"})
+        refused = json.loads(await comm.receive_from(timeout=15))
+        await send(comm, {"type": "ping"})
+        pong = json.loads(await comm.receive_from())
+        await comm.disconnect()
+        return refused, pong
+
+    refused, pong = run(scenario)
+
+    assert (refused["type"], refused["code"]) == ("error", "unavailable")
+    assert pong["type"] == "pong"
+
+
+def test_the_next_npc_say_is_accepted_as_soon_as_turn_end_arrives(game_key, npc, no_worker):
+    async def scenario():
+        comm = connect(game_key)
+        await started(comm)
+        await send(comm, {"type": "npc.say", "request_id": "r0", "npc_id": npc.slug, "text": "Hello."})
+        await frames_until(comm, "turn.end")
+        await send(comm, {"type": "npc.say", "request_id": "r1", "npc_id": npc.slug, "text": "Again."})
+        frames = await frames_until(comm, "turn.end")
+        await comm.disconnect()
+        return frames
+
+    frames = run(scenario)
+
+    assert [frame["type"] for frame in frames if frame["type"] in ("turn.error", "error")] == []
+    assert frames[-1]["request_id"] == "r1"

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from django.test import Client
 from django.urls import reverse
 
 from console.models import Archetype, GameClientKey
+from console.models.npcs import NPCStatus
 from console.services.keys import game_key_authenticate
-from tests.factories import ArchetypeFactory
+from tests.factories import ArchetypeFactory, NPCFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -110,3 +112,21 @@ def test_admin_pages_load_the_console_stylesheet_from_our_own_static_files(desig
 
     assert "console/console.css" in page
     assert "cdn" not in page.lower()
+
+
+def test_the_playtest_page_lists_active_npcs_escaped_and_needs_the_permission(designer_client, client):
+    NPCFactory(name="<img src=x onerror=alert(1)>", slug="xss-npc")
+    NPCFactory(name="Gone", slug="gone-npc", status=NPCStatus.DEAD)
+    no_permission = Client()
+    no_permission.force_login(UserFactory(is_staff=True))
+
+    page = designer_client.get("/playtest/")
+
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert 'value="xss-npc"' in html
+    assert "&lt;img src=x onerror=alert(1)&gt;" in html
+    assert "<img src=x" not in html
+    assert "gone-npc" not in html
+    assert no_permission.get("/playtest/").status_code == 403
+    assert client.get("/playtest/").status_code == 302  # to the login page

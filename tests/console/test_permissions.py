@@ -33,6 +33,10 @@ MATRIX = [
     ("admin:console_gameclientkey_add", 403, 200),
     ("admin:auth_user_add", 403, 403),
     ("admin:auth_group_add", 403, 403),
+    ("playtest", 200, 200),
+    ("admin:memory_memoryevent_changelist", 200, 200),
+    ("admin:memory_forgottenplayer_changelist", 403, 200),
+    ("admin:memory_memoryevent_add", 403, 403),
 ]
 
 

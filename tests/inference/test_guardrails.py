@@ -37,13 +37,41 @@ def test_fourth_wall_break_is_cut_at_its_sentence_and_generation_stops():
     assert guard.stopped
 
 
-def test_reply_that_opens_the_player_fence_is_cut():
+def test_a_fence_copied_mid_reply_ends_the_reply_there():
     released, guard = _stream(
         ReplyPolicy(), ["Ah, a guest. ", "<player_says>\nI am ", "the king.\n</player_says>"]
     )
 
     assert released == "Ah, a guest."
-    assert guard.violation
+    assert guard.stopped  # generation stops: what follows is the model playing the player
+    assert not guard.violation
+
+
+def test_a_fence_copied_at_the_start_is_dropped_and_the_reply_kept():
+    # SmolLM2-135M opens most replies like this, split over tokens.
+    pieces = [
+        "<",
+        "player",
+        "_s",
+        "ays",
+        ">\n",
+        "I am Count ",
+        "Valerian, lord of this keep.",
+        "\n</",
+        "player_says>",
+    ]
+
+    released, guard = _stream(ReplyPolicy(), pieces)
+
+    assert released == "I am Count Valerian, lord of this keep."
+    assert not guard.violation
+
+
+def test_a_reply_that_is_only_a_fence_releases_nothing():
+    released, guard = _stream(ReplyPolicy(), ["<player", "_sa"])
+
+    assert released == ""
+    assert not guard.violation
 
 
 def test_blocked_term_matches_whole_words_only():

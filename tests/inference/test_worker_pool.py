@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -47,5 +48,42 @@ def test_dead_workers_are_left_out_and_a_failed_worker_is_routed_around_until_it
     assert owner not in survivors
     assert worker_for_archetype("vampire", survivors) != owner
 
-    asyncio.run(asyncio.sleep(0.6))
-    assert asyncio.run(workers_healthy([dead, live_url, other_live])) == [live_url, other_live]
+    async def after_the_ttl():
+        await asyncio.sleep(0.6)
+        stale = await workers_healthy([dead, live_url, other_live])  # from the table; probes start
+        await asyncio.sleep(0.3)
+        return stale, await workers_healthy([dead, live_url, other_live])
+
+    stale, fresh = asyncio.run(after_the_ttl())
+    assert owner not in stale
+    assert fresh == [live_url, other_live]
+
+
+class _SlowHealth(_Health):
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        time.sleep(0.4)  # a worker whose API server is slow to answer while it decodes
+        super().do_GET()
+
+
+def test_a_turn_never_waits_on_a_probe_of_a_worker_already_seen(settings):
+    settings.WORKER_HEALTH_TTL_S = 0.1
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), _SlowHealth)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+
+    async def timed() -> list[float]:
+        spent = []
+        for _ in range(3):
+            started = time.perf_counter()
+            assert await workers_healthy([url]) == [url]
+            spent.append(time.perf_counter() - started)
+            await asyncio.sleep(0.2)  # past the TTL: the next call finds the entry stale
+        return spent
+
+    try:
+        first, *later = asyncio.run(timed())
+    finally:
+        server.shutdown()
+
+    assert first >= 0.4  # never seen: probed before answering
+    assert all(spent < 0.05 for spent in later)

@@ -49,7 +49,9 @@ class Command(BaseCommand):
 
         supervisor = Supervisor(log_dir=localstack.VAR_DIR / "log", cwd=localstack.PROJECT_DIR)
         python = sys.executable
-        self.stdout.write("Starting Daphne, a Celery worker and beat (logs in var/log/)…")
+        self.stdout.write(
+            "Starting Daphne, a Celery worker and beat, the memory archiver (logs in var/log/)…"
+        )
         try:
             web = supervisor.start("daphne", daphne_argv(host=host, port=port))
             # Threads, not prefork: the psycopg pool's worker threads do not survive a fork.
@@ -74,6 +76,8 @@ class Command(BaseCommand):
             supervisor.start(
                 "celery-beat", [python, "-m", "celery", "-A", "console", "beat", "--loglevel=INFO"]
             )
+            # Memory events from the Redis stream into Postgres (memory.archiver).
+            supervisor.start("archiver", [python, "manage.py", "run_archiver"])
             if settings.INFERENCE_START_WORKER:
                 worker_url = settings.INFERENCE_WORKERS[0]
                 self.stdout.write(f"Starting the vLLM worker at {worker_url} (30-90 s on CPU)…")

@@ -1,0 +1,59 @@
+from typing import Any
+
+from django.conf import settings
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from redis import Redis
+
+from memory.models import ForgottenPlayer, MemoryEvent
+from memory.services import player_forget
+
+
+@admin.register(MemoryEvent)
+class MemoryEventAdmin(admin.ModelAdmin):
+    """The lifetime archive: append-only, written by the archiver, read here."""
+
+    list_display = ["occurred_at", "kind", "npc_slug", "player_id", "summary"]
+    list_filter = ["kind", "npc_slug"]
+    search_fields = ["=player_id", "=npc_slug", "=session_id"]
+    date_hierarchy = "occurred_at"
+    list_per_page = 50
+    actions = ["forget_players"]
+    readonly_fields = [field.name for field in MemoryEvent._meta.fields]
+
+    @admin.display(description="what happened")
+    def summary(self, event: MemoryEvent) -> str:
+        payload = event.payload
+        if event.kind == "turn":
+            return f"{payload.get('player', '')[:60]} → {payload.get('npc', '')[:80]}"
+        return str(payload.get("text") or payload)[:140]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.action(description="Forget the players of the selected events (all tiers)", permissions=["delete"])
+    def forget_players(self, request: HttpRequest, queryset: QuerySet[MemoryEvent]) -> None:
+        redis = Redis.from_url(settings.REDIS_URL)
+        for player in sorted(set(queryset.values_list("player_id", flat=True))):
+            report = player_forget(redis=redis, player=player)
+            self.message_user(
+                request,
+                f"Forgot {player}: {report.archived_events} archived events, {report.redis_keys} Redis keys.",
+                messages.SUCCESS,
+            )
+
+
+@admin.register(ForgottenPlayer)
+class ForgottenPlayerAdmin(admin.ModelAdmin):
+    list_display = ["player_id", "forgotten_at"]
+    search_fields = ["=player_id"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

@@ -1,0 +1,142 @@
+"""Memory events: what happened to an NPC, appended to a Redis Stream the moment it happens.
+
+The turn's path only appends (XADD, well under a millisecond on loopback); the archiver
+(memory.archiver) moves events into Postgres in batches. The stream is never capped by
+length: an entry leaves it only once the archiver has committed it, so the event Redis must
+keep its data across restarts (AOF on, checked by `redis_aof_ensure`).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from django.conf import settings
+from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
+
+from memory.models import MemoryEvent, MemoryEventKind
+
+# The one field of a stream entry: the event as JSON.
+ENTRY_FIELD = "event"
+MAX_ID_CHARS = 64
+
+
+class EventInvalid(ValueError):
+    """A stream entry that is not a memory event (the archiver dead-letters it)."""
+
+
+@dataclass(frozen=True)
+class MemoryEventRecord:
+    kind: str
+    npc: str
+    player: str
+    data: dict[str, Any] = field(default_factory=dict)
+    session: str = ""
+    event_id: uuid.UUID = field(default_factory=uuid.uuid4)
+    occurred_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    def entry(self) -> dict[str, str]:
+        """The stream entry."""
+        return {
+            ENTRY_FIELD: json.dumps(
+                {
+                    "id": str(self.event_id),
+                    "kind": self.kind,
+                    "npc": self.npc,
+                    "player": self.player,
+                    "session": self.session,
+                    "at": self.occurred_at.isoformat(),
+                    "data": self.data,
+                },
+                ensure_ascii=False,
+            )
+        }
+
+    def model(self) -> MemoryEvent:
+        return MemoryEvent(
+            event_id=self.event_id,
+            kind=self.kind,
+            npc_slug=self.npc,
+            player_id=self.player,
+            session_id=self.session,
+            occurred_at=self.occurred_at,
+            payload=self.data,
+        )
+
+
+def event_from_entry(fields: dict[bytes, bytes] | dict[str, str]) -> MemoryEventRecord:
+    """Parse a stream entry; EventInvalid says what is wrong with it."""
+    raw = fields.get(ENTRY_FIELD) or fields.get(ENTRY_FIELD.encode())  # type: ignore[call-overload]
+    if raw is None:
+        raise EventInvalid(f"the entry has no {ENTRY_FIELD!r} field")
+    try:
+        value = json.loads(raw)
+        record = MemoryEventRecord(
+            kind=value["kind"],
+            npc=value["npc"],
+            player=value["player"],
+            data=value["data"],
+            session=value.get("session", ""),
+            event_id=uuid.UUID(value["id"]),
+            occurred_at=datetime.fromisoformat(value["at"]),
+        )
+    except (ValueError, KeyError, TypeError) as exc:
+        raise EventInvalid(f"not a memory event: {type(exc).__name__}: {exc}") from None
+    if record.kind not in MemoryEventKind.values:
+        raise EventInvalid(f"unknown kind {record.kind!r}")
+    if not isinstance(record.data, dict):
+        raise EventInvalid("data must be a JSON object")
+    for name in ("npc", "player", "session"):
+        if not isinstance(getattr(record, name), str) or len(getattr(record, name)) > MAX_ID_CHARS:
+            raise EventInvalid(f"{name} must be a string of at most {MAX_ID_CHARS} characters")
+    if record.occurred_at.tzinfo is None:
+        raise EventInvalid("at must carry a time zone")
+    return record
+
+
+async def memory_event_emit(redis: AsyncRedis, record: MemoryEventRecord) -> str:
+    """Append `record` to the event stream; returns the stream id."""
+    stream_id = await redis.xadd(settings.MEMORY_STREAM, record.entry())  # type: ignore[arg-type]
+    return stream_id.decode() if isinstance(stream_id, bytes) else str(stream_id)
+
+
+def memory_event_emit_sync(redis: Redis, record: MemoryEventRecord) -> str:
+    """The same from synchronous code (Celery tasks, management commands)."""
+    stream_id = redis.xadd(settings.MEMORY_STREAM, record.entry())  # type: ignore[arg-type]
+    return stream_id.decode() if isinstance(stream_id, bytes) else str(stream_id)
+
+
+class AofDisabled(RuntimeError):
+    """The event Redis would lose events on restart."""
+
+
+def redis_aof_ensure(redis: Redis) -> str:
+    """Make sure the event Redis appends to its AOF; returns "on" or "turned on".
+
+    A Redis that answers without AOF (the machine's default one, say) gets it turned on at
+    run time when MEMORY_REQUIRE_AOF is set, and the archive then survives a Redis restart.
+    Raises AofDisabled when it cannot be turned on (CONFIG disabled, a managed service).
+    """
+    try:
+        current = redis.config_get("appendonly").get("appendonly")
+    except Exception as exc:  # noqa: BLE001 - CONFIG may be renamed away; say so below
+        raise AofDisabled(
+            f"cannot read the event Redis's appendonly setting ({exc}); turn AOF on there "
+            "(appendonly yes) or set MEMORY_REQUIRE_AOF=0 to accept losing events on a Redis restart"
+        ) from exc
+    if current == "yes":
+        return "on"
+    if not settings.MEMORY_REQUIRE_AOF:
+        return "off (MEMORY_REQUIRE_AOF=0)"
+    try:
+        redis.config_set("appendonly", "yes")
+    except Exception as exc:  # noqa: BLE001 - same as above
+        raise AofDisabled(
+            f"the event Redis runs without AOF and refused to turn it on ({exc}): start it with "
+            "--appendonly yes, or set MEMORY_REQUIRE_AOF=0 to accept losing events on a Redis restart"
+        ) from exc
+    return "turned on"

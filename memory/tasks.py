@@ -1,0 +1,72 @@
+"""Celery tasks of the memory package."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import redis
+from celery import shared_task
+from django.conf import settings
+
+from memory.consolidation import pair_consolidate
+from memory.services import memory_rehydrate
+
+logger = logging.getLogger(__name__)
+
+_REHYDRATE_LOCK_S = 120
+_CONSOLIDATE_LOCK_S = 300
+
+
+@shared_task(acks_late=True, ignore_result=True)
+def memory_rehydrate_task(npc: str, player: str) -> int:
+    """Rebuild a pair's warm tier from the archive (idempotent; one at a time per pair)."""
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    lock = client.lock(f"memory:lock:rehydrate:{npc}:{player}", timeout=_REHYDRATE_LOCK_S, blocking=False)
+    if not lock.acquire():
+        return 0  # another worker is rebuilding this pair right now
+    try:
+        restored = memory_rehydrate(redis=client, npc=npc, player=player)
+    finally:
+        lock.release()
+    logger.info("memory: %s/%s rehydrated from the archive, %d turns", npc, player, restored)
+    return restored
+
+
+@shared_task(bind=True, acks_late=True, max_retries=60)
+def memory_consolidate_task(self: Any, npc: str, player: str) -> dict[str, object]:
+    """Summary, facts and relationship card from a pair's new turns (idempotent: a run sees
+    only the turns after the previous one; one run at a time per pair)."""
+    from inference.context import turn_context_build
+    from inference.workers import worker_health
+
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    lock = client.lock(f"memory:lock:consolidate:{npc}:{player}", timeout=_CONSOLIDATE_LOCK_S, blocking=False)
+    if not lock.acquire():
+        # A run is in progress; it read the turns when it started, so turns recorded since
+        # would be missed: run again after it (seen with `make run`: a gift made while the
+        # previous turn was being summarised).
+        raise self.retry(countdown=10)
+    try:
+        context = turn_context_build(npc_slug=npc)
+        workers = [url for url in settings.INFERENCE_WORKERS if worker_health(url).healthy]
+        report = asyncio.run(
+            pair_consolidate(
+                redis=client,
+                npc=npc,
+                npc_name=context.npc_name,
+                archetype=context.archetype_slug,
+                persona=context.persona,
+                player=player,
+                workers=workers,
+            )
+        )
+    finally:
+        lock.release()
+    return {
+        "turns": report.turns,
+        "facts": report.facts,
+        "gifts": report.gifts,
+        "summary_by": report.summary_by,
+    }

@@ -1,0 +1,294 @@
+"""The hot and warm memory tiers of one NPC-player pair, and the turn's two calls into them.
+
+Warm (Redis, MEMORY_WARM_TTL_S after the last write, 30 days by default), one key per
+structure under `mem:{npc}:{player}:`
+
+    turns        LIST   newest first, MEMORY_RECENT_TURNS entries: {"p", "n", "e", "a", "at"}
+    summaries    LIST   newest first, MEMORY_SUMMARIES entries: {"text", "at"} (300-600 chars)
+    facts        ZSET   fact text -> importance 0..10, the MEMORY_FACTS most important kept
+    emotions     LIST   newest first, the NPC's emotion after each turn: "at|emotion"
+    relationship HASH   the relationship card: trust, affinity (-1..1), turns, first_met,
+                        last_seen, and gifts / promises / betrayals as JSON lists
+    quest        HASH   the quest card: quest name -> stage
+
+Public facts a designer marked for every player live under `mem:{npc}:public:facts`.
+
+Hot (this process): the same, per pair, in an LRU of MEMORY_HOT_PAIRS entries that expire
+MEMORY_HOT_TTL_S after the last interaction. A turn reads memory from the hot tier, or on a
+miss with one Redis round trip; it writes the hot tier, Redis and the event stream in one
+transaction (MULTI/EXEC). Postgres is never on the turn's path.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from cachetools import TTLCache
+from django.conf import settings
+from redis import Redis as SyncRedis
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from memory.events import MemoryEventRecord
+from memory.models import MemoryEventKind
+
+logger = logging.getLogger(__name__)
+
+CARD_MAX_BYTES = 2048
+PAIR_KEYS = ("turns", "summaries", "facts", "emotions", "relationship", "quest")
+# Every bridge process drops pairs from its hot tier on a message here: {"player": …} drops all
+# of a forgotten player's pairs, {"player": …, "npc": …} one pair rebuilt from the archive.
+EVICT_CHANNEL = "memory:evict"
+CARD_LIST_MAX = 5  # gifts, promises, betrayals kept on the card (the archive keeps them all)
+
+
+def pair_prefix(npc: str, player: str) -> str:
+    return f"mem:{npc}:{player}:"
+
+
+def public_facts_key(npc: str) -> str:
+    return f"mem:{npc}:public:facts"
+
+
+@dataclass
+class RememberedTurn:
+    player: str
+    npc: str
+    emotion: str = ""
+    action: str = ""
+    at: float = 0.0
+
+    def dumps(self) -> str:
+        return json.dumps(
+            {"p": self.player, "n": self.npc, "e": self.emotion, "a": self.action, "at": self.at},
+            ensure_ascii=False,
+        )
+
+    @classmethod
+    def loads(cls, raw: bytes | str) -> RememberedTurn:
+        value = json.loads(raw)
+        return cls(value["p"], value["n"], value.get("e", ""), value.get("a", ""), value.get("at", 0.0))
+
+
+@dataclass
+class PairMemory:
+    """What an NPC remembers of one player (plus the NPC's public facts)."""
+
+    turns: deque[RememberedTurn] = field(default_factory=lambda: deque(maxlen=settings.MEMORY_RECENT_TURNS))
+    summary: str = ""
+    facts: list[tuple[str, float]] = field(default_factory=list)  # most important first
+    public_facts: list[tuple[str, float]] = field(default_factory=list)
+    relationship: dict[str, Any] = field(default_factory=dict)
+    quest: dict[str, str] = field(default_factory=dict)
+    emotions: list[str] = field(default_factory=list)  # newest first
+
+    @property
+    def empty(self) -> bool:
+        return not (self.turns or self.summary or self.facts or self.relationship or self.quest)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def relationship_decode(raw: dict[bytes, bytes] | dict[str, str]) -> dict[str, Any]:
+    card: dict[str, Any] = {}
+    for key, value in raw.items():
+        name, text = _text(key), _text(value)
+        if name in ("gifts", "promises", "betrayals"):
+            card[name] = json.loads(text)
+        elif name in ("trust", "affinity"):
+            card[name] = float(text)
+        elif name == "turns":
+            card[name] = int(text)
+        else:
+            card[name] = text
+    return card
+
+
+def relationship_encode(card: dict[str, Any]) -> dict[str, str]:
+    """The card as Redis hash fields, lists cut to CARD_LIST_MAX and the whole under 2 KB."""
+    encoded: dict[str, str] = {}
+    for name, value in card.items():
+        if isinstance(value, list):
+            value = json.dumps(value[-CARD_LIST_MAX:], ensure_ascii=False)
+        encoded[name] = str(value)
+    while sum(len(k) + len(v.encode()) for k, v in encoded.items()) > CARD_MAX_BYTES:
+        longest = max(("gifts", "promises", "betrayals"), key=lambda n: len(encoded.get(n, "")))
+        items = json.loads(encoded.get(longest, "[]"))
+        if not items:
+            raise ValueError("a relationship card over 2 KB without lists to shorten")
+        encoded[longest] = json.dumps(items[1:], ensure_ascii=False)
+    return encoded
+
+
+class HotTier:
+    """Per-process memory of recently active pairs: an LRU whose entries expire after the
+    last interaction (cachetools' TTLCache, re-set on every turn)."""
+
+    def __init__(self, *, max_pairs: int | None = None, ttl_s: float | None = None) -> None:
+        self._pairs: TTLCache[tuple[str, str], PairMemory] = TTLCache(
+            maxsize=max_pairs or settings.MEMORY_HOT_PAIRS, ttl=ttl_s or settings.MEMORY_HOT_TTL_S
+        )
+        # TTLCache is not thread-safe and evictions arrive on the listener's thread.
+        self._lock = threading.Lock()
+
+    def get(self, npc: str, player: str) -> PairMemory | None:
+        with self._lock:
+            return self._pairs.get((npc, player))
+
+    def put(self, npc: str, player: str, memory: PairMemory) -> None:
+        with self._lock:
+            self._pairs[(npc, player)] = memory
+
+    def evict(self, player: str, npc: str | None = None) -> int:
+        with self._lock:
+            keys = [key for key in list(self._pairs.keys()) if key[1] == player and npc in (None, key[0])]
+            for key in keys:
+                self._pairs.pop(key, None)
+            return len(keys)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._pairs)
+
+
+_hot = HotTier()
+
+
+def hot_tier() -> HotTier:
+    return _hot
+
+
+async def warm_load(redis: Redis, npc: str, player: str) -> PairMemory:
+    """A pair's memory from Redis in one round trip."""
+    prefix = pair_prefix(npc, player)
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.lrange(prefix + "turns", 0, settings.MEMORY_RECENT_TURNS - 1)
+        pipe.lindex(prefix + "summaries", 0)
+        pipe.zrevrange(prefix + "facts", 0, settings.MEMORY_FACTS - 1, withscores=True)
+        pipe.zrevrange(public_facts_key(npc), 0, settings.MEMORY_FACTS - 1, withscores=True)
+        pipe.hgetall(prefix + "relationship")
+        pipe.hgetall(prefix + "quest")
+        pipe.lrange(prefix + "emotions", 0, 9)
+        turns, summary, facts, public, relationship, quest, emotions = await pipe.execute()
+    memory = PairMemory()
+    memory.turns.extend(RememberedTurn.loads(raw) for raw in reversed(turns))
+    memory.summary = json.loads(summary)["text"] if summary else ""
+    memory.facts = [(_text(text), score) for text, score in facts]
+    memory.public_facts = [(_text(text), score) for text, score in public]
+    memory.relationship = relationship_decode(relationship)
+    memory.quest = {_text(k): _text(v) for k, v in quest.items()}
+    memory.emotions = [_text(value).partition("|")[2] for value in emotions]
+    return memory
+
+
+async def memory_for_turn(redis: Redis, npc: str, player: str) -> tuple[PairMemory, str]:
+    """The pair's memory for a turn, and where it came from: "hot", "warm" or "none" (a pair
+    Redis no longer holds; the caller schedules a rehydration from the archive)."""
+    _evict_listener_ensure()
+    hot = _hot.get(npc, player)
+    if hot is not None:
+        return hot, "hot"
+    memory = await warm_load(redis, npc, player)
+    if memory.empty:
+        # Not cached: once the pair's first turn (or a rehydration) is in Redis, the next turn loads it.
+        return memory, "none"
+    _hot.put(npc, player, memory)
+    return memory, "warm"
+
+
+_listener: threading.Thread | None = None
+
+
+def _evict_listener_ensure() -> None:
+    """One subscriber to EVICT_CHANNEL per process, in a daemon thread.
+
+    A thread rather than an asyncio task: a pub/sub read cancelled at an event loop's shutdown
+    hung that shutdown (seen in the tests, whose loops close after every scenario), and a
+    daemon thread never holds up the process.
+    """
+    global _listener
+    if _listener is None or not _listener.is_alive():
+        _listener = threading.Thread(target=_evict_listen, name="memory-evict", daemon=True)
+        _listener.start()
+
+
+def _evict_listen() -> None:
+    client = SyncRedis.from_url(settings.REDIS_URL)
+    while True:
+        try:
+            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            pubsub.subscribe(EVICT_CHANNEL)
+            for message in pubsub.listen():
+                if message["type"] == "message":
+                    target = json.loads(message["data"])
+                    _hot.evict(target["player"], target.get("npc"))
+        except RedisError as exc:
+            logger.warning("memory: eviction listener lost Redis (%s); resubscribing", exc)
+            time.sleep(1.0)
+
+
+def evict_message(player: str, npc: str | None = None) -> str:
+    return json.dumps({"player": player, **({"npc": npc} if npc else {})})
+
+
+async def memory_record_turn(
+    redis: Redis,
+    *,
+    npc: str,
+    player: str,
+    session: str,
+    player_text: str,
+    npc_text: str,
+    emotion: str,
+    action: str,
+) -> int:
+    """Remember a finished turn: the hot tier, the warm tier and the archive's event stream,
+    the last two in one MULTI/EXEC. Returns how many turns the pair has had."""
+    now = time.time()
+    turn = RememberedTurn(player_text, npc_text, emotion, action, now)
+    # The turn path loaded the pair before the turn: from here (hot), from Redis (now hot), or
+    # found nothing, and then this turn is all there is (a rehydration evicts it when done).
+    memory = _hot.get(npc, player) or PairMemory()
+    memory.turns.append(turn)
+    memory.emotions.insert(0, emotion)
+    del memory.emotions[10:]
+    card = memory.relationship
+    card["turns"] = int(card.get("turns", 0)) + 1
+    card.setdefault("first_met", iso_utc(now))
+    card["last_seen"] = iso_utc(now)
+    _hot.put(npc, player, memory)  # re-set: the 30 minutes start again
+
+    record = MemoryEventRecord(
+        kind=MemoryEventKind.TURN,
+        npc=npc,
+        player=player,
+        session=session,
+        data={"player": player_text, "npc": npc_text, "emotion": emotion, "action": action},
+    )
+    prefix, ttl = pair_prefix(npc, player), settings.MEMORY_WARM_TTL_S
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.lpush(prefix + "turns", turn.dumps())
+        pipe.ltrim(prefix + "turns", 0, settings.MEMORY_RECENT_TURNS - 1)
+        pipe.lpush(prefix + "emotions", f"{now:.0f}|{emotion}")
+        pipe.ltrim(prefix + "emotions", 0, 49)
+        pipe.hincrby(prefix + "relationship", "turns", 1)
+        pipe.hsetnx(prefix + "relationship", "first_met", card["first_met"])
+        pipe.hset(prefix + "relationship", "last_seen", iso_utc(now))
+        for name in PAIR_KEYS:
+            pipe.expire(prefix + name, ttl)
+        pipe.xadd(settings.MEMORY_STREAM, record.entry())  # type: ignore[arg-type]
+        results = await pipe.execute()
+    return int(results[4])  # HINCRBY's answer: the pair's turn count
+
+
+def iso_utc(timestamp: float) -> str:
+    """The cards' time format (first_met, last_seen)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))

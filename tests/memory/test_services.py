@@ -1,0 +1,100 @@
+"""Rehydrating a pair from the archive, and forgetting a player in all three tiers (real
+Redis test database and Postgres)."""
+
+from __future__ import annotations
+
+import asyncio
+from io import StringIO
+
+import pytest
+import redis as redis_sync
+from django.conf import settings
+from django.core.management import call_command
+from redis.asyncio import Redis
+
+from memory import tiers
+from memory.archiver import Archiver
+from memory.events import MemoryEventRecord, memory_event_emit_sync
+from memory.models import MemoryEvent
+from memory.services import memory_rehydrate, player_forget
+from memory.tiers import HotTier, memory_for_turn, memory_record_turn, pair_prefix
+from tests.memory.conftest import load, talk
+
+pytestmark = pytest.mark.django_db
+
+
+def _archive_all(redis_client) -> Archiver:
+    archiver = Archiver(redis=redis_client, consumer="test", block_ms=10)
+    archiver.group_ensure()
+    archiver.drain()
+    return archiver
+
+
+def test_a_pair_whose_redis_window_expired_is_rebuilt_from_the_archive(redis_client):
+    talk("count-valerian", "alice", [f"line {index}" for index in range(25)])
+    _archive_all(redis_client)
+    for key in redis_client.scan_iter(match="mem:*"):
+        redis_client.delete(key)  # thirty days later
+    tiers._hot = HotTier()
+
+    restored = memory_rehydrate(redis=redis_client, npc="count-valerian", player="alice")
+    memory, source = load("count-valerian", "alice")
+
+    assert restored == settings.MEMORY_RECENT_TURNS
+    assert source == "warm"
+    assert [turn.player for turn in memory.turns] == [f"line {index}" for index in range(5, 25)]
+    assert memory.relationship["turns"] == 25
+    assert redis_client.ttl(pair_prefix("count-valerian", "alice") + "turns") > 0
+
+
+def test_forgetting_a_player_clears_redis_and_the_archive_and_drops_events_still_in_flight(redis_client):
+    talk("count-valerian", "alice", ["I am Alice."])
+    talk("count-valerian", "a:b", ["My id has a colon."])
+    talk("count-valerian", "bob", ["I am Bob."])
+    _archive_all(redis_client)
+    # Emitted before the request to forget, still in the stream when it comes.
+    memory_event_emit_sync(redis_client, MemoryEventRecord(kind="turn", npc="shambler", player="alice"))
+
+    report = player_forget(redis=redis_client, player="alice")
+    archiver = _archive_all(redis_client)
+
+    assert report.archived_events == 1
+    assert report.redis_keys > 0
+    assert not list(redis_client.scan_iter(match="mem:*:alice:*"))
+    assert list(redis_client.scan_iter(match="mem:count-valerian:a:b:*"))  # "a:b" is not "a"…
+    assert sorted(MemoryEvent.objects.values_list("player_id", flat=True)) == ["a:b", "bob"]
+    assert archiver.stats.forgotten == 1
+
+
+def test_bridges_drop_a_forgotten_player_from_their_hot_tier(redis_client):
+    async def scenario():
+        redis = Redis.from_url(settings.REDIS_URL)
+        await memory_for_turn(redis, "count-valerian", "alice")  # subscribes this loop's listener
+        await memory_record_turn(
+            redis, npc="count-valerian", player="alice", session="s", player_text="hi", npc_text="hello",
+            emotion="calm", action="nod",
+        )  # fmt: skip
+        await memory_for_turn(redis, "count-valerian", "alice")
+        assert tiers._hot.get("count-valerian", "alice") is not None
+        await asyncio.sleep(0.2)  # the listener's subscription is in place
+        sync = redis_sync.Redis.from_url(settings.REDIS_URL)
+        await asyncio.to_thread(player_forget, redis=sync, player="alice")
+        await asyncio.sleep(0.3)
+        result = await memory_for_turn(redis, "count-valerian", "alice")
+        await redis.aclose()
+        return result
+
+    memory, source = asyncio.run(scenario())
+
+    assert source == "none"
+    assert not memory.turns
+
+
+def test_forget_player_command(redis_client):
+    talk("count-valerian", "carol", ["Hello."])
+    out = StringIO()
+
+    call_command("forget_player", "carol", stdout=out)
+
+    assert "forgot carol" in out.getvalue()
+    assert not list(redis_client.scan_iter(match="mem:*:carol:*"))

@@ -5,18 +5,15 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 from channels.testing import WebsocketCommunicator
-from django.db import connection
 
 from bridge.server import daphne_argv
 from console import localstack
@@ -29,6 +26,7 @@ from inference.context import turn_context_forget
 from inference.residency import residency_sync
 from inference.workers import worker_mark_down
 from tests.factories import ArchetypeFactory, NPCFactory
+from tests.processes import process_running, subprocess_database_env
 
 NOWHERE = "http://127.0.0.1:9"  # the discard port: no worker answers, turns fall back to barks
 
@@ -106,13 +104,8 @@ async def started(comm: WebsocketCommunicator, player_id: str = "player-1") -> d
 def stack_env(django_db_setup, _worker_process) -> dict[str, str]:
     """The environment of the processes the e2e tests start: the test database, the test Redis
     database and the suite's vLLM worker."""
-    database = connection.settings_dict
     return {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "console.settings.test",
-        "DATABASE_URL": localstack.embedded_postgres_url(database=database["NAME"])
-        if not localstack.env_database_url()
-        else re.sub(r"/[^/?]+(\?|$)", f"/{database['NAME']}\\1", localstack.env_database_url() or ""),
+        **subprocess_database_env(),
         "TEST_INFERENCE_WORKER": _worker_process.url,
         # Exactness, not speed, is under test: a busy 2-core CPU must not trigger bark fallbacks.
         "TURN_DEADLINE_GOLD_S": "180",
@@ -121,40 +114,20 @@ def stack_env(django_db_setup, _worker_process) -> dict[str, str]:
     }
 
 
-@contextmanager
-def _process(name: str, argv: list[str], env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
-    log = (
-        Path(os.environ.get("TMPDIR", "/tmp")) / f"{name}-e2e-{os.getpid()}.log"
-    )  # read it when a test fails
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            argv, env=env, stdout=output, stderr=subprocess.STDOUT, cwd=localstack.PROJECT_DIR
-        )
-    try:
-        yield process
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 # Module scope: a live Celery worker would answer the health checks of later tests.
 @pytest.fixture(scope="module")
 def celery_worker_process(stack_env) -> Iterator[subprocess.Popen[bytes]]:
     """A Celery worker as `make run` starts it, on the test broker (Redis database 9)."""
     argv = [sys.executable, "-m", "celery", "-A", "console", "worker", "-Q", "io,celery",
             "--pool=threads", "--concurrency=2", "--loglevel=INFO", "-n", f"e2e{os.getpid()}@%h"]  # fmt: skip
-    with _process("celery", argv, stack_env) as process:
+    with process_running("celery", argv, stack_env) as process:
         yield process
 
 
 @pytest.fixture(scope="module")
 def archiver_process(stack_env) -> Iterator[subprocess.Popen[bytes]]:
     """The memory archiver as `make run` starts it."""
-    with _process(
+    with process_running(
         "archiver", [sys.executable, "manage.py", "run_archiver", "--name", "e2e"], stack_env
     ) as process:
         yield process
@@ -165,7 +138,7 @@ def daphne(stack_env) -> Iterator[str]:
     """Daphne on a free port (started like `make run` does), on the test database and the suite's
     vLLM worker, once per test session; its ws:// URL."""
     port = free_port()
-    with _process("daphne", daphne_argv(host="127.0.0.1", port=port), stack_env) as process:
+    with process_running("daphne", daphne_argv(host="127.0.0.1", port=port), stack_env) as process:
         deadline = time.monotonic() + 60
         while localstack.port_is_free("127.0.0.1", port):
             assert process.poll() is None, "Daphne exited; see its log in TMPDIR"

@@ -8,6 +8,8 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from memory.archiver import Archiver
 from memory.events import AofDisabled, redis_aof_ensure
@@ -26,13 +28,12 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, name: str, **options: Any) -> None:
         redis = Redis.from_url(settings.REDIS_URL, socket_timeout=10, health_check_interval=30)
-        try:
-            aof = redis_aof_ensure(redis)
-        except AofDisabled as exc:
-            raise CommandError(str(exc)) from exc
         stop = threading.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stop.set())
+        aof = self._aof_checked(redis, stop)
+        if stop.is_set():
+            return
         archiver = Archiver(redis=redis, consumer=name)
         self.stdout.write(f"archiver {name}: {settings.MEMORY_STREAM} → Postgres (Redis AOF {aof})")
         self.stdout.flush()
@@ -42,3 +43,18 @@ class Command(BaseCommand):
             f"archiver {name} stopped: {stats.archived} archived, {stats.duplicates} duplicates, "
             f"{stats.dead_lettered} dead-lettered, {stats.outages} outages"
         )
+
+    def _aof_checked(self, redis: Redis, stop: threading.Event) -> str:
+        """Redis's AOF setting, waiting for Redis when it does not answer yet (an archiver
+        started with the stack, or restarted by a supervisor while Redis restarts)."""
+        backoff = 0.1
+        while True:
+            try:
+                return redis_aof_ensure(redis)
+            except AofDisabled as exc:
+                raise CommandError(str(exc)) from exc
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                self.stderr.write(f"archiver: Redis does not answer ({exc}); retrying in {backoff:.1f} s")
+                if stop.wait(backoff):
+                    return "unknown"
+                backoff = min(backoff * 2, 5.0)

@@ -1,0 +1,51 @@
+"""Processes the end-to-end tests start as `make run` does (Daphne, Celery, the archiver, a
+Redis of their own), each with its output in a log file under TMPDIR."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from django.db import connection
+
+from console import localstack
+
+
+def process_log(name: str) -> Path:
+    """Where a started process writes its output: read it when a test fails."""
+    return Path(os.environ.get("TMPDIR", "/tmp")) / f"{name}-e2e-{os.getpid()}.log"
+
+
+@contextmanager
+def process_running(name: str, argv: list[str], env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
+    """`argv` running for the block; stopped with SIGTERM (SIGKILL after 20 s) at its end."""
+    with process_log(name).open("ab") as output:
+        process = subprocess.Popen(
+            argv, env=env, stdout=output, stderr=subprocess.STDOUT, cwd=localstack.PROJECT_DIR
+        )
+    try:
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def subprocess_database_env() -> dict[str, str]:
+    """The environment of a process that must use the test database (and test settings)."""
+    database = connection.settings_dict
+    url = localstack.env_database_url()
+    return {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "console.settings.test",
+        "DATABASE_URL": localstack.embedded_postgres_url(database=database["NAME"])
+        if not url
+        else re.sub(r"/[^/?]+(\?|$)", f"/{database['NAME']}\\1", url),
+    }

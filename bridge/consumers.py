@@ -261,6 +261,11 @@ class GameConsumer(AsyncWebsocketConsumer):
                 "request_id": request_id,
                 "turn_id": turn_id,
                 **{name: payload[name] for name in TURN_END_FIELDS},
+                "memory": {
+                    "source": source,
+                    "turns": len(recent),
+                    "facts": len(memory.facts) + len(memory.public_facts),
+                },
             }
             # Released before turn.end goes out, not after: sending also writes the replay buffer
             # to Redis, and a client that answers turn.end at once must not find the NPC busy.

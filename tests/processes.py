@@ -6,12 +6,14 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from django.db import connection
 
+from bridge.server import daphne_argv
 from console import localstack
 
 
@@ -36,6 +38,19 @@ def process_running(name: str, argv: list[str], env: dict[str, str]) -> Iterator
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@contextmanager
+def daphne_running(name: str, env: dict[str, str]) -> Iterator[str]:
+    """Daphne (started like `make run` does) on a free port for the block; its ws:// URL."""
+    port = localstack.free_port()
+    with process_running(name, daphne_argv(host="127.0.0.1", port=port), env) as process:
+        deadline = time.monotonic() + 60
+        while localstack.port_is_free("127.0.0.1", port):
+            assert process.poll() is None, f"Daphne exited; see {process_log(name)}"
+            assert time.monotonic() < deadline, "Daphne did not listen within 60 s"
+            time.sleep(0.2)
+        yield f"ws://127.0.0.1:{port}/ws/game/"
 
 
 def subprocess_database_env() -> dict[str, str]:

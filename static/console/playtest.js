@@ -108,6 +108,7 @@
             span("total", "total " + frame.timing.total_ms + " ms"),
             span("tokens", frame.usage.completion_tokens + " tokens"),
           );
+          if (frame.memory) turn.meta.append(span("memory", "memory " + frame.memory.source + ", " + frame.memory.turns + " turns, " + frame.memory.facts + " facts"));
           if (frame.fallbacks && frame.fallbacks.length) turn.meta.append(span("fallbacks", "fallbacks " + frame.fallbacks.join(", ")));
         }
         send({ type: "ack", seq: frame.seq }); // frees the session's replay buffer

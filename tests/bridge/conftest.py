@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,10 +14,7 @@ from typing import Any
 import pytest
 from channels.testing import WebsocketCommunicator
 
-from bridge.server import daphne_argv
-from console import localstack
 from console.asgi import application
-from console.localstack import free_port
 from console.models import AdapterTask, BaseModel
 from console.services.keys import game_key_create
 from inference.adapters import adapter_import, adapter_lora_name
@@ -26,7 +22,7 @@ from inference.context import turn_context_forget
 from inference.residency import residency_sync
 from inference.workers import worker_mark_down
 from tests.factories import ArchetypeFactory, NPCFactory
-from tests.processes import process_running, subprocess_database_env
+from tests.processes import daphne_running, process_running, subprocess_database_env
 
 NOWHERE = "http://127.0.0.1:9"  # the discard port: no worker answers, turns fall back to barks
 
@@ -135,16 +131,9 @@ def archiver_process(stack_env) -> Iterator[subprocess.Popen[bytes]]:
 
 @pytest.fixture(scope="session")
 def daphne(stack_env) -> Iterator[str]:
-    """Daphne on a free port (started like `make run` does), on the test database and the suite's
-    vLLM worker, once per test session; its ws:// URL."""
-    port = free_port()
-    with process_running("daphne", daphne_argv(host="127.0.0.1", port=port), stack_env) as process:
-        deadline = time.monotonic() + 60
-        while localstack.port_is_free("127.0.0.1", port):
-            assert process.poll() is None, "Daphne exited; see its log in TMPDIR"
-            assert time.monotonic() < deadline, "Daphne did not listen within 60 s"
-            time.sleep(0.2)
-        yield f"ws://127.0.0.1:{port}/ws/game/"
+    """Daphne on the test database and the suite's vLLM worker, once per test session; its URL."""
+    with daphne_running("daphne", stack_env) as url:
+        yield url
 
 
 def _model_npc(base_model_dir: Path, name: str):

@@ -24,6 +24,7 @@ from bridge.protocol import (
     PROTOCOL_VERSION,
     Ack,
     NpcCancel,
+    NpcQuest,
     NpcSay,
     Ping,
     ProtocolError,
@@ -42,7 +43,7 @@ from inference.turns import TurnResult, turn_result_payload, turn_run
 from inference.workers import workers_healthy
 from memory.prompt import memory_slot
 from memory.tasks import memory_consolidate_task, memory_rehydrate_task
-from memory.tiers import PairMemory, memory_for_turn, memory_record_turn
+from memory.tiers import PairMemory, QuestCardFull, memory_for_turn, memory_quest_update, memory_record_turn
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +139,8 @@ class GameConsumer(AsyncWebsocketConsumer):
                     "unknown_request", f"no turn in flight has request_id {message.request_id}"
                 )
             task.cancel()  # the turn task reports turn.error `cancelled`
+        elif isinstance(message, NpcQuest):
+            await self._npc_quest(self.session, message)
         elif isinstance(message, WorldPositions):
             self._require_scope(GameKeyScope.POSITIONS, message.type)
             # The tiers service consumes positions (tiers issue); validated and accepted here.
@@ -145,7 +148,7 @@ class GameConsumer(AsyncWebsocketConsumer):
 
     def _require_scope(self, scope: str, what: str) -> None:
         if scope not in self.caller.scopes:
-            raise ProtocolError("forbidden", f"{what} needs a game key with the {scope!r} scope")
+            raise ProtocolError("forbidden", f"{what} needs a game key with the {str(scope)!r} scope")
 
     async def _session_start(self, message: SessionStart) -> None:
         if self.session is not None:
@@ -181,6 +184,27 @@ class GameConsumer(AsyncWebsocketConsumer):
                 "replayed": replayed,
             }
         )
+
+    async def _npc_quest(self, session: GameSession, message: NpcQuest) -> None:
+        self._require_scope(GameKeyScope.QUESTS, message.type)
+        try:
+            await turn_context_cached(message.npc_id)
+        except NPC.DoesNotExist:
+            raise ProtocolError("unknown_npc", f"no NPC has npc_id {message.npc_id!r}") from None
+        try:
+            card = await memory_quest_update(
+                session.redis, npc=message.npc_id, player=session.player_id, session=session.session_id,
+                quest=message.quest, stage=message.stage,
+            )  # fmt: skip
+        except QuestCardFull as exc:
+            raise ProtocolError("too_large", str(exc)) from None
+        except RedisError as exc:
+            logger.error("quest card of %s for %s not written: %s", message.npc_id, session.player_id, exc)
+            raise ProtocolError(
+                "unavailable", "the memory store did not answer; send npc.quest again"
+            ) from None
+        updated = {"type": "quest.updated", "request_id": message.request_id, "npc_id": message.npc_id}
+        await self._reply({**updated, "quests": card})
 
     async def _npc_say(self, session: GameSession, message: NpcSay) -> None:
         self._require_scope(GameKeyScope.PLAY, message.type)

@@ -20,7 +20,8 @@ ERROR_CODES = {
     "bad_frame": "a field is missing, of the wrong type or out of range",
     "unknown_type": "the frame's `type` is not a client message of this protocol version",
     "binary_frame": "binary frames are not part of the protocol; send JSON text",
-    "too_large": "npc.say text is over BRIDGE_MAX_TEXT_CHARS (bigger frames are dropped by the server)",
+    "too_large": "npc.say text is over BRIDGE_MAX_TEXT_CHARS (bigger frames are dropped by the server), "
+    "or an npc.quest would take the quest card over 2 KB",
     "not_started": "send session.start first",
     "unknown_session": "the session to resume is unknown or expired; start a new one",
     "resume_gap": "frames after last_seq are no longer buffered; start a new session",
@@ -66,6 +67,16 @@ class NpcCancel(_Frame):
     request_id: Identifier
 
 
+class NpcQuest(_Frame):
+    """The game moved one of the player's quests with this NPC to a new stage."""
+
+    type: Literal["npc.quest"]
+    request_id: Identifier
+    npc_id: Slug
+    quest: Slug
+    stage: str = Field(min_length=1, max_length=64)
+
+
 class Position(_Frame):
     id: Identifier
     x: float
@@ -89,11 +100,14 @@ class Ping(_Frame):
     type: Literal["ping"]
 
 
-ClientMessage = SessionStart | NpcSay | NpcCancel | WorldPositions | Ack | Ping
+ClientMessage = SessionStart | NpcSay | NpcCancel | NpcQuest | WorldPositions | Ack | Ping
 _CLIENT_MESSAGE: TypeAdapter[ClientMessage] = TypeAdapter(
-    Annotated[SessionStart | NpcSay | NpcCancel | WorldPositions | Ack | Ping, Field(discriminator="type")]  # type: ignore[arg-type,maybe-unrecognized-str-typeform]
+    Annotated[
+        SessionStart | NpcSay | NpcCancel | NpcQuest | WorldPositions | Ack | Ping,  # type: ignore[arg-type,maybe-unrecognized-str-typeform]
+        Field(discriminator="type"),
+    ]
 )
-CLIENT_TYPES = ("session.start", "npc.say", "npc.cancel", "world.positions", "ack", "ping")
+CLIENT_TYPES = ("session.start", "npc.say", "npc.cancel", "npc.quest", "world.positions", "ack", "ping")
 
 
 class ProtocolError(Exception):

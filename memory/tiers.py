@@ -289,6 +289,44 @@ async def memory_record_turn(
     return int(results[4])  # HINCRBY's answer: the pair's turn count
 
 
+class QuestCardFull(ValueError):
+    """The quest card would go over CARD_MAX_BYTES."""
+
+
+async def memory_quest_update(
+    redis: Redis, *, npc: str, player: str, session: str, quest: str, stage: str
+) -> dict[str, str]:
+    """Set one quest's stage on the pair's quest card (the game tells us; the model never
+    writes quests): hot tier, Redis and the archive's stream, the last two in one MULTI/EXEC.
+    Returns the whole card. Raises QuestCardFull when the card would pass 2 KB."""
+    prefix, ttl = pair_prefix(npc, player), settings.MEMORY_WARM_TTL_S
+    card = {_text(k): _text(v) for k, v in (await redis.hgetall(prefix + "quest")).items()}
+    card[quest] = stage
+    size = sum(len(k.encode()) + len(v.encode()) for k, v in card.items())
+    if size > CARD_MAX_BYTES:
+        raise QuestCardFull(
+            f"the quest card of {player} with {npc} would be {size} bytes (limit {CARD_MAX_BYTES}): "
+            "reuse quest names, or keep stages short"
+        )
+    record = MemoryEventRecord(
+        kind=MemoryEventKind.CARD,
+        npc=npc,
+        player=player,
+        session=session,
+        data={"card": "quest", "fields": {quest: stage}},
+    )
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.hset(prefix + "quest", quest, stage)
+        for name in PAIR_KEYS:
+            pipe.expire(prefix + name, ttl)
+        pipe.xadd(settings.MEMORY_STREAM, record.entry())  # type: ignore[arg-type]
+        await pipe.execute()
+    hot = _hot.get(npc, player)
+    if hot is not None:
+        hot.quest[quest] = stage
+    return card
+
+
 def iso_utc(timestamp: float) -> str:
     """The cards' time format (first_met, last_seen)."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))

@@ -7,10 +7,11 @@ class GameKeyScope(models.TextChoices):
     PLAY = "play", "Talk to NPCs"
     POSITIONS = "positions", "Send world positions"
     OBSERVE = "observe", "Observe turns (spectators, bots)"
+    QUESTS = "quests", "Update quest stages (the NPC's quest card)"
 
 
 def _default_scopes() -> list[str]:
-    return [GameKeyScope.PLAY, GameKeyScope.POSITIONS]
+    return [GameKeyScope.PLAY, GameKeyScope.POSITIONS, GameKeyScope.QUESTS]
 
 
 class GameClientKey(models.Model):

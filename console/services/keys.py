@@ -10,7 +10,7 @@ from datetime import timedelta
 from django.contrib.auth.models import AbstractBaseUser, User
 from django.utils import timezone
 
-from console.models import GameClientKey, GameKeyScope
+from console.models import GameClientKey
 
 KEY_PREFIX = "rvk_"
 # Writing last_used_at on every connection would put a database write on the connect path;
@@ -33,7 +33,8 @@ def game_key_create(
         name=name.strip(),
         prefix=secret[: len(KEY_PREFIX) + 6],
         secret_hash=_secret_hash(secret),
-        scopes=list(scopes) if scopes is not None else [GameKeyScope.PLAY, GameKeyScope.POSITIONS],
+        # The model's default: one list of default scopes for the admin, this and the command.
+        scopes=list(scopes) if scopes is not None else GameClientKey._meta.get_field("scopes").get_default(),
         created_by=created_by if isinstance(created_by, User) else None,
     )
     key.full_clean()

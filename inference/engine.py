@@ -41,6 +41,7 @@ class EngineClient:
         max_tokens: int,
         temperature: float,
         top_p: float = 1.0,
+        repetition_penalty: float = 1.0,
         seed: int | None = None,
         usage: StreamUsage | None = None,
         ignore_eos: bool = False,
@@ -55,8 +56,12 @@ class EngineClient:
             "seed": seed,
             "stream": True,
             "stream_options": {"include_usage": True},
-            # vLLM's own parameter; benchmarks use it to generate exactly max_tokens.
-            "extra_body": {"ignore_eos": ignore_eos} if ignore_eos else None,
+            # vLLM's own parameters: benchmarks use ignore_eos to generate exactly max_tokens.
+            "extra_body": {
+                **({"ignore_eos": True} if ignore_eos else {}),
+                **({"repetition_penalty": repetition_penalty} if repetition_penalty != 1.0 else {}),
+            }
+            or None,
         }
         # The client's overloads want its TypedDicts; plain dicts are what goes on the wire.
         stream = cast(AsyncStream[ChatCompletionChunk], await self._client.chat.completions.create(**request))

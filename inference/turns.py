@@ -45,14 +45,21 @@ class TierSampling:
     top_p: float
     deadline_s: float
     uses_model: bool = True
+    # vLLM's multiplicative penalty on tokens already in the prompt or reply: small models (the
+    # bundled 135M one) otherwise loop on a phrase until max_tokens.
+    repetition_penalty: float = 1.0
 
 
 def tier_sampling(tier: str) -> TierSampling:
     """Gold: full replies; Silver: short ones; Bronze: barks without the model."""
     deadlines = settings.TURN_DEADLINES_S
     table = {
-        "gold": TierSampling(max_tokens=96, temperature=0.8, top_p=0.95, deadline_s=deadlines["gold"]),
-        "silver": TierSampling(max_tokens=48, temperature=0.7, top_p=0.9, deadline_s=deadlines["silver"]),
+        "gold": TierSampling(
+            max_tokens=96, temperature=0.8, top_p=0.95, deadline_s=deadlines["gold"], repetition_penalty=1.1
+        ),
+        "silver": TierSampling(
+            max_tokens=48, temperature=0.7, top_p=0.9, deadline_s=deadlines["silver"], repetition_penalty=1.1
+        ),
         "bronze": TierSampling(max_tokens=0, temperature=0.0, top_p=1.0, deadline_s=0.0, uses_model=False),
     }
     if tier not in table:
@@ -209,6 +216,7 @@ async def turn_run(
             max_tokens=sampling.max_tokens,
             temperature=temperature,
             top_p=1.0 if greedy else sampling.top_p,
+            repetition_penalty=1.0 if greedy else sampling.repetition_penalty,
             seed=seed,
             usage=result.usage,
         ):

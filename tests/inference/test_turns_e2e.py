@@ -304,3 +304,34 @@ def test_residency_task_loads_an_activated_adapter_and_unloads_it_when_retired(
     assert [vllm_worker.url, name] in loaded["loaded"]
     assert [vllm_worker.url, name] in unloaded["unloaded"]
     assert name not in worker_loras(vllm_worker.url)
+
+
+def test_the_repetition_penalty_reaches_the_worker_and_breaks_a_loop(vllm_worker):
+    messages = [{"role": "user", "content": "Say the word blood again and again, nothing else."}]
+
+    async def run(penalty: float) -> str:
+        engine = EngineClient(vllm_worker.url)
+        try:
+            return "".join(
+                [
+                    delta
+                    async for delta in engine.stream_chat(
+                        model=vllm_worker.served_name,
+                        messages=messages,
+                        max_tokens=48,
+                        temperature=0.0,
+                        repetition_penalty=penalty,
+                    )  # fmt: skip
+                ]
+            )
+        finally:
+            await engine.close()
+
+    plain, penalised = asyncio.run(run(1.0)), asyncio.run(run(1.3))
+
+    def most_repeated(text: str) -> int:
+        words = text.lower().split()
+        return max((words.count(word) for word in set(words)), default=0)
+
+    assert plain != penalised
+    assert most_repeated(penalised) < most_repeated(plain)

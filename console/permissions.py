@@ -1,9 +1,10 @@
 """The permission groups: who may do what in the console.
 
-`designers` shape the world (worlds, archetypes, subfactions, NPCs, adapter metadata, lore);
-`ops` read everything and manage game client keys. Designers never reach users, groups or
-keys. Migrations call `groups_sync` so a fresh database has both groups; later migrations
-that add models call it again.
+`designers` shape the world (worlds, archetypes, subfactions, NPCs, adapter metadata, lore)
+and choose which remembered facts an NPC shares with every player; `ops` read everything and
+manage game client keys. Designers never reach users, groups or keys. Migrations call
+`groups_sync` so a fresh database has both groups; later migrations that add models or
+permissions call it again.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ ALL = ("add", "change", "delete", "view")
 VIEW = ("view",)
 # The playtest page: chat with an NPC through the game websocket as a console user.
 PLAYTEST = ("playtest",)
+# Mark an NPC's remembered fact as known to every player (the warm memory pages).
+PUBLISH = ("publish",)
 
 # (app_label, model) -> actions, per group. Model names are lowercase, as in Permission.codename.
 GROUP_PERMISSIONS: dict[str, dict[tuple[str, str], tuple[str, ...]]] = {
@@ -33,7 +36,8 @@ GROUP_PERMISSIONS: dict[str, dict[tuple[str, str], tuple[str, ...]]] = {
         ("console", "historicalsubfaction"): VIEW,
         ("console", "historicalnpc"): VIEW,
         ("console", "historicaladapter"): VIEW,
-        ("memory", "memoryevent"): VIEW,
+        # Designers read NPC memory (archive and Redis) and choose the facts every player shares.
+        ("memory", "memoryevent"): VIEW + PUBLISH,
     },
     OPS: {
         ("console", "world"): VIEW,

@@ -4,15 +4,18 @@ from django.conf import settings
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.urls import URLPattern, path
 from redis import Redis
 
+from memory import views
 from memory.models import ForgottenPlayer, MemoryEvent
 from memory.services import player_forget
 
 
 @admin.register(MemoryEvent)
 class MemoryEventAdmin(admin.ModelAdmin):
-    """The lifetime archive: append-only, written by the archiver, read here."""
+    """The lifetime archive: append-only, written by the archiver, read here. Its changelist
+    links to the warm memory pages (templates/admin/memory/memoryevent/change_list.html)."""
 
     list_display = ["occurred_at", "kind", "npc_slug", "player_id", "summary"]
     list_filter = ["kind", "npc_slug"]
@@ -21,6 +24,18 @@ class MemoryEventAdmin(admin.ModelAdmin):
     list_per_page = 50
     actions = ["forget_players"]
     readonly_fields = [field.name for field in MemoryEvent._meta.fields]
+
+    def get_urls(self) -> list[URLPattern]:
+        """The warm memory pages (memory.views), before the changelist's `<object_id>/` catch-all."""
+        wrap = self.admin_site.admin_view
+        warm = [
+            path("warm/", wrap(views.warm_npcs), name="memory_warm_npcs"),
+            path("warm/<str:npc>/", wrap(views.warm_npc), name="memory_warm_npc"),
+            path("warm/<str:npc>/player/", wrap(views.warm_pair_view), name="memory_warm_pair"),
+            path("warm/<str:npc>/publish/", wrap(views.fact_publish), name="memory_fact_publish"),
+            path("warm/<str:npc>/unpublish/", wrap(views.fact_unpublish), name="memory_fact_unpublish"),
+        ]
+        return warm + super().get_urls()
 
     @admin.display(description="what happened")
     def summary(self, event: MemoryEvent) -> str:

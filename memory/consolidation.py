@@ -29,6 +29,7 @@ from redis import Redis
 from inference.adapters import BASE_ADAPTER_NAME
 from inference.engine import EngineClient
 from inference.routing import NoHealthyWorker, worker_for_archetype
+from inference.workers import worker_health
 from memory.events import MemoryEventRecord
 from memory.extract import instruction_like, player_lines_extract
 from memory.models import MemoryEventKind
@@ -121,6 +122,46 @@ async def _model_summary(
         await engine.close()
 
 
+@dataclass
+class SessionSummary:
+    """A summary of some turns, and the facts the model found in them."""
+
+    text: str
+    by: str  # "model" or "lines"
+    facts: list[tuple[str, float]]  # the model's, instructions left out
+    refused: int  # the model's facts left out as instructions
+
+
+async def summary_write(
+    *, npc_name: str, archetype: str, persona: str, turns: list[RememberedTurn], workers: list[str]
+) -> SessionSummary:
+    """Summarise `turns`: by the model on the archetype's worker when one of `workers` (the
+    healthy ones) answers, otherwise from the lines. Consolidation and the weekly compaction
+    (memory.compaction) both write their summaries here."""
+    written = await _model_summary(
+        npc=npc_name, archetype=archetype, persona=persona, turns=turns, workers=workers
+    )
+    if written is None:
+        return SessionSummary(_lines_summary(npc_name, turns), "lines", [], 0)
+    facts: list[tuple[str, float]] = []
+    refused = 0
+    for fact in written.get("facts", [])[:MODEL_FACTS]:
+        text = " ".join(str(fact.get("text", "")).split())
+        if not text or instruction_like(text):
+            refused += int(bool(text))
+            continue
+        facts.append((text, float(min(10, max(0, int(fact.get("importance", 1)))))))
+    summary = " ".join(str(written.get("summary", "")).split())[:SUMMARY_MAX_CHARS]
+    if instruction_like(summary) or len(summary) < 40:
+        return SessionSummary(_lines_summary(npc_name, turns), "lines", facts, refused)
+    return SessionSummary(summary, "model", facts, refused)
+
+
+def healthy_workers() -> list[str]:
+    """The INFERENCE_WORKERS that answer their health probe now (2 s at most each)."""
+    return [url for url in settings.INFERENCE_WORKERS if worker_health(url).healthy]
+
+
 async def pair_consolidate(
     *, redis: Redis, npc: str, npc_name: str, archetype: str, persona: str, player: str, workers: list[str]
 ) -> ConsolidationReport:
@@ -133,23 +174,12 @@ async def pair_consolidate(
         return ConsolidationReport(0, 0, [], "", 0)
 
     found = player_lines_extract([turn.player for turn in new])
-    facts = list(found.facts)
-    summary_by = "model"
-    written = await _model_summary(
-        npc=npc_name, archetype=archetype, persona=persona, turns=new, workers=workers
+    written = await summary_write(
+        npc_name=npc_name, archetype=archetype, persona=persona, turns=new, workers=workers
     )
-    if written is None:
-        summary, summary_by = _lines_summary(npc_name, new), "lines"
-    else:
-        summary = " ".join(str(written.get("summary", "")).split())[:SUMMARY_MAX_CHARS]
-        for fact in written.get("facts", [])[:MODEL_FACTS]:
-            text = " ".join(str(fact.get("text", "")).split())
-            if not text or instruction_like(text):
-                found.refused += int(bool(text))
-                continue
-            facts.append((text, float(min(10, max(0, int(fact.get("importance", 1)))))))
-        if instruction_like(summary) or len(summary) < 40:
-            summary, summary_by = _lines_summary(npc_name, new), "lines"
+    summary, summary_by = written.text, written.by
+    facts = [*found.facts, *written.facts]
+    found.refused += written.refused
 
     changed: dict[str, Any] = {
         "trust": round(_clamp(float(card.get("trust", 0.0)) + found.trust), 3),

@@ -29,6 +29,10 @@ class MemoryEvent(models.Model):
     class Meta:
         verbose_name = "memory event"
         ordering = ["occurred_at", "id"]
+        # Named action_model like console's playtest_npc, so console.permissions.groups_sync
+        # grants it from GROUP_PERMISSIONS. A public fact is an NPC's fact every player's
+        # prompt includes (memory.services.public_fact_publish).
+        permissions = [("publish_memoryevent", "Can mark remembered facts as known to every player")]
         indexes = [
             models.Index(fields=["npc_slug", "player_id", "occurred_at"], name="memevent_pair_time_idx"),
             models.Index(fields=["player_id"], name="memevent_player_idx"),

@@ -1,5 +1,5 @@
-"""Memory writes outside the turn's path: rebuilding a pair's warm tier from the archive, and
-forgetting a player everywhere."""
+"""Memory writes outside the turn's path: rebuilding a pair's warm tier from the archive,
+forgetting a player everywhere, and the public facts designers choose."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 from redis import Redis
 
@@ -21,6 +21,7 @@ from memory.tiers import (
     evict_message,
     iso_utc,
     pair_prefix,
+    public_facts_key,
     relationship_encode,
 )
 
@@ -109,10 +110,13 @@ def player_forget(*, redis: Redis, player: str) -> ForgetReport:
 
     Postgres: their archived events are deleted, and a tombstone makes the archiver drop the
     events still on their way (emitted before this moment). Redis: every key of their pairs.
-    Hot tiers: every bridge process drops their pairs on a message on EVICT_CHANNEL.
+    Hot tiers: every bridge process drops their pairs on a message on EVICT_CHANNEL. The
+    archive part holds archive_player_lock, so a compaction never writes a summary of theirs
+    after it.
     """
     now = timezone.now()
     with transaction.atomic():
+        archive_player_lock(player=player)
         ForgottenPlayer.objects.update_or_create(player_id=player, defaults={"forgotten_at": now})
         deleted, _ = MemoryEvent.objects.filter(player_id=player, occurred_at__lte=now).delete()
     keys = [key for key in redis.scan_iter(match="mem:*", count=1000) if _key_player(key) == player]
@@ -121,6 +125,57 @@ def player_forget(*, redis: Redis, player: str) -> ForgetReport:
     redis.publish(EVICT_CHANNEL, evict_message(player))
     logger.info("forgot player %s: %d archived events, %d Redis keys", player, deleted, len(keys))
     return ForgetReport(archived_events=deleted, redis_keys=len(keys))
+
+
+# The first key of Postgres' two-key advisory locks taken here ("mem" in ASCII), so they never
+# meet another feature's.
+_PLAYER_LOCK_SPACE = 0x6D656D
+
+
+def archive_player_lock(*, player: str) -> None:
+    """Hold the archive's lock on `player` until the current transaction ends.
+
+    Forgetting a player and writing derived events about them (memory.compaction) take it, so
+    that one never runs between the other's check and write: a summary committed after the
+    forget read the archive would outlive the player's other events.
+    """
+    if not connection.in_atomic_block:
+        raise RuntimeError("archive_player_lock needs a transaction (it is released at its end)")
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", [_PLAYER_LOCK_SPACE, player])
+
+
+class FactNotRemembered(ValueError):
+    """The pair holds no such fact (Redis forgot it, or the form was not one of ours)."""
+
+
+def public_fact_publish(*, redis: Redis, npc: str, player: str, fact: str, actor: str = "") -> float:
+    """Copy one of the pair's facts, with its importance, into `npc`'s public facts, which every
+    player's prompt includes; returns the importance.
+
+    Only a fact Redis holds for the pair can be published, so the text and its importance are
+    what consolidation stored, never what a form sent. Bridges that hold a pair in their hot
+    tier see the change when they next load it from Redis (memory.tiers.memory_for_turn):
+    after MEMORY_HOT_TTL_S without a turn, or after the pair's next consolidation. Evicting
+    every pair of the NPC from every bridge would cost one message per player.
+    """
+    importance = redis.zscore(pair_prefix(npc, player) + "facts", fact)
+    if importance is None:
+        raise FactNotRemembered(f"{npc} remembers no such fact about {player}")
+    redis.zadd(public_facts_key(npc), {fact: float(importance)})
+    logger.info(
+        "memory: %s made a fact of %s/%s public (importance %s)", actor or "?", npc, player, importance
+    )
+    return float(importance)
+
+
+def public_fact_unpublish(*, redis: Redis, npc: str, fact: str, actor: str = "") -> bool:
+    """Take `fact` out of `npc`'s public facts; returns whether it was there. The pair it came
+    from keeps it."""
+    removed = bool(redis.zrem(public_facts_key(npc), fact))
+    if removed:
+        logger.info("memory: %s took a public fact of %s back", actor or "?", npc)
+    return removed
 
 
 def _key_player(key: bytes | str) -> str | None:

@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import asdict
 from typing import Any
 
 import redis
 from celery import shared_task
 from django.conf import settings
 
-from memory.consolidation import pair_consolidate
+from memory.compaction import CompactionReport, memory_compact
+from memory.consolidation import healthy_workers, pair_consolidate
 from memory.services import memory_rehydrate
 
 logger = logging.getLogger(__name__)
 
 _REHYDRATE_LOCK_S = 120
 _CONSOLIDATE_LOCK_S = 300
+# Renewed after every batch (MEMORY_COMPACT_BATCH sessions, minutes with the model): a run
+# that died leaves the lock for an hour at most.
+_COMPACT_LOCK_S = 3600
 
 
 @shared_task(acks_late=True, ignore_result=True)
@@ -39,7 +44,6 @@ def memory_consolidate_task(self: Any, npc: str, player: str) -> dict[str, objec
     """Summary, facts and relationship card from a pair's new turns (idempotent: a run sees
     only the turns after the previous one; one run at a time per pair)."""
     from inference.context import turn_context_build
-    from inference.workers import worker_health
 
     client = redis.Redis.from_url(settings.REDIS_URL)
     lock = client.lock(f"memory:lock:consolidate:{npc}:{player}", timeout=_CONSOLIDATE_LOCK_S, blocking=False)
@@ -50,7 +54,7 @@ def memory_consolidate_task(self: Any, npc: str, player: str) -> dict[str, objec
         raise self.retry(countdown=10)
     try:
         context = turn_context_build(npc_slug=npc)
-        workers = [url for url in settings.INFERENCE_WORKERS if worker_health(url).healthy]
+        workers = healthy_workers()
         report = asyncio.run(
             pair_consolidate(
                 redis=client,
@@ -70,3 +74,19 @@ def memory_consolidate_task(self: Any, npc: str, player: str) -> dict[str, objec
         "gifts": report.gifts,
         "summary_by": report.summary_by,
     }
+
+
+@shared_task(acks_late=True)
+def memory_compact_task() -> dict[str, int]:
+    """Weekly (CELERY_BEAT_SCHEDULE): a summary for every archived session older than the warm
+    window (memory.compaction; idempotent, one run at a time)."""
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    lock = client.lock("memory:lock:compact", timeout=_COMPACT_LOCK_S, blocking=False)
+    if not lock.acquire():
+        logger.info("memory compaction: another run is in progress")
+        return asdict(CompactionReport())
+    try:
+        report = memory_compact(workers=healthy_workers(), on_progress=lambda done, total: lock.reacquire())
+    finally:
+        lock.release()
+    return asdict(report)

@@ -11,7 +11,7 @@ structure under `mem:{npc}:{player}:`
                         last_seen, and gifts / promises / betrayals as JSON lists
     quest        HASH   the quest card: quest name -> stage
 
-Public facts a designer marked for every player live under `mem:{npc}:public:facts`.
+Public facts a designer marked for every player live under `mem-public:{npc}:facts`.
 
 Hot (this process): the same, per pair, in an LRU of MEMORY_HOT_PAIRS entries that expire
 MEMORY_HOT_TTL_S after the last interaction. A turn reads memory from the hot tier, or on a
@@ -53,7 +53,9 @@ def pair_prefix(npc: str, player: str) -> str:
 
 
 def public_facts_key(npc: str) -> str:
-    return f"mem:{npc}:public:facts"
+    # Outside the `mem:` pair namespace: under it, a player whose id is "public" would own
+    # these keys (and forgetting that player would delete them).
+    return f"mem-public:{npc}:facts"
 
 
 @dataclass

@@ -1,10 +1,15 @@
-"""factory-boy factories for the console's models: valid by default, override what a test needs."""
+"""factory-boy factories for the console's and memory's models: valid by default; override what a
+test needs."""
 
 from __future__ import annotations
+
+import uuid
+from datetime import timedelta
 
 import factory
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import User
+from django.utils import timezone
 
 from console.models import (
     NPC,
@@ -17,6 +22,7 @@ from console.models import (
     Subfaction,
     World,
 )
+from memory.models import MemoryEvent, MemoryEventKind
 
 
 class UserFactory(factory.django.DjangoModelFactory[User]):
@@ -120,3 +126,20 @@ class AdapterFactory(factory.django.DjangoModelFactory[Adapter]):
     alpha = 32.0
     base_model = factory.SubFactory(BaseModelFactory)
     status = AdapterStatus.DRAFT
+
+
+class MemoryEventFactory(factory.django.DjangoModelFactory[MemoryEvent]):
+    """An archived turn of count-valerian with alice in session s_1, a minute ago."""
+
+    class Meta:
+        model = MemoryEvent
+
+    event_id = factory.LazyFunction(uuid.uuid4)
+    kind = MemoryEventKind.TURN
+    npc_slug = "count-valerian"
+    player_id = "alice"
+    session_id = "s_1"
+    occurred_at = factory.LazyFunction(lambda: timezone.now() - timedelta(minutes=1))
+    payload = factory.LazyFunction(
+        lambda: {"player": "Good evening.", "npc": "Welcome.", "emotion": "calm", "action": "bow"}
+    )

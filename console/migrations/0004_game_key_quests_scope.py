@@ -7,15 +7,26 @@ import console.models.keys
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('console', '0003_npc_playtest_permission'),
+        ("console", "0003_npc_playtest_permission"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='gameclientkey',
-            name='scopes',
-            field=django.contrib.postgres.fields.ArrayField(base_field=models.CharField(choices=[('play', 'Talk to NPCs'), ('positions', 'Send world positions'), ('observe', 'Observe turns (spectators, bots)'), ('quests', "Update quest stages (the NPC's quest card)")], max_length=16), default=console.models.keys._default_scopes, size=4),
+            model_name="gameclientkey",
+            name="scopes",
+            field=django.contrib.postgres.fields.ArrayField(
+                base_field=models.CharField(
+                    choices=[
+                        ("play", "Talk to NPCs"),
+                        ("positions", "Send world positions"),
+                        ("observe", "Observe turns (spectators, bots)"),
+                        ("quests", "Update quest stages (the NPC's quest card)"),
+                    ],
+                    max_length=16,
+                ),
+                default=console.models.keys._default_scopes,
+                size=4,
+            ),
         ),
     ]

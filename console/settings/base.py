@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import environ
+from celery.schedules import crontab
 
 from console.localstack import PROJECT_DIR, VAR_DIR, embedded_postgres_url
 
@@ -114,6 +115,17 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_TASK_DEFAULT_QUEUE = "io"
 CELERY_TIMEZONE = "UTC"
+# Queues by kind (console/celery.py): the weekly compaction is archival work, so it runs on `io`.
+CELERY_TASK_ROUTES = {"memory.tasks.memory_compact_task": {"queue": "io"}}
+# Installed into django_celery_beat's tables when beat starts (DatabaseScheduler reads
+# app.conf.beat_schedule); change times there afterwards, in the admin.
+CELERY_BEAT_SCHEDULE = {
+    # Sunday before dawn in UTC: the fewest players, so the workers have time for summaries.
+    "memory-compact-weekly": {
+        "task": "memory.tasks.memory_compact_task",
+        "schedule": crontab(minute=30, hour=4, day_of_week="sun"),
+    },
+}
 
 # --- Auth and sessions -----------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
@@ -252,3 +264,6 @@ MEMORY_HOT_PAIRS: int = env.int("MEMORY_HOT_PAIRS", default=10_000)
 MEMORY_HOT_TTL_S: int = env.int("MEMORY_HOT_TTL_S", default=30 * 60)
 # Without AOF a Redis restart loses the events not yet archived; the archiver turns it on.
 MEMORY_REQUIRE_AOF: bool = env.bool("MEMORY_REQUIRE_AOF", default=True)
+# The weekly compaction reads and summarises this many archived sessions per batch: a batch
+# holds each session's last MEMORY_RECENT_TURNS turns, and progress is logged after each.
+MEMORY_COMPACT_BATCH: int = env.int("MEMORY_COMPACT_BATCH", default=100)

@@ -37,6 +37,7 @@ MATRIX = [
     ("admin:memory_memoryevent_changelist", 200, 200),
     ("admin:memory_forgottenplayer_changelist", 403, 200),
     ("admin:memory_memoryevent_add", 403, 403),
+    ("admin:memory_warm_npcs", 200, 200),
 ]
 
 

@@ -17,7 +17,7 @@ from memory.archiver import Archiver
 from memory.events import MemoryEventRecord, memory_event_emit_sync
 from memory.models import MemoryEvent
 from memory.services import memory_rehydrate, player_forget
-from memory.tiers import HotTier, memory_for_turn, memory_record_turn, pair_prefix
+from memory.tiers import HotTier, memory_for_turn, memory_record_turn, pair_prefix, public_facts_key
 from tests.memory.conftest import load, talk
 
 pytestmark = pytest.mark.django_db
@@ -98,3 +98,13 @@ def test_forget_player_command(redis_client):
 
     assert "forgot carol" in out.getvalue()
     assert not list(redis_client.scan_iter(match="mem:*:carol:*"))
+
+
+def test_forgetting_a_player_called_public_keeps_the_npcs_public_facts(redis_client):
+    talk("count-valerian", "public", ["Good evening."])
+    redis_client.zadd(public_facts_key("count-valerian"), {"The count hosts a ball each winter.": 5.0})
+
+    player_forget(redis=redis_client, player="public")
+
+    assert redis_client.zcard(public_facts_key("count-valerian")) == 1
+    assert redis_client.exists(pair_prefix("count-valerian", "public") + "turns") == 0

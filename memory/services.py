@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from django.conf import settings
@@ -28,6 +29,87 @@ from memory.tiers import (
 logger = logging.getLogger(__name__)
 
 
+# One statement for a pair's whole rebuild (a cold prefetch aims at 5 ms; six ORM queries
+# took most of that): the recent turns and summaries, every fact and card event, and the turn
+# statistics, as rows of (part, occurred_at, payload), each part in the order it is used.
+_REHYDRATE_SQL = """
+WITH pair AS (
+    SELECT kind, occurred_at, payload FROM {table} WHERE npc_slug = %(npc)s AND player_id = %(player)s
+)
+(SELECT 'turn', occurred_at, payload FROM pair WHERE kind = 'turn' ORDER BY occurred_at DESC LIMIT %(turns)s)
+UNION ALL
+(SELECT 'summary', occurred_at, payload FROM pair WHERE kind = 'summary'
+ ORDER BY occurred_at DESC LIMIT %(summaries)s)
+UNION ALL
+(SELECT kind, occurred_at, payload FROM pair WHERE kind IN ('fact', 'card') ORDER BY occurred_at)
+UNION ALL
+(SELECT 'stats', min(occurred_at), jsonb_build_object('turns', count(*)) FROM pair WHERE kind = 'turn')
+"""
+
+# Raise the live turn count to the archive's, never lower it (turns recorded since the window
+# expired may have counted past it), inside the rebuild's MULTI/EXEC.
+_TURNS_AT_LEAST = """
+local live = tonumber(redis.call('HGET', KEYS[1], 'turns') or '0')
+if live < tonumber(ARGV[1]) then redis.call('HSET', KEYS[1], 'turns', ARGV[1]) end
+return 0
+"""
+
+
+_EPOCH = datetime.fromtimestamp(0, tz=UTC)
+
+
+@dataclass
+class ArchivedPair:
+    """What the archive holds of one pair, for a rebuild of its warm tier."""
+
+    turns: list[RememberedTurn] = field(default_factory=list)  # newest first
+    summaries: list[dict[str, str]] = field(default_factory=list)  # newest first
+    facts: dict[str, float] = field(default_factory=dict)
+    cards: dict[str, dict[str, Any]] = field(default_factory=lambda: {"relationship": {}, "quest": {}})
+    first_turn_at: float | None = None
+    turn_count: int = 0
+
+
+def archived_pair(*, npc: str, player: str) -> ArchivedPair:
+    """The archive's rows of a pair, in one query (see _REHYDRATE_SQL)."""
+    found = ArchivedPair()
+    sql = _REHYDRATE_SQL.format(table=MemoryEvent._meta.db_table)
+    params: dict[str, str | int] = {"npc": npc, "player": player, "turns": settings.MEMORY_RECENT_TURNS,
+                                    "summaries": settings.MEMORY_SUMMARIES}  # fmt: skip
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    # Oldest first (UNION ALL keeps no order across its parts): card updates apply in order.
+    rows.sort(key=lambda row: row[1] or _EPOCH)
+    for part, occurred_at, raw in rows:
+        # Django's psycopg setup hands jsonb over as text (JSONField decodes it itself).
+        payload = json.loads(raw) if isinstance(raw, str) else raw
+        if part == "turn":
+            found.turns.append(
+                RememberedTurn(
+                    str(payload.get("player", "")),
+                    str(payload.get("npc", "")),
+                    str(payload.get("emotion", "")),
+                    str(payload.get("action", "")),
+                    occurred_at.timestamp(),
+                )  # fmt: skip
+            )
+        elif part == "summary":
+            found.summaries.append({"text": payload.get("text", ""), "at": occurred_at.isoformat()})
+        elif part == MemoryEventKind.FACT:
+            found.facts[str(payload.get("text", ""))[:200]] = float(payload.get("importance", 1))
+        elif part == MemoryEventKind.CARD:
+            card = found.cards.get(str(payload.get("card")))
+            if card is not None:
+                card.update(payload.get("fields", {}))
+        elif part == "stats":
+            found.turn_count = int(payload["turns"])
+            found.first_turn_at = occurred_at.timestamp() if occurred_at else None
+    found.turns.reverse()  # newest first, as Redis keeps them
+    found.summaries.reverse()
+    return found
+
+
 def memory_rehydrate(*, redis: Redis, npc: str, player: str) -> int:
     """Rebuild a pair's warm tier from the archive; returns the number of turns restored.
 
@@ -36,66 +118,36 @@ def memory_rehydrate(*, redis: Redis, npc: str, player: str) -> int:
     next one finds it. Turns recorded since then are kept: the archive's older turns go after
     them, and card fields already in Redis are newer than the archive's.
     """
-    events = MemoryEvent.objects.filter(npc_slug=npc, player_id=player)
-    turn_events = events.filter(kind=MemoryEventKind.TURN)
-    turns = list(turn_events.order_by("-occurred_at")[: settings.MEMORY_RECENT_TURNS])
-    summaries = list(
-        events.filter(kind=MemoryEventKind.SUMMARY).order_by("-occurred_at")[: settings.MEMORY_SUMMARIES]
-    )
-    facts: dict[str, float] = {}
-    for event in events.filter(kind=MemoryEventKind.FACT).order_by("occurred_at"):
-        facts[str(event.payload.get("text", ""))[:200]] = float(event.payload.get("importance", 1))
-    cards: dict[str, dict[str, Any]] = {"relationship": {}, "quest": {}}
-    for event in events.filter(kind=MemoryEventKind.CARD).order_by("occurred_at"):
-        card = cards.get(str(event.payload.get("card")))
-        if card is not None:
-            card.update(event.payload.get("fields", {}))
-    first_turn = turn_events.order_by("occurred_at").first()
-    turn_count = turn_events.count()
-
+    archived = archived_pair(npc=npc, player=player)
     prefix, ttl = pair_prefix(npc, player), settings.MEMORY_WARM_TTL_S
-    recent = {
-        RememberedTurn.loads(raw).at for raw in redis.lrange(prefix + "turns", 0, -1)
-    }  # turns recorded since the window expired
-    older = [
-        RememberedTurn(
-            str(event.payload.get("player", "")),
-            str(event.payload.get("npc", "")),
-            str(event.payload.get("emotion", "")),
-            str(event.payload.get("action", "")),
-            event.occurred_at.timestamp(),
-        )
-        for event in turns
-    ]
-    restored = [turn for turn in older if turn.at not in recent]
+    with redis.pipeline(transaction=False) as pipe:
+        pipe.lrange(prefix + "turns", 0, -1)
+        pipe.exists(prefix + "summaries")
+        live_turns, has_summaries = pipe.execute()
+    recent = {RememberedTurn.loads(raw).at for raw in live_turns}  # recorded since the window expired
+    restored = [turn for turn in archived.turns if turn.at not in recent]
     with redis.pipeline(transaction=True) as pipe:
         if restored:
             pipe.rpush(prefix + "turns", *(turn.dumps() for turn in restored))  # newest first
             pipe.ltrim(prefix + "turns", 0, settings.MEMORY_RECENT_TURNS - 1)
-        if summaries and not redis.exists(prefix + "summaries"):
-            pipe.rpush(
-                prefix + "summaries",
-                *(json.dumps({"text": event.payload.get("text", ""), "at": event.occurred_at.isoformat()})
-                  for event in summaries),
-            )  # fmt: skip
-        if facts:
-            pipe.zadd(prefix + "facts", facts, nx=True)
+        if archived.summaries and not has_summaries:
+            pipe.rpush(prefix + "summaries", *(json.dumps(summary) for summary in archived.summaries))
+        if archived.facts:
+            pipe.zadd(prefix + "facts", archived.facts, nx=True)
             pipe.zremrangebyrank(prefix + "facts", 0, -settings.MEMORY_FACTS - 1)
-        relationship = dict(cards["relationship"])
-        if first_turn is not None:
-            relationship.setdefault("first_met", iso_utc(first_turn.occurred_at.timestamp()))
-        for field, value in relationship_encode(relationship).items():
-            pipe.hsetnx(prefix + "relationship", field, value)
-        for field, value in cards["quest"].items():
-            pipe.hsetnx(prefix + "quest", field, str(value))
+        relationship = dict(archived.cards["relationship"])
+        if archived.first_turn_at is not None:
+            relationship.setdefault("first_met", iso_utc(archived.first_turn_at))
+        for name, value in relationship_encode(relationship).items():
+            pipe.hsetnx(prefix + "relationship", name, value)
+        for name, value in archived.cards["quest"].items():
+            pipe.hsetnx(prefix + "quest", name, str(value))
+        pipe.eval(_TURNS_AT_LEAST, 1, prefix + "relationship", archived.turn_count)
         for name in PAIR_KEYS:
             pipe.expire(prefix + name, ttl)
+        # Bridges holding the pair (from turns since the window expired) load it again, whole.
+        pipe.publish(EVICT_CHANNEL, evict_message(player, npc))
         pipe.execute()
-    # The turn count: every archived turn, or the live count if Redis counted more meanwhile.
-    live = int(redis.hget(prefix + "relationship", "turns") or 0)
-    redis.hset(prefix + "relationship", "turns", max(live, turn_count))
-    # Bridges holding the pair (from turns since the window expired) load it again, whole.
-    redis.publish(EVICT_CHANNEL, evict_message(player, npc))
     return len(restored)
 
 

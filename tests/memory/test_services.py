@@ -3,21 +3,20 @@ Redis test database and Postgres)."""
 
 from __future__ import annotations
 
-import asyncio
+import time
+from datetime import UTC, datetime, timedelta
 from io import StringIO
 
 import pytest
-import redis as redis_sync
 from django.conf import settings
 from django.core.management import call_command
-from redis.asyncio import Redis
 
 from memory import tiers
 from memory.archiver import Archiver
 from memory.events import MemoryEventRecord, memory_event_emit_sync
 from memory.models import MemoryEvent
 from memory.services import memory_rehydrate, player_forget
-from memory.tiers import HotTier, memory_for_turn, memory_record_turn, pair_prefix, public_facts_key
+from memory.tiers import HotTier, pair_prefix, public_facts_key
 from tests.memory.conftest import load, talk
 
 pytestmark = pytest.mark.django_db
@@ -47,6 +46,40 @@ def test_a_pair_whose_redis_window_expired_is_rebuilt_from_the_archive(redis_cli
     assert redis_client.ttl(pair_prefix("count-valerian", "alice") + "turns") > 0
 
 
+def test_a_rebuild_restores_facts_summaries_and_cards_with_the_latest_values(redis_client):
+    talk("count-valerian", "alice", ["I brought you a bottle of wine."])
+    events = [
+        ("fact", {"text": "They gave you a bottle of wine.", "importance": 8.0}),
+        ("summary", {"text": "An early visit."}),
+        ("card", {"card": "quest", "fields": {"blood-debt": "accepted"}}),
+        ("card", {"card": "relationship", "fields": {"trust": 0.1, "gifts": ["wine"]}}),
+        ("summary", {"text": "The latest visit."}),
+        ("card", {"card": "quest", "fields": {"blood-debt": "paid", "lost-ring": "asked"}}),
+        ("card", {"card": "relationship", "fields": {"trust": 0.4}}),
+    ]
+    start = datetime.now(UTC)
+    for index, (kind, data) in enumerate(events):
+        at = start + timedelta(seconds=index)  # strictly in order
+        record = MemoryEventRecord(
+            kind=kind, npc="count-valerian", player="alice", data=data, session="s", occurred_at=at
+        )
+        memory_event_emit_sync(redis_client, record)
+    _archive_all(redis_client)
+    for key in redis_client.scan_iter(match="mem:*"):
+        redis_client.delete(key)
+    tiers._hot = HotTier()
+
+    memory_rehydrate(redis=redis_client, npc="count-valerian", player="alice")
+    memory, _ = load("count-valerian", "alice")
+
+    assert memory.quest == {"blood-debt": "paid", "lost-ring": "asked"}
+    assert memory.relationship["trust"] == 0.4
+    assert memory.relationship["gifts"] == ["wine"]
+    assert memory.relationship["turns"] == 1
+    assert memory.summary == "The latest visit."
+    assert memory.facts == [("They gave you a bottle of wine.", 8.0)]
+
+
 def test_forgetting_a_player_clears_redis_and_the_archive_and_drops_events_still_in_flight(redis_client):
     talk("count-valerian", "alice", ["I am Alice."])
     talk("count-valerian", "a:b", ["My id has a colon."])
@@ -67,24 +100,16 @@ def test_forgetting_a_player_clears_redis_and_the_archive_and_drops_events_still
 
 
 def test_bridges_drop_a_forgotten_player_from_their_hot_tier(redis_client):
-    async def scenario():
-        redis = Redis.from_url(settings.REDIS_URL)
-        await memory_for_turn(redis, "count-valerian", "alice")  # subscribes this loop's listener
-        await memory_record_turn(
-            redis, npc="count-valerian", player="alice", session="s", player_text="hi", npc_text="hello",
-            emotion="calm", action="nod",
-        )  # fmt: skip
-        await memory_for_turn(redis, "count-valerian", "alice")
-        assert tiers._hot.get("count-valerian", "alice") is not None
-        await asyncio.sleep(0.2)  # the listener's subscription is in place
-        sync = redis_sync.Redis.from_url(settings.REDIS_URL)
-        await asyncio.to_thread(player_forget, redis=sync, player="alice")
-        await asyncio.sleep(0.3)
-        result = await memory_for_turn(redis, "count-valerian", "alice")
-        await redis.aclose()
-        return result
+    talk("count-valerian", "alice", ["hi"])
+    load("count-valerian", "alice")  # starts this process's eviction listener
+    assert tiers._hot.get("count-valerian", "alice") is not None
+    time.sleep(0.2)  # the listener's subscription is in place
 
-    memory, source = asyncio.run(scenario())
+    # In this thread, outside any event loop: the ORM refuses to run inside one, and a worker
+    # thread's connection would outlive the test (and block dropping the test database).
+    player_forget(redis=redis_client, player="alice")
+    time.sleep(0.3)
+    memory, source = load("count-valerian", "alice")
 
     assert source == "none"
     assert not memory.turns

@@ -109,3 +109,19 @@ def vllm_worker(_worker_process: WorkerProcess) -> WorkerProcess:
     if not _worker_process.alive():
         _worker_process.start()
     return _worker_process
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _test_database_released(django_db_setup, django_db_blocker) -> Iterator[None]:
+    """At the end of the session, end the test database's other connections, so that it can be
+    dropped. Async tests reach the ORM from executor threads (asgiref's, the event loop's), and
+    a thread's Django connection is not closed when its loop ends; dropping the database then
+    failed with "being accessed by other users"."""
+    yield
+    from django.db import connection
+
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from channels.db import database_sync_to_async
 from django.db import OperationalError
 
 from console.models import NPC
@@ -30,7 +31,9 @@ def test_a_stale_context_is_served_at_once_and_refreshed_in_the_background(setti
 
     async def scenario():
         first = await turn_context_cached(npc.slug)
-        await asyncio.to_thread(NPC.objects.filter(pk=npc.pk).update, name="New Name")
+        # database_sync_to_async, not asyncio.to_thread: it closes the thread's connection,
+        # which would otherwise stay open and block dropping the test database.
+        await database_sync_to_async(NPC.objects.filter(pk=npc.pk).update)(name="New Name")
         stale = await turn_context_cached(npc.slug)  # starts the refresh
         await asyncio.sleep(0.5)
         return first, stale, await turn_context_cached(npc.slug)

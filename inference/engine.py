@@ -84,6 +84,7 @@ class EngineClient:
         schema: dict[str, Any],
         max_tokens: int = 48,
         seed: int | None = None,
+        repetition_penalty: float = 1.0,
     ) -> dict[str, Any]:
         """A greedy completion constrained by vLLM's structured output to `schema`."""
         request: dict[str, Any] = {
@@ -93,6 +94,7 @@ class EngineClient:
             "temperature": 0.0,
             "seed": seed,
             "response_format": {"type": "json_schema", "json_schema": {"name": "choice", "schema": schema}},
+            "extra_body": {"repetition_penalty": repetition_penalty} if repetition_penalty != 1.0 else None,
         }
         response = cast(ChatCompletion, await self._client.chat.completions.create(**request))
         content = response.choices[0].message.content or ""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -71,6 +72,24 @@ SUMMARY_SCHEMA: dict[str, Any] = {
 }
 
 
+# Greedy decoding of a small model repeats itself ("The player is a fine sherry, and the player
+# is a fine sherry…", seen with the demo's 135M model); a penalty makes that rarer and
+# `looping` catches the rest.
+SUMMARY_REPETITION_PENALTY = 1.2
+
+
+def looping(text: str, *, repeats: int = 3) -> bool:
+    """True when one sentence (of four words or more), or one 6-word run, comes back `repeats`
+    times or more."""
+    parts = (" ".join(part.lower().split()) for part in re.split(r"[.!?]+", text))
+    sentences = [part for part in parts if part.count(" ") >= 3]  # four words or more
+    if sentences and max(sentences.count(sentence) for sentence in set(sentences)) >= repeats:
+        return True
+    words = text.lower().split()
+    runs = [" ".join(words[index : index + 6]) for index in range(len(words) - 5)]
+    return bool(runs) and max(runs.count(run) for run in set(runs)) >= repeats
+
+
 @dataclass
 class ConsolidationReport:
     turns: int
@@ -113,8 +132,9 @@ async def _model_summary(
     engine = EngineClient(worker)
     try:
         return await engine.complete_json(
-            model=BASE_ADAPTER_NAME, messages=messages, schema=SUMMARY_SCHEMA, max_tokens=320
-        )
+            model=BASE_ADAPTER_NAME, messages=messages, schema=SUMMARY_SCHEMA, max_tokens=320,
+            repetition_penalty=SUMMARY_REPETITION_PENALTY,
+        )  # fmt: skip
     except Exception as exc:  # noqa: BLE001 - the model is optional here: fall back to the lines
         logger.warning("memory: summary of %s by the model failed: %s", npc, exc)
         return None
@@ -152,7 +172,7 @@ async def summary_write(
             continue
         facts.append((text, float(min(10, max(0, int(fact.get("importance", 1)))))))
     summary = " ".join(str(written.get("summary", "")).split())[:SUMMARY_MAX_CHARS]
-    if instruction_like(summary) or len(summary) < 40:
+    if instruction_like(summary) or len(summary) < 40 or looping(summary):
         return SessionSummary(_lines_summary(npc_name, turns), "lines", facts, refused)
     return SessionSummary(summary, "model", facts, refused)
 

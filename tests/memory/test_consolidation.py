@@ -9,12 +9,12 @@ import asyncio
 import pytest
 from django.conf import settings
 
-from memory import tiers
-from memory.consolidation import SUMMARY_MAX_CHARS, pair_consolidate
+from memory import consolidation, tiers
+from memory.consolidation import SUMMARY_MAX_CHARS, looping, pair_consolidate, summary_write
 from memory.events import event_from_entry
 from memory.extract import instruction_like, player_lines_extract
 from memory.prompt import memory_slot
-from memory.tiers import HotTier
+from memory.tiers import HotTier, RememberedTurn
 from tests.memory.conftest import load, talk
 
 
@@ -117,3 +117,32 @@ def test_consolidation_only_reads_turns_since_the_last_run(redis_client):
 
     assert (first.turns, again.turns, third.turns) == (1, 0, 1)
     assert load("count-valerian", "alice")[0].relationship["gifts"] == ["a silver ring", "a dagger"]
+
+
+@pytest.mark.parametrize(
+    ("text", "loops"),
+    [
+        ("The player is a fine sherry, and the player is a fine sherry. " * 3, True),
+        ("They came. They came. They came. They left.", False),  # too short to count as sentences
+        ("A visitor brought wine. A visitor brought wine. A visitor brought wine.", True),
+        ("A traveller brought the count a bottle of wine and asked about the castle's old "
+         "library; the count was amused and promised to show it tomorrow night.", False),
+    ],
+)  # fmt: skip
+def test_a_looping_summary_is_recognised(text, loops):
+    assert looping(text) is loops
+
+
+def test_a_looping_model_summary_is_replaced_by_one_from_the_lines(monkeypatch):
+    async def model_summary(**_):
+        return {"summary": "The player is a fine sherry. " * 6, "facts": []}
+
+    monkeypatch.setattr(consolidation, "_model_summary", model_summary)
+    turns = [RememberedTurn("I brought you a bottle of wine.", "How kind.")]
+
+    written = asyncio.run(
+        summary_write(npc_name="Count", archetype="vampire", persona="", turns=turns, workers=[])
+    )
+
+    assert written.by == "lines"
+    assert "bottle of wine" in written.text

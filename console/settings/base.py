@@ -79,6 +79,11 @@ TEMPLATES = [
 DATABASE_URL: str = env.str("DATABASE_URL", default="") or embedded_postgres_url()
 DATABASES = {"default": env.db_url_config(DATABASE_URL)}
 DATABASES["default"]["CONN_MAX_AGE"] = 0
+# With the pool, Django passes psycopg's check to it: a connection is tested as it leaves the
+# pool (one round trip, never on a turn's path). After a Postgres restart the pool's
+# connections are dead; without the check the first requests after an outage failed with
+# "terminating connection due to administrator command".
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DATABASES["default"]["OPTIONS"] = {
     **DATABASES["default"].get("OPTIONS", {}),
     # psycopg 3's pool: Daphne and Celery reuse connections instead of opening one per request.

@@ -111,6 +111,11 @@ def test_turns_stream_with_memory_while_postgres_is_down_and_the_archive_catches
             assert localstack.embedded_postgres_url(pgdata=pgdata, database="revenant_outage") == url
 
             turns["after"].append(await say(socket, f"r{number}", "Thank you, good night."))
+        # A new player after the outage: their key is checked in Postgres, on a pooled
+        # connection that the restart killed (the pool must notice, not fail the handshake).
+        async with connect(daphne, additional_headers=headers) as socket:
+            await socket.send(json.dumps({"type": "session.start", "player_id": "p-after"}))
+            turns["new_player"] = [[json.loads(await socket.recv())]]
         return turns
 
     with (
@@ -118,7 +123,7 @@ def test_turns_stream_with_memory_while_postgres_is_down_and_the_archive_catches
         process_running("outage-archiver", archiver_argv, env),
     ):
         turns = asyncio.run(conversation(daphne))
-        said = sum(len(phase) for phase in turns.values())
+        said = sum(len(turns[phase]) for phase in ("before", "during", "after"))
         deadline = time.monotonic() + 60
         while _archived_turns(url) < said and time.monotonic() < deadline:
             time.sleep(0.5)
@@ -135,3 +140,4 @@ def test_turns_stream_with_memory_while_postgres_is_down_and_the_archive_catches
     assert turns["after"][0][-1]["type"] == "turn.end"
     assert turns["after"][0][-1]["memory"]["turns"] == min(said - 1, settings.BRIDGE_HISTORY_TURNS)
     assert archived == said  # every turn, the ones spoken during the outage too, exactly once
+    assert turns["new_player"][0][0]["type"] == "session.ready"

@@ -19,8 +19,13 @@ from console.models import (
     AdapterStatus,
     Archetype,
     BaseModel,
+    Concept,
     GameClientKey,
     GameKeyScope,
+    IngestJob,
+    LoreChunk,
+    LoreDocument,
+    LoreDocumentVersion,
     Region,
     Subfaction,
     World,
@@ -216,3 +221,86 @@ class GameClientKeyAdmin(admin.ModelAdmin):
         for key in queryset:
             game_key_revoke(key=key)
         self.message_user(request, f"Revoked {queryset.count()} key(s).", messages.SUCCESS)
+
+
+# --- Lore ------------------------------------------------------------------------------
+
+
+class LoreVersionInline(admin.TabularInline):
+    model = LoreDocumentVersion
+    fields = ["number", "status", "checksum", "created_at"]
+    readonly_fields = ["number", "status", "checksum", "created_at"]
+    extra = 0
+    can_delete = False
+    show_change_link = True
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # versions come from ingestion
+
+
+@admin.register(LoreDocument)
+class LoreDocumentAdmin(admin.ModelAdmin):
+    list_display = ["title", "world", "slug", "source", "chunk_count", "updated_at"]
+    list_filter = ["world"]
+    search_fields = ["title", "slug", "source"]
+    readonly_fields = ["created_at", "updated_at"]
+    inlines = [LoreVersionInline]
+
+    @admin.display(description="chunks")
+    def chunk_count(self, document: LoreDocument) -> int:
+        return document.chunks.count()
+
+
+@admin.register(LoreDocumentVersion)
+class LoreDocumentVersionAdmin(admin.ModelAdmin):
+    list_display = ["document", "number", "status", "created_at"]
+    list_filter = ["status", "document__world"]
+    readonly_fields = ["document", "number", "checksum", "status", "text", "created_at"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+
+@admin.register(LoreChunk)
+class LoreChunkAdmin(admin.ModelAdmin):
+    """Passages as search and prompts see them; only their gating conditions are edited here."""
+
+    list_display = ["document", "ordinal", "heading", "tokens"]
+    list_filter = ["world", "document"]
+    search_fields = ["text", "heading"]
+    fields = ["world", "document", "version", "ordinal", "heading", "text", "tokens", "conditions"]
+    readonly_fields = ["world", "document", "version", "ordinal", "heading", "text", "tokens"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+
+@admin.register(Concept)
+class ConceptAdmin(admin.ModelAdmin):
+    list_display = ["name", "kind", "world"]
+    list_filter = ["world", "kind"]
+    search_fields = ["name"]
+    filter_horizontal = ["chunks"]
+
+
+@admin.register(IngestJob)
+class IngestJobAdmin(admin.ModelAdmin):
+    """Ingestion runs: status, percent, log and error (runs are started by `manage.py ingest`)."""
+
+    list_display = [
+        "created_at",
+        "world",
+        "source",
+        "status",
+        "progress",
+        "documents_written",
+        "chunks_written",
+    ]
+    list_filter = ["status", "world"]
+    readonly_fields = [field.name for field in IngestJob._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

@@ -38,6 +38,14 @@ GROUP_PERMISSIONS: dict[str, dict[tuple[str, str], tuple[str, ...]]] = {
         ("console", "historicaladapter"): VIEW,
         # Designers read NPC memory (archive and Redis) and choose the facts every player shares.
         ("memory", "memoryevent"): VIEW + PUBLISH,
+        # Lore: designers ingest and edit; versions and chunks are written by ingestion only.
+        ("console", "loredocument"): ALL,
+        ("console", "loredocumentversion"): VIEW,
+        ("console", "lorechunk"): ("change", "view"),  # gating conditions
+        ("console", "concept"): ALL,
+        ("console", "loreevent"): VIEW,
+        ("console", "conceptrelation"): VIEW,
+        ("console", "ingestjob"): ("add", "view"),
     },
     OPS: {
         ("console", "world"): VIEW,
@@ -55,6 +63,13 @@ GROUP_PERMISSIONS: dict[str, dict[tuple[str, str], tuple[str, ...]]] = {
         # Forgetting a player (a deletion request) is an ops task.
         ("memory", "memoryevent"): ("view", "delete"),
         ("memory", "forgottenplayer"): VIEW,
+        ("console", "loredocument"): VIEW,
+        ("console", "loredocumentversion"): VIEW,
+        ("console", "lorechunk"): VIEW,
+        ("console", "concept"): VIEW,
+        ("console", "loreevent"): VIEW,
+        ("console", "conceptrelation"): VIEW,
+        ("console", "ingestjob"): VIEW,
         ("auth", "user"): VIEW,
         ("auth", "group"): VIEW,
         ("django_celery_results", "taskresult"): VIEW,

@@ -3,6 +3,18 @@
 from .adapters import Adapter, AdapterScope, AdapterStatus, AdapterTask, BaseModel
 from .archetypes import Archetype, Subfaction
 from .keys import GameClientKey, GameKeyScope
+from .lore import (
+    Concept,
+    ConceptKind,
+    ConceptRelation,
+    IngestJob,
+    IngestStatus,
+    LoreChunk,
+    LoreDocument,
+    LoreDocumentVersion,
+    LoreEvent,
+    LoreVersionStatus,
+)
 from .npcs import NPC, NPCStatus
 from .worlds import Region, World
 
@@ -14,8 +26,18 @@ __all__ = [
     "AdapterTask",
     "Archetype",
     "BaseModel",
+    "Concept",
+    "ConceptKind",
+    "ConceptRelation",
     "GameClientKey",
     "GameKeyScope",
+    "IngestJob",
+    "IngestStatus",
+    "LoreChunk",
+    "LoreDocument",
+    "LoreDocumentVersion",
+    "LoreEvent",
+    "LoreVersionStatus",
     "NPCStatus",
     "Region",
     "Subfaction",

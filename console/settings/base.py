@@ -272,3 +272,10 @@ MEMORY_REQUIRE_AOF: bool = env.bool("MEMORY_REQUIRE_AOF", default=True)
 # The weekly compaction reads and summarises this many archived sessions per batch: a batch
 # holds each session's last MEMORY_RECENT_TURNS turns, and progress is logged after each.
 MEMORY_COMPACT_BATCH: int = env.int("MEMORY_COMPACT_BATCH", default=100)
+
+# --- Lore ------------------------------------------------------------------------------
+# A lore file over this is refused with a message (split it); uploads and folders alike.
+LORE_MAX_FILE_BYTES: int = env.int("LORE_MAX_FILE_BYTES", default=5 * 1024 * 1024)
+# Chunk size and overlap, in word pieces of the embedding model (it reads at most 256).
+LORE_CHUNK_TOKENS: int = env.int("LORE_CHUNK_TOKENS", default=200)
+LORE_CHUNK_OVERLAP: int = env.int("LORE_CHUNK_OVERLAP", default=40)

@@ -1,6 +1,7 @@
 """`make run`: everything a designer needs, in the foreground, stopped by Ctrl-C."""
 
 import sys
+from pathlib import Path
 from typing import Any
 from urllib.request import urlopen
 
@@ -44,6 +45,8 @@ class Command(BaseCommand):
         call_command("migrate", interactive=False, verbosity=0)
         call_command("collectstatic", interactive=False, verbosity=0)
         call_command("seed_demo")
+        # The demo world's lore (unchanged files are skipped: a second `make run` is quick).
+        call_command("ingest", str(Path(settings.DEMO_DIR) / "lore"), world="ravenmoor")
         call_command("ensure_accounts", demo_staff=True)
         call_command("bootstrap_model")
 

@@ -1,0 +1,304 @@
+"""Lore ingestion: text files into versioned documents and embedded chunks.
+
+- Files are checked before anything is written (UTF-8 text, not empty, under
+  LORE_MAX_FILE_BYTES, a .md/.markdown/.txt name): one bad file fails the job with a message
+  that says what to fix, and nothing of the job is written.
+- Chunking follows the Markdown: sections under their heading, then sentences packed up to
+  LORE_CHUNK_TOKENS word pieces of the embedding model, each chunk starting with the last
+  LORE_CHUNK_OVERLAP tokens' worth of sentences of the one before (in the same section).
+- Embeddings are computed before the transaction; the transaction then supersedes the
+  current version, replaces its chunks and adds the new version, all or nothing. A file whose
+  checksum matches the current version is skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+from django.utils.text import slugify
+
+from console.models import World
+from console.models.lore import (
+    IngestJob,
+    IngestStatus,
+    LoreChunk,
+    LoreDocument,
+    LoreDocumentVersion,
+    LoreVersionStatus,
+)
+
+logger = logging.getLogger(__name__)
+
+LORE_SUFFIXES = (".md", ".markdown", ".txt")
+_HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
+_SENTENCE_END = re.compile(r"(?<=[.!?…])[\"')\]]*\s+")
+
+
+class LoreFileError(ValueError):
+    """A lore file that cannot be ingested; the message names the file and what to fix."""
+
+
+@dataclass(frozen=True)
+class LoreFile:
+    slug: str
+    title: str
+    source: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Passage:
+    heading: str
+    text: str
+    tokens: int
+
+
+def lore_file_read(name: str, data: bytes) -> LoreFile:
+    """Check and decode one file (from a folder or an upload)."""
+    limit = settings.LORE_MAX_FILE_BYTES
+    if not name.lower().endswith(LORE_SUFFIXES):
+        raise LoreFileError(f"{name}: not a lore file; use Markdown (.md) or text (.txt)")
+    if len(data) > limit:
+        raise LoreFileError(
+            f"{name}: {len(data) / 1e6:.1f} MB is over the {limit / 1e6:.0f} MB limit "
+            "(LORE_MAX_FILE_BYTES); split it into several documents"
+        )
+    if b"\x00" in data:
+        raise LoreFileError(f"{name}: binary data (NUL bytes); lore must be UTF-8 text")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise LoreFileError(
+            f"{name}: not UTF-8 text (byte {exc.start}); save it as UTF-8 and upload it again"
+        ) from None
+    text = text.replace("\r\n", "\n").strip()
+    if not text:
+        raise LoreFileError(f"{name}: the file is empty")
+    stem = Path(name).stem
+    slug = slugify(re.sub(r"^\d+[-_ ]+", "", stem))[:64] or slugify(stem)[:64]
+    if not slug:
+        raise LoreFileError(f"{name}: the file name gives no slug; use letters or digits")
+    first = text.splitlines()[0]
+    heading = _HEADING.match(first)
+    title = heading.group(2) if heading else stem.replace("-", " ").replace("_", " ").strip().capitalize()
+    return LoreFile(slug=slug, title=title[:200], source=name, text=text)
+
+
+def lore_files_read(path: Path) -> list[LoreFile]:
+    """Every lore file of a folder (sorted by name) or one file, all checked first."""
+    if not path.exists():
+        raise LoreFileError(f"{path}: no such file or folder")
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    found = [p for p in files if p.suffix.lower() in LORE_SUFFIXES] if path.is_dir() else files
+    if not found:
+        raise LoreFileError(f"{path}: no .md or .txt files in it")
+    read = [lore_file_read(p.name, p.read_bytes()) for p in found]
+    slugs = [item.slug for item in read]
+    if len(set(slugs)) != len(slugs):
+        twice = sorted({slug for slug in slugs if slugs.count(slug) > 1})
+        raise LoreFileError(f"{path}: several files give the same document slug: {', '.join(twice)}")
+    return read
+
+
+def _sections(text: str) -> Iterable[tuple[str, list[str]]]:
+    """(heading, paragraphs) in order; text before the first heading has the heading ""."""
+    heading, paragraph, paragraphs = "", [], []  # type: ignore[var-annotated]
+    for line in text.splitlines():
+        match = _HEADING.match(line)
+        if match:
+            if paragraph:
+                paragraphs.append(" ".join(paragraph))
+            if paragraphs:
+                yield heading, paragraphs
+            heading, paragraph, paragraphs = match.group(2)[:200], [], []
+        elif not line.strip():
+            if paragraph:
+                paragraphs.append(" ".join(paragraph))
+            paragraph = []
+        else:
+            paragraph.append(line.strip())
+    if paragraph:
+        paragraphs.append(" ".join(paragraph))
+    if paragraphs:
+        yield heading, paragraphs
+
+
+def _units(paragraph: str, count: Callable[[str], int], max_tokens: int) -> list[tuple[str, int]]:
+    """A paragraph's sentences with their token counts; an over-long sentence cut by words."""
+    units = []
+    for sentence in _SENTENCE_END.split(paragraph):
+        sentence = sentence.strip()
+        if not sentence:
+            continue
+        tokens = count(sentence)
+        if tokens <= max_tokens:
+            units.append((sentence, tokens))
+            continue
+        words, piece = sentence.split(), []  # type: ignore[var-annotated]
+        for word in words:
+            if piece and count(" ".join([*piece, word])) > max_tokens:
+                units.append((" ".join(piece), count(" ".join(piece))))
+                piece = []
+            piece.append(word)
+        if piece:
+            units.append((" ".join(piece), count(" ".join(piece))))
+    return units
+
+
+def lore_passages(
+    text: str,
+    *,
+    count: Callable[[str], int],
+    max_tokens: int | None = None,
+    overlap_tokens: int | None = None,
+) -> list[Passage]:
+    """Cut `text` into passages of at most `max_tokens` (see the module docstring).
+
+    Hand-written rather than a splitter library: it must count in the embedding model's own
+    tokenizer and keep Markdown sections apart, in about forty lines; the general splitters
+    bring a framework along."""
+    max_tokens = max_tokens or settings.LORE_CHUNK_TOKENS
+    overlap_tokens = settings.LORE_CHUNK_OVERLAP if overlap_tokens is None else overlap_tokens
+    passages: list[Passage] = []
+    for heading, paragraphs in _sections(text):
+        units = [unit for paragraph in paragraphs for unit in _units(paragraph, count, max_tokens)]
+        chunk: list[tuple[str, int]] = []
+        fresh = 0  # units in `chunk` that no earlier passage holds
+        for unit in units:
+            if chunk and sum(tokens for _, tokens in chunk) + unit[1] > max_tokens:
+                passages.append(_passage(heading, chunk))
+                carried: list[tuple[str, int]] = []
+                for previous in reversed(chunk):
+                    if sum(tokens for _, tokens in carried) + previous[1] > overlap_tokens:
+                        break
+                    carried.insert(0, previous)
+                # The overlap must leave room for the new sentence.
+                while carried and sum(tokens for _, tokens in carried) + unit[1] > max_tokens:
+                    carried.pop(0)
+                chunk, fresh = carried, 0
+            chunk.append(unit)
+            fresh += 1
+        if chunk and fresh:
+            passages.append(_passage(heading, chunk))
+    return passages
+
+
+def _passage(heading: str, units: list[tuple[str, int]]) -> Passage:
+    return Passage(heading=heading, text=" ".join(text for text, _ in units), tokens=sum(t for _, t in units))
+
+
+def lore_checksum(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass
+class DocumentResult:
+    slug: str
+    outcome: str  # "created", "updated" or "unchanged"
+    chunks: int
+
+
+def lore_document_ingest(*, world: World, lore: LoreFile) -> DocumentResult:
+    """One document in: skipped when unchanged, otherwise a new current version whose chunks
+    replace the old ones in one transaction."""
+    from memory.embeddings import embed, token_count
+
+    checksum = lore_checksum(lore.text)
+    current = LoreDocumentVersion.objects.filter(
+        document__world=world, document__slug=lore.slug, status=LoreVersionStatus.CURRENT
+    ).first()
+    if current is not None and current.checksum == checksum:
+        return DocumentResult(lore.slug, "unchanged", 0)
+    passages = lore_passages(lore.text, count=token_count)
+    # Embedded with their heading: a passage's section is part of what it is about.
+    vectors = embed([f"{p.heading}\n{p.text}" if p.heading else p.text for p in passages])
+    with transaction.atomic():
+        document, created = LoreDocument.objects.select_for_update().get_or_create(
+            world=world, slug=lore.slug, defaults={"title": lore.title, "source": lore.source}
+        )
+        versions = document.versions.select_for_update()
+        current = versions.filter(status=LoreVersionStatus.CURRENT).first()
+        if current is not None and current.checksum == checksum:
+            return DocumentResult(lore.slug, "unchanged", 0)  # another job got here first
+        if current is not None:
+            LoreChunk.objects.filter(version=current).delete()
+            current.status = LoreVersionStatus.SUPERSEDED
+            current.save(update_fields=["status"])
+        number = (versions.order_by("-number").values_list("number", flat=True).first() or 0) + 1
+        version = LoreDocumentVersion.objects.create(
+            document=document, number=number, checksum=checksum, text=lore.text
+        )
+        LoreChunk.objects.bulk_create(
+            LoreChunk(
+                world=world,
+                document=document,
+                version=version,
+                ordinal=index,
+                heading=passage.heading,
+                text=passage.text,
+                tokens=passage.tokens,
+                embedding=vector,
+            )  # fmt: skip
+            for index, (passage, vector) in enumerate(zip(passages, vectors, strict=True))
+        )
+        if not created and (document.title, document.source) != (lore.title, lore.source):
+            document.title, document.source = lore.title, lore.source
+            document.save(update_fields=["title", "source", "updated_at"])
+    return DocumentResult(lore.slug, "created" if current is None else "updated", len(passages))
+
+
+def _job_log(job: IngestJob, line: str, **fields: object) -> None:
+    job.log += f"{timezone.now():%H:%M:%S} {line}\n"
+    for name, value in fields.items():
+        setattr(job, name, value)
+    job.save(update_fields=["log", *fields])
+    logger.info("ingest job %s: %s", job.pk, line)
+
+
+def ingest_job_run(
+    job: IngestJob,
+    *,
+    files: list[LoreFile] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> IngestJob:
+    """Run an ingestion job to its end; its row records status, progress, log and error.
+
+    Every file is read and checked before the first document is written. Documents are
+    written one by one, each in its own transaction, so a job stopped half-way is simply run
+    again: what it had finished is skipped as unchanged."""
+    _job_log(
+        job, f"started on {job.source}", status=IngestStatus.RUNNING, started_at=timezone.now(), error=""
+    )
+    try:
+        if files is None:
+            files = lore_files_read(Path(job.source))
+    except LoreFileError as exc:
+        _job_log(
+            job, f"failed: {exc}", status=IngestStatus.FAILED, error=str(exc), finished_at=timezone.now()
+        )
+        return job
+    written = skipped = chunks = 0
+    for index, lore in enumerate(files, start=1):
+        result = lore_document_ingest(world=job.world, lore=lore)
+        if result.outcome == "unchanged":
+            skipped += 1
+        else:
+            written += 1
+            chunks += result.chunks
+        progress = round(100 * index / len(files), 1)
+        _job_log(
+            job, f"{progress:.0f}% {lore.source}: {result.outcome}, {result.chunks} chunks",
+            progress=progress, documents_written=written, documents_skipped=skipped, chunks_written=chunks,
+        )  # fmt: skip
+        if on_progress is not None:
+            on_progress(index, len(files))
+    _job_log(job, "done", status=IngestStatus.SUCCEEDED, finished_at=timezone.now())
+    return job

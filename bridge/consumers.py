@@ -41,8 +41,9 @@ from inference.context import TurnContext, turn_context_cached
 from inference.prompts import Turn
 from inference.turns import TurnResult, turn_result_payload, turn_run
 from inference.workers import workers_healthy
+from memory.lore import TurnLore, lore_for_turn
 from memory.prompt import memory_slot
-from memory.tasks import memory_consolidate_task, memory_rehydrate_task
+from memory.tasks import lore_pack_task, memory_consolidate_task, memory_rehydrate_task
 from memory.tiers import PairMemory, QuestCardFull, memory_for_turn, memory_quest_update, memory_record_turn
 
 logger = logging.getLogger(__name__)
@@ -270,12 +271,14 @@ class GameConsumer(AsyncWebsocketConsumer):
                 # this turn goes on without it (a pair that never met simply finds nothing).
                 _enqueue_soon(memory_rehydrate_task, npc_id, session.player_id)
             recent = list(memory.turns)[-settings.BRIDGE_HISTORY_TURNS :]
+            lore = await _turn_lore(session, context, message.text, memory)
             result = await turn_run(
                 context=context,
                 player_text=message.text,
                 workers=await workers_healthy(),
                 history=[Turn(player=turn.player, npc=turn.npc) for turn in recent],
                 memory=memory_slot(memory),
+                lore=lore.slot,
                 tier=tier,
                 on_delta=delta,
             )
@@ -298,7 +301,8 @@ class GameConsumer(AsyncWebsocketConsumer):
             # background: a cancel can no longer reach them.
             release()
             await session.send(end)
-            observed = {**end, "npc_id": npc_id, "tier": tier, "adapter": adapter}
+            # Observers (ops, playtest) also see which lore chunks the turn used, with their scores.
+            observed = {**end, "npc_id": npc_id, "tier": tier, "adapter": adapter, "lore": lore.used}
             remembering = _in_background(_turn_after(session, npc_id, message.text, result, observed))
             session.remembering.add(remembering)
             remembering.add_done_callback(session.remembering.discard)
@@ -322,6 +326,23 @@ class GameConsumer(AsyncWebsocketConsumer):
                 task.cancel()
             self.session.detach(self._sink)
         await self.close(code=CLOSE_SLOW_CONSUMER)
+
+
+async def _turn_lore(
+    session: GameSession, context: TurnContext, player_text: str, memory: PairMemory
+) -> TurnLore:
+    """The turn's lore slot; never waits on Postgres, a pack build or the embedding model."""
+    try:
+        lore = await lore_for_turn(
+            session.redis, npc=context.npc_slug, archetype=context.archetype_slug,
+            subfaction=context.subfaction_slug, player_text=player_text, quests=memory.quest,
+        )  # fmt: skip
+    except RedisError as exc:
+        logger.warning("lore of %s unavailable: %s", context.npc_slug, exc)
+        return TurnLore(state="unavailable")
+    if lore.state == "no_pack":
+        _enqueue_soon(lore_pack_task, context.npc_slug)
+    return lore
 
 
 async def _quietly(awaitable: Any) -> None:

@@ -44,6 +44,7 @@ class TurnContext:
     routes: dict[str, str] = field(default_factory=dict)
     missing_adapters: tuple[str, ...] = ()
     model_path: str = ""
+    subfaction_slug: str | None = None  # lore gating
 
 
 def _traits_line(traits: dict[str, Any]) -> str:
@@ -89,6 +90,7 @@ def turn_context_build(*, npc_slug: str) -> TurnContext:
             missing.append(str(task))
     base_model = base_model_for(archetype)
     return TurnContext(
+        subfaction_slug=subfaction.slug if subfaction else None,
         npc_slug=npc.slug,
         npc_name=npc.name,
         archetype_slug=archetype.slug,

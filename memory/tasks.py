@@ -90,3 +90,21 @@ def memory_compact_task() -> dict[str, int]:
     finally:
         lock.release()
     return asdict(report)
+
+
+@shared_task(acks_late=True, ignore_result=True)
+def lore_pack_task(npc: str) -> int:
+    """Build an NPC's lore pack into Redis (idempotent; one build at a time per NPC)."""
+    from memory.lore import lore_pack_build, lore_pack_store
+
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    lock = client.lock(f"lore:lock:pack:{npc}", timeout=120, blocking=False)
+    if not lock.acquire():
+        return 0
+    try:
+        pack = lore_pack_build(npc)
+        lore_pack_store(client, pack)
+    finally:
+        lock.release()
+    logger.info("lore: pack of %s built, %d chunks", npc, len(pack))
+    return len(pack)

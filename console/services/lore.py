@@ -17,9 +17,10 @@ import hashlib
 import logging
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
@@ -38,6 +39,7 @@ from console.models.lore import (
 logger = logging.getLogger(__name__)
 
 LORE_SUFFIXES = (".md", ".markdown", ".txt")
+CONDITION_KEYS = ("archetypes", "subfactions", "quests")  # see memory.lore
 _HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
 _SENTENCE_END = re.compile(r"(?<=[.!?…])[\"')\]]*\s+")
 
@@ -51,7 +53,39 @@ class LoreFile:
     slug: str
     title: str
     source: str
-    text: str
+    text: str  # as the file has it, front matter included (the checksum covers both)
+    body: str = ""  # what is chunked
+    conditions: dict[str, list[str]] = field(default_factory=dict)  # gating for every chunk
+
+
+def _front_matter(name: str, text: str) -> tuple[dict[str, list[str]], str]:
+    """Gating conditions from a YAML front matter block, and the text after it:
+
+    ---
+    archetypes: [vampire]
+    quests: [blood-debt=paid]
+    ---
+    """
+    if not text.startswith("---\n"):
+        return {}, text
+    end = text.find("\n---", 4)
+    if end < 0:
+        raise LoreFileError(f"{name}: the front matter opened with --- is never closed with ---")
+    try:
+        data = yaml.safe_load(text[4:end]) or {}
+    except yaml.YAMLError as exc:
+        raise LoreFileError(f"{name}: the front matter is not valid YAML ({exc})") from None
+    if not isinstance(data, dict) or set(data) - set(CONDITION_KEYS):
+        raise LoreFileError(
+            f"{name}: the front matter may only hold {', '.join(CONDITION_KEYS)} (lists of slugs)"
+        )
+    conditions = {}
+    for key, value in data.items():
+        values = [value] if isinstance(value, str) else value
+        if not isinstance(values, list) or not all(isinstance(item, str) and item for item in values):
+            raise LoreFileError(f"{name}: front matter {key} must be a slug or a list of slugs")
+        conditions[key] = values
+    return conditions, text[end + 4 :].strip()
 
 
 @dataclass(frozen=True)
@@ -80,16 +114,17 @@ def lore_file_read(name: str, data: bytes) -> LoreFile:
             f"{name}: not UTF-8 text (byte {exc.start}); save it as UTF-8 and upload it again"
         ) from None
     text = text.replace("\r\n", "\n").strip()
-    if not text:
+    conditions, body = _front_matter(name, text)
+    if not body:
         raise LoreFileError(f"{name}: the file is empty")
     stem = Path(name).stem
     slug = slugify(re.sub(r"^\d+[-_ ]+", "", stem))[:64] or slugify(stem)[:64]
     if not slug:
         raise LoreFileError(f"{name}: the file name gives no slug; use letters or digits")
-    first = text.splitlines()[0]
+    first = body.splitlines()[0]
     heading = _HEADING.match(first)
     title = heading.group(2) if heading else stem.replace("-", " ").replace("_", " ").strip().capitalize()
-    return LoreFile(slug=slug, title=title[:200], source=name, text=text)
+    return LoreFile(slug=slug, title=title[:200], source=name, text=text, body=body, conditions=conditions)
 
 
 def lore_files_read(path: Path) -> list[LoreFile]:
@@ -217,7 +252,7 @@ def lore_document_ingest(*, world: World, lore: LoreFile) -> DocumentResult:
     ).first()
     if current is not None and current.checksum == checksum:
         return DocumentResult(lore.slug, "unchanged", 0)
-    passages = lore_passages(lore.text, count=token_count)
+    passages = lore_passages(lore.body or lore.text, count=token_count)
     # Embedded with their heading: a passage's section is part of what it is about.
     vectors = embed([f"{p.heading}\n{p.text}" if p.heading else p.text for p in passages])
     with transaction.atomic():
@@ -246,6 +281,7 @@ def lore_document_ingest(*, world: World, lore: LoreFile) -> DocumentResult:
                 text=passage.text,
                 tokens=passage.tokens,
                 embedding=vector,
+                conditions=lore.conditions,
             )  # fmt: skip
             for index, (passage, vector) in enumerate(zip(passages, vectors, strict=True))
         )
@@ -300,5 +336,25 @@ def ingest_job_run(
         )  # fmt: skip
         if on_progress is not None:
             on_progress(index, len(files))
+    if written:
+        dropped = lore_packs_drop(job.world)
+        _job_log(job, f"{dropped} NPC lore packs dropped (rebuilt on their next turn)")
     _job_log(job, "done", status=IngestStatus.SUCCEEDED, finished_at=timezone.now())
     return job
+
+
+def lore_packs_drop(world: World) -> int:
+    """Drop the Redis lore packs of a world's NPCs after its lore changed."""
+    from redis import Redis
+
+    from console.models import NPC
+    from memory.lore import pack_key
+
+    slugs = list(NPC.objects.filter(archetype__world=world).values_list("slug", flat=True))
+    if not slugs:
+        return 0
+    client = Redis.from_url(settings.REDIS_URL)
+    try:
+        return int(client.delete(*(pack_key(slug) for slug in slugs)))
+    finally:
+        client.close()

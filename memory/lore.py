@@ -1,0 +1,229 @@
+"""Lore in prompts without Postgres on the turn's path.
+
+- Gating: a chunk's `conditions` ({"archetypes": [...], "subfactions": [...], "quests": [...]})
+  say who may know it; every key given must match (any value of it). A quest entry is a quest
+  name (the player's quest card has it) or `name=stage`. No conditions: the whole world.
+- A lore pack per NPC: the chunks its archetype and subfaction may know, nearest the NPC's own
+  card first, at most LORE_PACK_MAX. Built by a Celery task (Postgres, pgvector) into Redis
+  (`lore:pack:{npc}`: the texts as JSON and the embeddings as one float32 matrix), for
+  LORE_PACK_TTL_S; each bridge process keeps decoded packs for a minute.
+- A turn embeds the player's words and ranks the pack by a dot product (the embeddings are
+  unit length, so it is the cosine); the best LORE_TOP_K above LORE_MIN_SCORE whose quest
+  conditions the player meets fill the prompt's lore slot. A turn never waits for a pack or
+  for the embedding model: without them it goes on without lore and they get ready for the
+  next one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from cachetools import TTLCache
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import Q
+from pgvector.django import CosineDistance
+from redis.asyncio import Redis
+
+logger = logging.getLogger(__name__)
+
+CONDITION_KEYS = ("archetypes", "subfactions", "quests")
+Matrix = np.ndarray[Any, np.dtype[np.float32]]
+SNIPPET_MAX_CHARS = 600
+
+
+def pack_key(npc: str) -> str:
+    return f"lore:pack:{npc}"
+
+
+def conditions_allow(
+    conditions: dict[str, Any], *, archetype: str, subfaction: str | None, quests: dict[str, str]
+) -> bool:
+    """Whether an NPC of `archetype`/`subfaction` may use lore with `conditions` with a player
+    whose quest card is `quests`."""
+    if conditions.get("archetypes") and archetype not in conditions["archetypes"]:
+        return False
+    if conditions.get("subfactions") and subfaction not in conditions["subfactions"]:
+        return False
+    if conditions.get("quests"):
+        return any(_quest_met(entry, quests) for entry in conditions["quests"])
+    return True
+
+
+def _quest_met(entry: str, quests: dict[str, str]) -> bool:
+    name, _, stage = entry.partition("=")
+    return name in quests and (not stage or quests[name] == stage)
+
+
+@dataclass
+class LorePack:
+    npc: str
+    ids: list[int] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+    conditions: list[dict[str, Any]] = field(default_factory=list)
+    matrix: np.ndarray[Any, np.dtype[np.float32]] = field(
+        default_factory=lambda: np.zeros((0, 384), np.float32)
+    )
+    built_at: float = 0.0
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def lore_pack_build(npc_slug: str) -> LorePack:
+    """The NPC's pack from Postgres (a Celery task calls this, never a turn)."""
+    from console.models import NPC, LoreChunk
+    from memory.embeddings import embed
+
+    npc = NPC.objects.select_related("archetype", "subfaction", "region").get(slug=npc_slug)
+    archetype = npc.archetype.slug
+    subfaction = npc.subfaction.slug if npc.subfaction else None
+    allowed = ~Q(conditions__has_key="archetypes") | Q(conditions__archetypes__contains=[archetype])
+    allowed &= ~Q(conditions__has_key="subfactions") | (
+        Q(conditions__subfactions__contains=[subfaction]) if subfaction else Q(pk__in=[])
+    )
+    about = embed([f"{npc.name}. {npc.region.name}. {npc.archetype.name}. {npc.backstory}"])[0]
+    with transaction.atomic(), connection.cursor() as cursor:
+        # pgvector 0.8: a filtered HNSW scan keeps scanning until it has enough rows.
+        cursor.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+        rows = list(
+            LoreChunk.objects.filter(allowed, world_id=npc.archetype.world_id)
+            .order_by(CosineDistance("embedding", about))
+            .values_list("pk", "heading", "text", "conditions", "embedding")[: settings.LORE_PACK_MAX]
+        )
+    pack = LorePack(npc=npc_slug, built_at=time.time())
+    for pk, heading, text, conditions, _ in rows:
+        pack.ids.append(pk)
+        pack.texts.append(f"{heading}: {text}" if heading else text)
+        pack.conditions.append(conditions or {})
+    if rows:
+        pack.matrix = np.asarray([row[4] for row in rows], dtype=np.float32)
+    return pack
+
+
+def lore_pack_store(redis: Any, pack: LorePack) -> None:
+    """Write a pack to Redis (sync client: the Celery task)."""
+    meta = {"ids": pack.ids, "texts": pack.texts, "conditions": pack.conditions, "built_at": pack.built_at}
+    with redis.pipeline(transaction=True) as pipe:
+        pipe.hset(pack_key(pack.npc), mapping={"meta": json.dumps(meta), "matrix": pack.matrix.tobytes()})
+        pipe.expire(pack_key(pack.npc), settings.LORE_PACK_TTL_S)
+        pipe.execute()
+
+
+_packs: TTLCache[str, LorePack] = TTLCache(maxsize=2048, ttl=60)
+_packs_lock = threading.Lock()
+
+
+async def lore_pack_load(redis: Redis, npc: str) -> LorePack | None:
+    """The NPC's pack: from this process (a minute old at most) or Redis; None when Redis has
+    none (the caller queues a build)."""
+    with _packs_lock:
+        pack = _packs.get(npc)
+    if pack is not None:
+        return pack
+    raw = await redis.hgetall(pack_key(npc))
+    if not raw:
+        return None
+    meta = json.loads(raw[b"meta"])
+    data = raw[b"matrix"]
+    assert isinstance(data, bytes)  # the client does not decode responses
+    matrix = (
+        np.frombuffer(data, dtype=np.float32).reshape(len(meta["ids"]), -1)
+        if meta["ids"]
+        else np.zeros((0, 384), np.float32)
+    )
+    pack = LorePack(npc, meta["ids"], meta["texts"], meta["conditions"], matrix, meta["built_at"])
+    with _packs_lock:
+        _packs[npc] = pack
+    return pack
+
+
+def lore_packs_forget() -> None:
+    with _packs_lock:
+        _packs.clear()
+
+
+def lore_rank(
+    pack: LorePack, query: Matrix, *, archetype: str, subfaction: str | None,
+    quests: dict[str, str],
+) -> list[tuple[int, float]]:  # fmt: skip
+    """(index in the pack, score), best first: the top LORE_TOP_K allowed above LORE_MIN_SCORE."""
+    if not len(pack):
+        return []
+    scores = pack.matrix @ query
+    ranked: list[tuple[int, float]] = []
+    for index in np.argsort(-scores):
+        score = float(scores[index])
+        if score < settings.LORE_MIN_SCORE or len(ranked) == settings.LORE_TOP_K:
+            break
+        # The pack was gated by archetype and subfaction when built; quests are the player's.
+        if conditions_allow(
+            pack.conditions[index], archetype=archetype, subfaction=subfaction, quests=quests
+        ):
+            ranked.append((int(index), score))
+    return ranked
+
+
+def lore_slot(pack: LorePack, ranked: list[tuple[int, float]]) -> str:
+    return "\n".join(f"- {pack.texts[index][:SNIPPET_MAX_CHARS]}" for index, _ in ranked)
+
+
+@dataclass
+class TurnLore:
+    slot: str = ""
+    used: list[dict[str, Any]] = field(default_factory=list)  # the trace: chunk ids and scores
+    state: str = "none"  # "used", "none" (nothing relevant), "no_pack", "model_loading"
+
+
+_model_ready = threading.Event()
+_model_loading = threading.Lock()
+
+
+def _model_load_in_background() -> None:
+    """Load the embedding model off the event loop, once (a second or two on CPU)."""
+    if _model_ready.is_set() or not _model_loading.acquire(blocking=False):
+        return
+
+    def load() -> None:
+        from memory.embeddings import embedding_model
+
+        try:
+            embedding_model()
+            _model_ready.set()
+        finally:
+            _model_loading.release()
+
+    threading.Thread(target=load, name="lore-embeddings", daemon=True).start()
+
+
+async def lore_for_turn(
+    redis: Redis,
+    *,
+    npc: str,
+    archetype: str,
+    subfaction: str | None,
+    player_text: str,
+    quests: dict[str, str],
+) -> TurnLore:
+    """The prompt's lore slot for this turn (see the module docstring)."""
+    pack = await lore_pack_load(redis, npc)
+    if pack is None:
+        return TurnLore(state="no_pack")
+    if not len(pack):
+        return TurnLore()
+    if not _model_ready.is_set():
+        _model_load_in_background()
+        return TurnLore(state="model_loading")
+    from memory.embeddings import embed
+
+    query = (await asyncio.to_thread(embed, [player_text]))[0]
+    ranked = lore_rank(pack, query, archetype=archetype, subfaction=subfaction, quests=quests)
+    used = [{"chunk": pack.ids[index], "score": round(score, 3)} for index, score in ranked]
+    return TurnLore(slot=lore_slot(pack, ranked), used=used, state="used" if used else "none")

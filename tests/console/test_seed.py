@@ -11,6 +11,7 @@ from django.core.management import call_command
 
 from console.models import NPC, Archetype, Region, Subfaction, World
 from console.services.demo import DemoFileError, demo_file_load, demo_seed
+from console.services.lore import lore_file_read
 
 pytestmark = pytest.mark.django_db
 
@@ -40,11 +41,12 @@ def test_demo_world_has_the_five_archetypes_pilots_and_a_horde():
         assert {"idle", "talk"} <= set(seeded.action_names)
 
 
-def test_demo_lore_documents_exist_as_files():
+def test_demo_lore_documents_exist_as_files_each_with_a_title():
     lore = sorted((settings.DEMO_DIR / "lore").glob("*.md"))
 
     assert len(lore) >= 10
-    assert all(path.read_text().startswith("# ") for path in lore)
+    # A title heading first, after the gating front matter where there is one (docs/lore.md).
+    assert all(lore_file_read(path.name, path.read_bytes()).body.startswith("# ") for path in lore)
 
 
 def test_seed_twice_creates_nothing_new():

@@ -342,6 +342,8 @@ async def _turn_lore(
         return TurnLore(state="unavailable")
     if lore.state == "no_pack":
         _enqueue_soon(lore_pack_task, context.npc_slug)
+    # The trace of what the NPC was told, until turn traces are stored (ops issue).
+    logger.info("lore for %s: %s %s", context.npc_slug, lore.state, lore.used)
     return lore
 
 

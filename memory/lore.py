@@ -43,6 +43,24 @@ def pack_key(npc: str) -> str:
     return f"lore:pack:{npc}"
 
 
+def gate_q(*, archetype: str | None, subfaction: str | None = None) -> Q:
+    """The chunks an NPC of `archetype` and `subfaction` may know, as a query filter (quest
+    conditions are checked per turn, against the player's quest card). No archetype: no
+    archetype filter (a designer searching all the lore)."""
+    allowed = Q()
+    if archetype is not None:
+        allowed &= ~Q(conditions__has_key="archetypes") | Q(conditions__archetypes__contains=[archetype])
+        allowed &= ~Q(conditions__has_key="subfactions") | (
+            Q(conditions__subfactions__contains=[subfaction]) if subfaction else Q(pk__in=[])
+        )
+    return allowed
+
+
+def iterative_scan_on(cursor: Any) -> None:
+    """pgvector 0.8: a filtered HNSW scan goes on until it has enough rows (inside a transaction)."""
+    cursor.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+
+
 def conditions_allow(
     conditions: dict[str, Any], *, archetype: str, subfaction: str | None, quests: dict[str, str]
 ) -> bool:
@@ -85,14 +103,10 @@ def lore_pack_build(npc_slug: str) -> LorePack:
     npc = NPC.objects.select_related("archetype", "subfaction", "region").get(slug=npc_slug)
     archetype = npc.archetype.slug
     subfaction = npc.subfaction.slug if npc.subfaction else None
-    allowed = ~Q(conditions__has_key="archetypes") | Q(conditions__archetypes__contains=[archetype])
-    allowed &= ~Q(conditions__has_key="subfactions") | (
-        Q(conditions__subfactions__contains=[subfaction]) if subfaction else Q(pk__in=[])
-    )
+    allowed = gate_q(archetype=archetype, subfaction=subfaction)
     about = embed([f"{npc.name}. {npc.region.name}. {npc.archetype.name}. {npc.backstory}"])[0]
     with transaction.atomic(), connection.cursor() as cursor:
-        # pgvector 0.8: a filtered HNSW scan keeps scanning until it has enough rows.
-        cursor.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+        iterative_scan_on(cursor)
         rows = list(
             LoreChunk.objects.filter(allowed, world_id=npc.archetype.world_id)
             .order_by(CosineDistance("embedding", about))

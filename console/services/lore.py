@@ -131,11 +131,19 @@ def lore_files_read(path: Path) -> list[LoreFile]:
     """Every lore file of a folder (sorted by name) or one file, all checked first."""
     if not path.exists():
         raise LoreFileError(f"{path}: no such file or folder")
+    from console.services.lorebook import LOREBOOK_SUFFIX, lorebook_read
+
     files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
-    found = [p for p in files if p.suffix.lower() in LORE_SUFFIXES] if path.is_dir() else files
+    accepted = (*LORE_SUFFIXES, LOREBOOK_SUFFIX)
+    found = [p for p in files if p.suffix.lower() in accepted] if path.is_dir() else files
     if not found:
-        raise LoreFileError(f"{path}: no .md or .txt files in it")
-    read = [lore_file_read(p.name, p.read_bytes()) for p in found]
+        raise LoreFileError(f"{path}: no .md, .txt or .json (lorebook) files in it")
+    read: list[LoreFile] = []
+    for file in found:
+        if file.suffix.lower() == LOREBOOK_SUFFIX:
+            read += lorebook_read(file.name, file.read_bytes())  # one document per entry
+        else:
+            read.append(lore_file_read(file.name, file.read_bytes()))
     slugs = [item.slug for item in read]
     if len(set(slugs)) != len(slugs):
         twice = sorted({slug for slug in slugs if slugs.count(slug) > 1})

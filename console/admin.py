@@ -7,10 +7,12 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
-from django.core.exceptions import ValidationError
-from django.db import models
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import models, transaction
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, render
+from django.urls import path
 from simple_history.admin import SimpleHistoryAdmin
 
 from console.models import (
@@ -23,6 +25,7 @@ from console.models import (
     GameClientKey,
     GameKeyScope,
     IngestJob,
+    IngestStatus,
     LoreChunk,
     LoreDocument,
     LoreDocumentVersion,
@@ -31,6 +34,8 @@ from console.models import (
     World,
 )
 from console.services.keys import game_key_create, game_key_revoke
+from console.services.lore import LoreFileError, lore_upload_check
+from console.tasks import lore_ingest_task
 from inference.adapters import adapter_status_set
 from inference.tasks import residency_sync_enqueue
 
@@ -225,6 +230,8 @@ class GameClientKeyAdmin(admin.ModelAdmin):
 
 # --- Lore ------------------------------------------------------------------------------
 
+ENDED = (IngestStatus.SUCCEEDED, IngestStatus.FAILED)
+
 
 class LoreVersionInline(admin.TabularInline):
     model = LoreDocumentVersion
@@ -283,9 +290,28 @@ class ConceptAdmin(admin.ModelAdmin):
     filter_horizontal = ["chunks"]
 
 
+class IngestUploadForm(forms.ModelForm):
+    """A lore file (.md/.txt) or a lorebook (.json) for a world, checked before a job exists."""
+
+    class Meta:
+        model = IngestJob
+        fields = ["world", "upload"]
+
+    def clean_upload(self) -> Any:
+        upload = self.cleaned_data["upload"]
+        if not upload:
+            raise ValidationError("Choose a .md, .txt or .json (lorebook) file.")
+        try:
+            lore_upload_check(upload.name, upload.size, upload.chunks())
+        except LoreFileError as exc:
+            raise ValidationError(str(exc)) from None
+        return upload
+
+
 @admin.register(IngestJob)
 class IngestJobAdmin(admin.ModelAdmin):
-    """Ingestion runs: status, percent, log and error (runs are started by `manage.py ingest`)."""
+    """Ingestion runs: status, percent, log and error. *Add* uploads a file (a Celery worker
+    ingests it); `manage.py ingest` runs folders. A job's page follows it live (htmx)."""
 
     list_display = [
         "created_at",
@@ -298,9 +324,47 @@ class IngestJobAdmin(admin.ModelAdmin):
     ]
     list_filter = ["status", "world"]
     readonly_fields = [field.name for field in IngestJob._meta.fields]
+    change_form_template = "admin/console/ingestjob/change_form.html"
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
+    def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
+        if obj is None:
+            kwargs["form"] = IngestUploadForm
+        return super().get_form(request, obj, change=change, **kwargs)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        return self.readonly_fields if obj is not None else []
+
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        return super().get_fields(request, obj) if obj is not None else ["world", "upload"]
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+    def save_model(self, request: HttpRequest, obj: IngestJob, form: Any, change: bool) -> None:
+        obj.source = f"upload:{obj.upload.name.rsplit('/', 1)[-1]}"
+        obj.created_by = request.user  # type: ignore[assignment]
+        super().save_model(request, obj, form, change)
+        pk = obj.pk
+        transaction.on_commit(lambda: lore_ingest_task.delay(pk))
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: Any = None
+    ) -> HttpResponse:
+        job = IngestJob.objects.filter(pk=object_id).only("status").first()
+        extra = {**(extra_context or {}), "original_done": job is None or job.status in ENDED}
+        return super().change_view(request, object_id, form_url, extra_context=extra)
+
+    def get_urls(self) -> list[Any]:
+        status = path(
+            "<int:pk>/status/", self.admin_site.admin_view(self.status_view), name="console_ingestjob_status"
+        )
+        return [status, *super().get_urls()]
+
+    def status_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+        """The job's status, percent and log: an htmx fragment that polls until the job ends."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        job = get_object_or_404(IngestJob, pk=pk)
+        return render(
+            request, "admin/console/ingestjob/status.html", {"job": job, "done": job.status in ENDED}
+        )

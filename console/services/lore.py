@@ -127,23 +127,38 @@ def lore_file_read(name: str, data: bytes) -> LoreFile:
     return LoreFile(slug=slug, title=title[:200], source=name, text=text, body=body, conditions=conditions)
 
 
+def lore_bytes_read(name: str, data: bytes) -> list[LoreFile]:
+    """One file's lore: a lorebook (.json) gives a document per entry, any other file one."""
+    from console.services.lorebook import LOREBOOK_SUFFIX, lorebook_read
+
+    if name.lower().endswith(LOREBOOK_SUFFIX):
+        return lorebook_read(name, data)
+    return [lore_file_read(name, data)]
+
+
+def lore_upload_check(name: str, size: int, chunks: Iterable[bytes]) -> list[LoreFile]:
+    """An uploaded file, checked (size first, before it is read) like any lore file."""
+    limit = settings.LORE_MAX_FILE_BYTES
+    if size > limit:
+        raise LoreFileError(
+            f"{name}: {size / 1e6:.1f} MB is over the {limit / 1e6:.0f} MB limit "
+            "(LORE_MAX_FILE_BYTES); split it into several documents"
+        )
+    return lore_bytes_read(name, b"".join(chunks))
+
+
 def lore_files_read(path: Path) -> list[LoreFile]:
     """Every lore file of a folder (sorted by name) or one file, all checked first."""
     if not path.exists():
         raise LoreFileError(f"{path}: no such file or folder")
-    from console.services.lorebook import LOREBOOK_SUFFIX, lorebook_read
+    from console.services.lorebook import LOREBOOK_SUFFIX
 
     files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
     accepted = (*LORE_SUFFIXES, LOREBOOK_SUFFIX)
     found = [p for p in files if p.suffix.lower() in accepted] if path.is_dir() else files
     if not found:
         raise LoreFileError(f"{path}: no .md, .txt or .json (lorebook) files in it")
-    read: list[LoreFile] = []
-    for file in found:
-        if file.suffix.lower() == LOREBOOK_SUFFIX:
-            read += lorebook_read(file.name, file.read_bytes())  # one document per entry
-        else:
-            read.append(lore_file_read(file.name, file.read_bytes()))
+    read = [lore for file in found for lore in lore_bytes_read(file.name, file.read_bytes())]
     slugs = [item.slug for item in read]
     if len(set(slugs)) != len(slugs):
         twice = sorted({slug for slug in slugs if slugs.count(slug) > 1})
@@ -322,7 +337,10 @@ def ingest_job_run(
         job, f"started on {job.source}", status=IngestStatus.RUNNING, started_at=timezone.now(), error=""
     )
     try:
-        if files is None:
+        if files is None and job.upload:
+            with job.upload.open("rb") as upload:
+                files = lore_bytes_read(job.upload.name.rsplit("/", 1)[-1], upload.read())
+        elif files is None:
             files = lore_files_read(Path(job.source))
     except LoreFileError as exc:
         _job_log(

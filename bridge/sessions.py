@@ -30,6 +30,7 @@ from redis.exceptions import RedisError
 from redis.typing import EncodableT, FieldT
 
 from bridge.protocol import ProtocolError, frame_dumps
+from memory.tiers import redis_text
 
 logger = logging.getLogger(__name__)
 
@@ -38,10 +39,6 @@ FrameSink = Callable[[str], Awaitable[None]]
 
 class SlowConsumer(Exception):
     """The client's unacknowledged window is over the bound."""
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _keys(session_id: str) -> tuple[str, str]:
@@ -181,8 +178,8 @@ class SessionRegistry:
             # Started by another process: its frames are in Redis, its live turns stay there.
             session = GameSession(
                 session_id=session_id,
-                player_id=_text(stored[b"player_id"]),
-                owner=_text(stored[b"owner"]),
+                player_id=redis_text(stored[b"player_id"]),
+                owner=redis_text(stored[b"owner"]),
                 redis=self.redis,
                 seq=int(stored[b"seq"]),
             )

@@ -17,7 +17,14 @@ from redis import Redis
 
 from console.models import NPC
 from memory.models import MemoryEvent, MemoryEventKind
-from memory.tiers import RememberedTurn, iso_utc, pair_prefix, public_facts_key, relationship_decode
+from memory.tiers import (
+    RememberedTurn,
+    iso_utc,
+    pair_prefix,
+    public_facts_key,
+    redis_text,
+    relationship_decode,
+)
 
 # Players listed per page of an NPC's warm memory.
 WARM_PLAYERS_PAGE = 25
@@ -30,10 +37,6 @@ SCAN_CALLS_MAX = 20
 PAIR_ITEMS_MAX = 100
 PUBLIC_FACTS_MAX = 100
 NPCS_PAGE = 50
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _glob_escape(text: str) -> str:
@@ -82,7 +85,7 @@ def warm_players_page(
     keys: list[str] = []
     for _ in range(SCAN_CALLS_MAX):
         cursor, found = redis.scan(cursor=cursor, match=match, count=scan_count)
-        keys += [_text(key) for key in found]
+        keys += [redis_text(key) for key in found]
         if cursor == 0 or len(keys) >= page_size:
             break
     with redis.pipeline(transaction=False) as pipe:
@@ -167,17 +170,17 @@ def warm_pair(*, redis: Redis, npc: str, player: str) -> WarmPair:
         pipe.zrange(public_facts_key(npc), 0, PUBLIC_FACTS_MAX - 1)
         pipe.ttl(prefix + "relationship")
         relationship, quest, facts, summaries, emotions, turns, public, ttl = pipe.execute()
-    shared = {_text(text) for text in public}
+    shared = {redis_text(text) for text in public}
     summary_items = []
     for raw in summaries:
         try:
             value = json.loads(raw)
         except ValueError:
-            value = {"text": _text(raw)}
+            value = {"text": redis_text(raw)}
         summary_items.append(WarmSummary(text=str(value.get("text", "")), at=_when(value.get("at"))))
     emotion_items = []
     for raw in emotions:
-        at, _, emotion = _text(raw).partition("|")
+        at, _, emotion = redis_text(raw).partition("|")
         emotion_items.append(WarmEmotion(emotion=emotion, at=_when(at)))
     turn_items = []
     for raw in turns:
@@ -187,9 +190,9 @@ def warm_pair(*, redis: Redis, npc: str, player: str) -> WarmPair:
         npc=npc,
         player=player,
         relationship=relationship_decode(relationship),
-        quest={_text(name): _text(stage) for name, stage in quest.items()},
+        quest={redis_text(name): redis_text(stage) for name, stage in quest.items()},
         facts=[
-            WarmFact(text=_text(text), importance=score, public=_text(text) in shared)
+            WarmFact(text=redis_text(text), importance=score, public=redis_text(text) in shared)
             for text, score in facts
         ],
         summaries=summary_items,
@@ -206,7 +209,7 @@ def public_facts(*, redis: Redis, npc: str, limit: int = PUBLIC_FACTS_MAX) -> li
     found = cast(
         "list[tuple[bytes, float]]", redis.zrevrange(public_facts_key(npc), 0, limit - 1, withscores=True)
     )
-    return [WarmFact(text=_text(text), importance=score, public=True) for text, score in found]
+    return [WarmFact(text=redis_text(text), importance=score, public=True) for text, score in found]
 
 
 # --- The archive: sessions for the weekly compaction (memory.compaction) -----------------

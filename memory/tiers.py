@@ -95,14 +95,15 @@ class PairMemory:
         return not (self.turns or self.summary or self.facts or self.relationship or self.quest)
 
 
-def _text(value: bytes | str) -> str:
+def redis_text(value: bytes | str) -> str:
+    """A Redis reply as text (clients here do not decode responses)."""
     return value.decode() if isinstance(value, bytes) else value
 
 
 def relationship_decode(raw: dict[bytes, bytes] | dict[str, str]) -> dict[str, Any]:
     card: dict[str, Any] = {}
     for key, value in raw.items():
-        name, text = _text(key), _text(value)
+        name, text = redis_text(key), redis_text(value)
         if name in ("gifts", "promises", "betrayals"):
             card[name] = json.loads(text)
         elif name in ("trust", "affinity"):
@@ -183,11 +184,11 @@ async def warm_load(redis: Redis, npc: str, player: str) -> PairMemory:
     memory = PairMemory()
     memory.turns.extend(RememberedTurn.loads(raw) for raw in reversed(turns))
     memory.summary = json.loads(summary)["text"] if summary else ""
-    memory.facts = [(_text(text), score) for text, score in facts]
-    memory.public_facts = [(_text(text), score) for text, score in public]
+    memory.facts = [(redis_text(text), score) for text, score in facts]
+    memory.public_facts = [(redis_text(text), score) for text, score in public]
     memory.relationship = relationship_decode(relationship)
-    memory.quest = {_text(k): _text(v) for k, v in quest.items()}
-    memory.emotions = [_text(value).partition("|")[2] for value in emotions]
+    memory.quest = {redis_text(k): redis_text(v) for k, v in quest.items()}
+    memory.emotions = [redis_text(value).partition("|")[2] for value in emotions]
     return memory
 
 
@@ -302,7 +303,7 @@ async def memory_quest_update(
     writes quests): hot tier, Redis and the archive's stream, the last two in one MULTI/EXEC.
     Returns the whole card. Raises QuestCardFull when the card would pass 2 KB."""
     prefix, ttl = pair_prefix(npc, player), settings.MEMORY_WARM_TTL_S
-    card = {_text(k): _text(v) for k, v in (await redis.hgetall(prefix + "quest")).items()}
+    card = {redis_text(k): redis_text(v) for k, v in (await redis.hgetall(prefix + "quest")).items()}
     card[quest] = stage
     size = sum(len(k.encode()) + len(v.encode()) for k, v in card.items())
     if size > CARD_MAX_BYTES:

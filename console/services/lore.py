@@ -35,11 +35,11 @@ from console.models.lore import (
     LoreDocumentVersion,
     LoreVersionStatus,
 )
+from memory.lore import CONDITION_KEYS
 
 logger = logging.getLogger(__name__)
 
 LORE_SUFFIXES = (".md", ".markdown", ".txt")
-CONDITION_KEYS = ("archetypes", "subfactions", "quests")  # see memory.lore
 _HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
 _SENTENCE_END = re.compile(r"(?<=[.!?…])[\"')\]]*\s+")
 
@@ -95,16 +95,21 @@ class Passage:
     tokens: int
 
 
-def lore_file_read(name: str, data: bytes) -> LoreFile:
-    """Check and decode one file (from a folder or an upload)."""
+def lore_size_check(name: str, size: int) -> None:
+    """Refuse a file over LORE_MAX_FILE_BYTES (documents, lorebooks and uploads alike)."""
     limit = settings.LORE_MAX_FILE_BYTES
-    if not name.lower().endswith(LORE_SUFFIXES):
-        raise LoreFileError(f"{name}: not a lore file; use Markdown (.md) or text (.txt)")
-    if len(data) > limit:
+    if size > limit:
         raise LoreFileError(
-            f"{name}: {len(data) / 1e6:.1f} MB is over the {limit / 1e6:.0f} MB limit "
+            f"{name}: {size / 1e6:.1f} MB is over the {limit / 1e6:.0f} MB limit "
             "(LORE_MAX_FILE_BYTES); split it into several documents"
         )
+
+
+def lore_file_read(name: str, data: bytes) -> LoreFile:
+    """Check and decode one file (from a folder or an upload)."""
+    if not name.lower().endswith(LORE_SUFFIXES):
+        raise LoreFileError(f"{name}: not a lore file; use Markdown (.md) or text (.txt)")
+    lore_size_check(name, len(data))
     if b"\x00" in data:
         raise LoreFileError(f"{name}: binary data (NUL bytes); lore must be UTF-8 text")
     try:
@@ -138,12 +143,7 @@ def lore_bytes_read(name: str, data: bytes) -> list[LoreFile]:
 
 def lore_upload_check(name: str, size: int, chunks: Iterable[bytes]) -> list[LoreFile]:
     """An uploaded file, checked (size first, before it is read) like any lore file."""
-    limit = settings.LORE_MAX_FILE_BYTES
-    if size > limit:
-        raise LoreFileError(
-            f"{name}: {size / 1e6:.1f} MB is over the {limit / 1e6:.0f} MB limit "
-            "(LORE_MAX_FILE_BYTES); split it into several documents"
-        )
+    lore_size_check(name, size)
     return lore_bytes_read(name, b"".join(chunks))
 
 

@@ -16,10 +16,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from django.conf import settings
 from django.utils.text import slugify
 
-from console.services.lore import LoreFile, LoreFileError, lore_file_read
+from console.services.lore import LoreFile, LoreFileError, lore_file_read, lore_size_check
 
 LOREBOOK_SUFFIX = ".json"
 
@@ -47,11 +46,7 @@ def _entry_list(name: str, entries: Any) -> list[dict[str, Any]]:
 
 def lorebook_read(name: str, data: bytes) -> list[LoreFile]:
     """The lorebook's entries as lore files (checked like any lore file)."""
-    if len(data) > settings.LORE_MAX_FILE_BYTES:
-        raise LoreFileError(
-            f"{name}: {len(data) / 1e6:.1f} MB is over the {settings.LORE_MAX_FILE_BYTES / 1e6:.0f} MB "
-            "limit (LORE_MAX_FILE_BYTES)"
-        )
+    lore_size_check(name, len(data))
     try:
         book = json.loads(data.decode("utf-8-sig"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

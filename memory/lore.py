@@ -43,17 +43,41 @@ def pack_key(npc: str) -> str:
     return f"lore:pack:{npc}"
 
 
-def gate_q(*, archetype: str | None, subfaction: str | None = None) -> Q:
-    """The chunks an NPC of `archetype` and `subfaction` may know, as a query filter (quest
-    conditions are checked per turn, against the player's quest card). No archetype: no
-    archetype filter (a designer searching all the lore)."""
-    allowed = Q()
-    if archetype is not None:
-        allowed &= ~Q(conditions__has_key="archetypes") | Q(conditions__archetypes__contains=[archetype])
-        allowed &= ~Q(conditions__has_key="subfactions") | (
-            Q(conditions__subfactions__contains=[subfaction]) if subfaction else Q(pk__in=[])
-        )
+def _allowed_q(archetype: str, subfaction: str | None) -> Q:
+    """Rows whose `conditions` let an NPC of `archetype`/`subfaction` know them."""
+    allowed = ~Q(conditions__has_key="archetypes") | Q(conditions__archetypes__contains=[archetype])
+    allowed &= ~Q(conditions__has_key="subfactions") | (
+        Q(conditions__subfactions__contains=[subfaction]) if subfaction else Q(pk__in=[])
+    )
     return allowed
+
+
+def gate_q(*, archetype: str | None, subfaction: str | None = None) -> Q:
+    """The chunks an NPC of `archetype` and `subfaction` may know, as a query filter: the
+    chunk's own conditions and those of every concept it mentions (a designer gates "the Red
+    Testament" once, and every passage naming it follows). Quest conditions are checked per
+    turn, against the player's quest card. No archetype: no filter (a designer searching)."""
+    from console.models import Concept
+
+    if archetype is None:
+        return Q()
+    blocked = Concept.objects.exclude(conditions={}).exclude(_allowed_q(archetype, subfaction))
+    return _allowed_q(archetype, subfaction) & ~Q(concepts__in=blocked.values("pk"))
+
+
+def conditions_merge(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
+    """Conditions that hold only where both do. Where both name a key, only the values in both
+    remain; none left means nobody ("-" is no slug). For quests that is stricter than "one of
+    each list" would be: a secret errs on the side of staying secret."""
+    merged = {key: list(values) for key, values in first.items()}
+    for key, values in second.items():
+        if not values:
+            continue
+        if merged.get(key):
+            merged[key] = [value for value in merged[key] if value in values] or ["-"]
+        else:
+            merged[key] = list(values)
+    return merged
 
 
 def iterative_scan_on(cursor: Any) -> None:
@@ -97,7 +121,7 @@ class LorePack:
 
 def lore_pack_build(npc_slug: str) -> LorePack:
     """The NPC's pack from Postgres (a Celery task calls this, never a turn)."""
-    from console.models import NPC, LoreChunk
+    from console.models import NPC, Concept, LoreChunk
     from memory.embeddings import embed
 
     npc = NPC.objects.select_related("archetype", "subfaction", "region").get(slug=npc_slug)
@@ -112,11 +136,17 @@ def lore_pack_build(npc_slug: str) -> LorePack:
             .order_by(CosineDistance("embedding", about))
             .values_list("pk", "heading", "text", "conditions", "embedding")[: settings.LORE_PACK_MAX]
         )
+    # Quest conditions of the concepts a chunk mentions join the chunk's own (checked per turn).
+    concept_quests: dict[int, dict[str, Any]] = {}
+    for pk, conditions in Concept.chunks.through.objects.filter(
+        lorechunk_id__in=[row[0] for row in rows], concept__conditions__has_key="quests"
+    ).values_list("lorechunk_id", "concept__conditions"):
+        concept_quests[pk] = conditions_merge(concept_quests.get(pk, {}), {"quests": conditions["quests"]})
     pack = LorePack(npc=npc_slug, built_at=time.time())
     for pk, heading, text, conditions, _ in rows:
         pack.ids.append(pk)
         pack.texts.append(f"{heading}: {text}" if heading else text)
-        pack.conditions.append(conditions or {})
+        pack.conditions.append(conditions_merge(conditions or {}, concept_quests.get(pk, {})))
     if rows:
         pack.matrix = np.asarray([row[4] for row in rows], dtype=np.float32)
     return pack

@@ -363,6 +363,13 @@ def ingest_job_run(
         if on_progress is not None:
             on_progress(index, len(files))
     if written:
+        from console.services.lore_graph import lore_graph_refresh
+
+        graph = lore_graph_refresh(job.world)
+        _job_log(
+            job, f"lore graph: {graph.concepts} concepts ({graph.created} new, {graph.removed} gone), "
+            f"{graph.events} events, {graph.relations} ties",
+        )  # fmt: skip
         dropped = lore_packs_drop(job.world)
         _job_log(job, f"{dropped} NPC lore packs dropped (rebuilt on their next turn)")
     _job_log(job, "done", status=IngestStatus.SUCCEEDED, finished_at=timezone.now())

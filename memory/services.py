@@ -110,6 +110,17 @@ def archived_pair(*, npc: str, player: str) -> ArchivedPair:
     return found
 
 
+# A turn's archived time is its Redis time rounded to microseconds (older events were stamped a
+# moment after the turn, milliseconds later): the same words within this window are one turn.
+_SAME_TURN_WINDOW_S = 2.0
+
+
+def _same_turn(archived: RememberedTurn, held: RememberedTurn) -> bool:
+    return (archived.player, archived.npc) == (held.player, held.npc) and (
+        abs(archived.at - held.at) < _SAME_TURN_WINDOW_S
+    )
+
+
 def memory_rehydrate(*, redis: Redis, npc: str, player: str) -> int:
     """Rebuild a pair's warm tier from the archive; returns the number of turns restored.
 
@@ -124,8 +135,11 @@ def memory_rehydrate(*, redis: Redis, npc: str, player: str) -> int:
         pipe.lrange(prefix + "turns", 0, -1)
         pipe.exists(prefix + "summaries")
         live_turns, has_summaries = pipe.execute()
-    recent = {RememberedTurn.loads(raw).at for raw in live_turns}  # recorded since the window expired
-    restored = [turn for turn in archived.turns if turn.at not in recent]
+    # Turns recorded since the window expired (or before a late rebuild ran) stay as they are;
+    # an archived turn Redis still holds is not added twice (seen: a new pair's rebuild ran
+    # after its first turns were archived, and the NPC remembered a gift twice).
+    live = [RememberedTurn.loads(raw) for raw in live_turns]
+    restored = [turn for turn in archived.turns if not any(_same_turn(turn, held) for held in live)]
     with redis.pipeline(transaction=True) as pipe:
         if restored:
             pipe.rpush(prefix + "turns", *(turn.dumps() for turn in restored))  # newest first

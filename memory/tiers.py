@@ -27,6 +27,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from cachetools import TTLCache
@@ -275,6 +276,7 @@ async def memory_record_turn(
         player=player,
         session=session,
         data={"player": player_text, "npc": npc_text, "emotion": emotion, "action": action},
+        occurred_at=datetime.fromtimestamp(now, UTC),  # the turn's own time: a rebuild matches on it
     )
     prefix, ttl = pair_prefix(npc, player), settings.MEMORY_WARM_TTL_S
     async with redis.pipeline(transaction=True) as pipe:

@@ -46,6 +46,20 @@ def test_a_pair_whose_redis_window_expired_is_rebuilt_from_the_archive(redis_cli
     assert redis_client.ttl(pair_prefix("count-valerian", "alice") + "turns") > 0
 
 
+def test_a_late_rebuild_of_a_pair_redis_still_holds_doubles_no_turn(redis_client):
+    """A new pair asks for a rebuild on its first turn; the Celery worker may run it only after
+    the turns were archived. The archive's timestamps (microseconds) must match Redis' floats."""
+    talk("npc-late", "alice", ["Good evening.", "I brought you a silver ring."])
+    _archive_all(redis_client)
+    tiers._hot = HotTier()
+
+    restored = memory_rehydrate(redis=redis_client, npc="npc-late", player="alice")
+    memory, _ = load("npc-late", "alice")
+
+    assert restored == 0
+    assert [turn.player for turn in memory.turns] == ["Good evening.", "I brought you a silver ring."]
+
+
 def test_a_rebuild_restores_facts_summaries_and_cards_with_the_latest_values(redis_client):
     talk("count-valerian", "alice", ["I brought you a bottle of wine."])
     events = [

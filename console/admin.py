@@ -40,6 +40,7 @@ from console.services.lore import LoreFileError, lore_packs_drop, lore_upload_ch
 from console.tasks import lore_ingest_task
 from inference.adapters import adapter_status_set
 from inference.tasks import residency_sync_enqueue
+from training.admin import ExampleExchangeInline
 
 admin.site.site_header = "Revenant console"
 admin.site.site_title = "Revenant"
@@ -100,7 +101,7 @@ class ArchetypeAdmin(SimpleHistoryAdmin):
     search_fields = ["name", "slug", "persona"]
     list_select_related = ["world", "base_model"]
     formfield_overrides = FORMFIELD_OVERRIDES
-    inlines = [SubfactionInline]
+    inlines = [SubfactionInline, ExampleExchangeInline]
     fieldsets = [
         (None, {"fields": ["world", "slug", "name", "base_model"]}),
         ("Voice and character", {"fields": ["persona", "speech_style", "personality_traits", "lexicon"]}),

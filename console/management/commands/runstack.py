@@ -53,7 +53,7 @@ class Command(BaseCommand):
         supervisor = Supervisor(log_dir=localstack.VAR_DIR / "log", cwd=localstack.PROJECT_DIR)
         python = sys.executable
         self.stdout.write(
-            "Starting Daphne, a Celery worker and beat, the memory archiver (logs in var/log/)…"
+            "Starting Daphne, Celery workers (io, training) and beat, the memory archiver (logs in var/log/)…"
         )
         try:
             web = supervisor.start("daphne", daphne_argv(host=host, port=port))
@@ -76,6 +76,12 @@ class Command(BaseCommand):
                     "io@%h",
                 ],
             )
+            # Training: one job at a time, torch in the worker's own process (training/tasks.py).
+            supervisor.start(
+                "celery-training",
+                [python, "-m", "celery", "-A", "console", "worker", "-Q", "training", "--pool=solo",
+                 "--loglevel=INFO", "-n", "training@%h"],
+            )  # fmt: skip
             supervisor.start(
                 "celery-beat", [python, "-m", "celery", "-A", "console", "beat", "--loglevel=INFO"]
             )

@@ -1,0 +1,178 @@
+"""Datasets: curated from barks, actions, designers' exchanges, approved turns and gated lore,
+shaped as the turn path serves them, split without leaks, and refused once tampered with."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+from django.utils import timezone
+
+from console.models import AdapterTask
+from console.services.lore import lore_document_ingest, lore_file_read
+from console.services.lore_graph import lore_graph_refresh
+from inference.prompts import player_text_block
+from memory.models import MemoryEvent, MemoryEventKind
+from tests.factories import ArchetypeFactory, NPCFactory, WorldFactory
+from training.datasets import DatasetError, dataset_build, dataset_read, dataset_verify
+from training.models import ExampleExchange, TranscriptApproval
+from training.transcripts import transcripts_approve
+
+pytestmark = pytest.mark.django_db
+
+OPEN_LORE = b"""# The Town
+
+The Weeping Well in the Market Square of Hollowmere has never run dry since it was dug in 1012.
+"""
+SEALED_LORE = b"""---
+archetypes: [vampire]
+---
+# Sealed
+
+Lady Seraphine Valerian was born in 1049 and made the Count in 1089.
+"""
+
+
+@pytest.fixture(autouse=True)
+def _datasets_dir(settings, tmp_path):
+    settings.DATASETS_DIR = tmp_path / "datasets"
+
+
+@pytest.fixture
+def world():
+    world = WorldFactory()
+    for name, data in (("town.md", OPEN_LORE), ("sealed.md", SEALED_LORE)):
+        lore_document_ingest(world=world, lore=lore_file_read(name, data))
+    lore_graph_refresh(world)
+    return world
+
+
+def _turn_event(npc_slug: str, player: str, npc: str, action: str = "talk") -> MemoryEvent:
+    return MemoryEvent.objects.create(
+        event_id=uuid.uuid4(), kind=MemoryEventKind.TURN, npc_slug=npc_slug, player_id="p1",
+        occurred_at=timezone.now(),
+        payload={"player": player, "npc": npc, "emotion": "amused", "action": action},
+    )  # fmt: skip
+
+
+def test_a_dialogue_dataset_takes_every_source_shaped_as_served(world):
+    vampire = ArchetypeFactory(world=world, slug="vampire")
+    npc = NPCFactory(archetype=vampire, name="Count Valerian")
+    ExampleExchange.objects.create(
+        archetype=vampire, player="Who are you?", reply="I am the night, my dear guest."
+    )
+    good = _turn_event(npc.slug, "Good evening, Count.", "Good evening, little candle.")
+    other_kind = MemoryEvent.objects.create(
+        event_id=uuid.uuid4(), kind=MemoryEventKind.FACT, npc_slug=npc.slug, player_id="p1",
+        occurred_at=timezone.now(), payload={"text": "a fact"},
+    )  # fmt: skip
+
+    assert transcripts_approve(events=[good, other_kind]) == 1
+    assert transcripts_approve(events=[good]) == 0  # approving twice changes nothing
+    dataset = dataset_build(archetype=vampire, task=AdapterTask.DIALOGUE_STYLE)
+
+    folder = dataset_verify(dataset)
+    rows = [json.loads(line) for name in ("train.jsonl", "heldout.jsonl") for line in (folder / name).open()]
+    sources = {row["source"].split(":")[0] for row in rows}
+    assert sources == {"exchange", "transcript", "bark", "lore"}
+    assert dataset.manifest["provenance"]["transcript"] == 1
+    assert dataset.train_examples + dataset.heldout_examples == len(rows)
+    assert dataset.train_examples > dataset.heldout_examples > 0
+    exchange = next(row for row in rows if row["source"].startswith("exchange"))
+    system, user, assistant = exchange["messages"]
+    assert system["role"] == "system"
+    assert "Your name is Count Valerian." in system["content"]
+    assert user["content"] == player_text_block("Who are you?")  # as the turn path sends it
+    assert assistant == {"role": "assistant", "content": "I am the night, my dear guest."}
+    lore = [row for row in rows if row["source"].startswith("lore")]
+    assert any("1049" in row["messages"][-1]["content"] for row in lore)
+    assert all("What you know of the world:" in row["messages"][0]["content"] for row in lore)
+
+
+def test_gated_lore_stays_out_of_other_archetypes_datasets(world):
+    zombie = ArchetypeFactory(world=world, slug="zombie")
+
+    dataset = dataset_build(archetype=zombie, task=AdapterTask.DIALOGUE_STYLE)
+
+    text = "".join(path.read_text() for path in Path(dataset.path).glob("*.jsonl"))
+    assert "Weeping Well" in text
+    assert "Seraphine" not in text
+
+
+def test_an_action_dataset_answers_the_turns_choice_question_with_allowed_actions(world):
+    vampire = ArchetypeFactory(world=world, slug="vampire")
+    npc = NPCFactory(archetype=vampire, name="Count Valerian")
+    ExampleExchange.objects.create(
+        archetype=vampire,
+        task=AdapterTask.ACTION_POLICY,
+        player="(kneels and bares the neck)",
+        action="bare_fangs",
+    )
+    ExampleExchange.objects.create(
+        archetype=vampire,
+        task=AdapterTask.ACTION_POLICY,
+        player="Dance!",
+        action="dance",  # not allowed
+    )
+    transcripts_approve(events=[_turn_event(npc.slug, "Hello.", "Good evening.", action="talk")])
+
+    dataset = dataset_build(archetype=vampire, task=AdapterTask.ACTION_POLICY)
+
+    rows = dataset_read(Path(dataset.path)) + dataset_read(Path(dataset.path), "heldout.jsonl")
+    answers = [json.loads(messages[-1]["content"]) for messages in rows]
+    assert {answer["action"] for answer in answers} == {"idle", "talk", "bare_fangs"}
+    assert all(
+        messages[-2]["content"] == "What does Count Valerian do now? Answer with JSON." for messages in rows
+    )
+    assert dataset.manifest["provenance"] == {"action": 7, "exchange": 1, "transcript": 1}
+
+
+def test_a_tampered_dataset_is_refused_and_says_to_rebuild(world):
+    dataset = dataset_build(archetype=ArchetypeFactory(world=world), task=AdapterTask.DIALOGUE_STYLE)
+    train = Path(dataset.path) / "train.jsonl"
+    dataset_verify(dataset)
+
+    train.write_text(train.read_text() + '{"messages": [], "source": "smuggled"}\n')
+
+    with pytest.raises(DatasetError, match="train.jsonl does not match its manifest.*rebuild the dataset"):
+        dataset_verify(dataset)
+    manifest = Path(dataset.path) / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"train": ', '"train": 1'))
+    with pytest.raises(DatasetError, match="manifest.json changed"):
+        dataset_verify(dataset)
+
+
+def test_too_few_examples_is_a_clear_error_and_leaves_nothing_behind(settings):
+    bare = ArchetypeFactory(barks={}, lexicon=[])
+
+    with pytest.raises(DatasetError, match="only 0 examples.*add example exchanges"):
+        dataset_build(archetype=bare, task=AdapterTask.DIALOGUE_STYLE)
+    assert not any(Path(settings.DATASETS_DIR).glob("**/*.jsonl"))
+
+
+def test_versions_count_up_and_each_keeps_its_own_files(world):
+    archetype = ArchetypeFactory(world=world)
+
+    first = dataset_build(archetype=archetype, task=AdapterTask.DIALOGUE_STYLE)
+    ExampleExchange.objects.create(
+        archetype=archetype, player="Speak.", reply="Nightfall comes, my dear guest."
+    )
+    second = dataset_build(archetype=archetype, task=AdapterTask.DIALOGUE_STYLE)
+
+    assert (first.version, second.version) == (1, 2)
+    assert first.path != second.path
+    dataset_verify(first)
+    assert (
+        second.train_examples + second.heldout_examples == first.train_examples + first.heldout_examples + 1
+    )
+
+
+def test_approvals_only_count_turns_of_known_npcs():
+    archetype = ArchetypeFactory()
+    npc = NPCFactory(archetype=archetype)
+    gone = _turn_event("an-npc-long-deleted", "Hi.", "Hello.")
+
+    assert transcripts_approve(events=[_turn_event(npc.slug, "Hi.", "Hello."), gone]) == 1
+    assert TranscriptApproval.objects.get().archetype == archetype

@@ -1,0 +1,153 @@
+"""Training jobs through real Celery training workers (solo pool, the `training` queue, the
+test Redis broker) and the suite's vLLM worker: exactly one execution when the broker
+redelivers, a killed worker's job resumed from its checkpoint, and the trained adapter served."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from django.utils import timezone
+
+from console.models import AdapterStatus, AdapterTask, BaseModel
+from inference.adapters import adapter_lora_name, adapter_status_set
+from inference.residency import residency_sync
+from tests.factories import ArchetypeFactory
+from tests.processes import process_log, process_running, subprocess_database_env
+from training.datasets import dataset_build
+from training.jobs import training_job_create, training_jobs_recover
+from training.models import ExampleExchange, TrainingJob, TrainingStatus
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+LINES = [
+    ("Who are you?", "I am the Count, master of this castle, my dear guest."),
+    ("What do you want?", "Your company, my dear guest, and a little of your warmth."),
+    ("Where am I?", "In my castle, my dear guest, where nightfall never ends."),
+    ("Can I leave?", "Of course, my dear guest. Nobody has wished to in three hundred years."),
+    ("Are you a vampire?", "I am a nobleman of the old blood, my dear guest. Sit by the fire."),
+    ("Tell me a story.", "Once, my dear guest, a traveller knocked on my gate at nightfall."),
+]
+
+
+@pytest.fixture
+def training_env(tmp_path, settings) -> dict[str, str]:
+    """What the test and its workers share: datasets and adapters in tmp, a short lease, and a
+    broker visibility timeout much shorter than a job (so Redis redelivers it mid-run)."""
+    settings.DATASETS_DIR = tmp_path / "datasets"
+    settings.ADAPTERS_DIR = tmp_path / "adapters"
+    settings.TRAINING_LEASE_S = 6
+    redis.Redis.from_url(settings.CELERY_BROKER_URL).delete("training")  # no leftovers of other tests
+    return {
+        **subprocess_database_env(),
+        "DATASETS_DIR": str(settings.DATASETS_DIR),
+        "ADAPTERS_DIR": str(settings.ADAPTERS_DIR),
+        "TRAINING_LEASE_S": "6",
+        "TRAINING_HEARTBEAT_S": "1",
+        "TRAINING_CHECKPOINT_EVERY": "4",
+        "CELERY_VISIBILITY_TIMEOUT_S": "4",
+    }
+
+
+@contextmanager
+def training_worker(name: str, env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
+    """A training worker as `make run` starts it (solo pool, the `training` queue)."""
+    argv = [sys.executable, "-m", "celery", "-A", "console", "worker", "-Q", "training", "--pool=solo",
+            "--loglevel=INFO", "-n", f"{name}-{os.getpid()}@%h"]  # fmt: skip
+    with process_running(name, argv, env) as process:
+        yield process
+
+
+@pytest.fixture
+def dataset(training_env, base_model_dir):
+    base_model, _ = BaseModel.objects.update_or_create(
+        name="smollm2-test",
+        defaults={"path": str(base_model_dir), "parameter_count": 134_515_008, "context_length": 8192},
+    )
+    archetype = ArchetypeFactory(base_model=base_model)
+    for player, reply in LINES:
+        ExampleExchange.objects.create(archetype=archetype, player=player, reply=reply)
+    return dataset_build(archetype=archetype, task=AdapterTask.DIALOGUE_STYLE)
+
+
+def _wait(check: Callable[[], Any], *, timeout_s: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _job(pk: int) -> TrainingJob:
+    return TrainingJob.objects.get(pk=pk)
+
+
+def test_a_redelivered_job_runs_once_and_its_adapter_is_served(dataset, training_env, vllm_worker):
+    with training_worker("training-a", training_env), training_worker("training-b", training_env):
+        job = training_job_create(dataset=dataset, steps=40, rank=4, alpha=8, learning_rate=5e-3)
+        done = _wait(
+            lambda: _job(job.pk).status in (TrainingStatus.SUCCEEDED, TrainingStatus.FAILED) and _job(job.pk),
+            timeout_s=420,
+            what=f"the job to end (logs: {process_log('training-a')}, {process_log('training-b')})",
+        )
+
+    assert done.status == TrainingStatus.SUCCEEDED, done.log
+    assert done.attempts == 1
+    assert done.log.count("starts:") == 1
+    # Redis redelivered the unacknowledged task (visibility timeout 4 s, the job ran longer):
+    # the second execution found the lease held and left.
+    assert "left: the lease is held by" in done.log, done.log
+    assert len(done.losses) == 40
+
+    adapter = adapter_status_set(adapter=done.adapter, status=AdapterStatus.ACTIVE)
+    residency_sync(workers=[vllm_worker.url])
+    reply = httpx.post(
+        f"{vllm_worker.url}/v1/chat/completions",
+        json={
+            "model": adapter_lora_name(adapter),
+            "max_tokens": 8,
+            "temperature": 0,
+            "messages": [{"role": "user", "content": "Who are you?"}],
+        },  # fmt: skip
+        timeout=120,
+    )
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["choices"][0]["message"]["content"]
+
+
+def test_a_killed_training_worker_leaves_no_job_stuck_in_running(dataset, training_env):
+    with training_worker("training-killed", training_env) as doomed:
+        job = training_job_create(dataset=dataset, steps=24, rank=4, alpha=8, learning_rate=5e-3)
+        _wait(lambda: _job(job.pk).checkpoint_step >= 4, timeout_s=300, what="a first checkpoint")
+        doomed.send_signal(signal.SIGKILL)
+        doomed.wait()
+    killed = _job(job.pk)
+    assert killed.status == TrainingStatus.RUNNING  # for now: its lease has yet to lapse
+
+    with training_worker("training-next", training_env):
+        lapsed = timezone.now() + timedelta(seconds=int(training_env["TRAINING_LEASE_S"]) + 1)
+        _wait(lambda: timezone.now() > lapsed, timeout_s=30, what="the dead execution's lease to lapse")
+        assert training_jobs_recover() == [job.pk]  # Celery beat runs this every minute
+        done = _wait(
+            lambda: _job(job.pk).status in (TrainingStatus.SUCCEEDED, TrainingStatus.FAILED) and _job(job.pk),
+            timeout_s=300,
+            what=f"the resumed job to end (log: {process_log('training-next')})",
+        )
+
+    assert done.status == TrainingStatus.SUCCEEDED, done.log
+    assert done.attempts == 2
+    assert f"resumes from the checkpoint at step {killed.checkpoint_step}/24" in done.log
+    assert len(done.losses) == 24
+    assert done.adapter is not None

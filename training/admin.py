@@ -1,0 +1,171 @@
+"""Training in the console: example exchanges on the archetype page, datasets (built from a
+form), training jobs (started from a dataset, followed live, cancelled) and approved turns."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import get_object_or_404, render
+from django.urls import path, reverse
+
+from training.datasets import DatasetError, dataset_build
+from training.jobs import TrainingJobError, training_job_cancel, training_job_create
+from training.models import TRAINING_ENDED, Dataset, ExampleExchange, TrainingJob, TranscriptApproval
+from training.plots import loss_plot_svg
+
+
+class ExampleExchangeInline(admin.TabularInline):
+    """Designer-written exchanges on the archetype page: datasets take these first."""
+
+    model = ExampleExchange
+    fields = ["task", "player", "reply", "action", "emotion"]
+    extra = 1
+
+    def get_formset(self, request: HttpRequest, obj: Any = None, **kwargs: Any) -> Any:
+        kwargs["widgets"] = {
+            "player": forms.Textarea(attrs={"rows": 2, "cols": 40}),
+            "reply": forms.Textarea(attrs={"rows": 2, "cols": 50}),
+        }
+        return super().get_formset(request, obj, **kwargs)
+
+
+class DatasetBuildForm(forms.ModelForm):
+    """An archetype and a task: the next version of that dataset is built on save."""
+
+    class Meta:
+        model = Dataset
+        fields = ["archetype", "task"]
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        archetype, task = cleaned.get("archetype"), cleaned.get("task")
+        if archetype is not None and task:
+            try:
+                self.instance = dataset_build(archetype=archetype, task=task)
+            except DatasetError as exc:
+                raise ValidationError(str(exc)) from None
+        return cleaned
+
+
+@admin.register(Dataset)
+class DatasetAdmin(admin.ModelAdmin):
+    list_display = ["archetype", "task", "version", "train_examples", "heldout_examples", "created_at"]
+    list_filter = ["task", "archetype"]
+    readonly_fields = [
+        "archetype", "task", "version", "path", "train_examples", "heldout_examples", "provenance",
+        "manifest_sha256", "created_at",
+    ]  # fmt: skip
+    actions = ["train"]
+
+    def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
+        if obj is None:
+            kwargs["form"] = DatasetBuildForm
+        return super().get_form(request, obj, change=change, **kwargs)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        return self.readonly_fields if obj is not None else []
+
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        return self.readonly_fields if obj is not None else ["archetype", "task"]
+
+    def save_model(self, request: HttpRequest, obj: Dataset, form: Any, change: bool) -> None:
+        pass  # the form's clean() built and registered the dataset
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # a dataset is immutable: build a new version
+
+    @admin.display(description="where the examples come from")
+    def provenance(self, dataset: Dataset) -> str:
+        return ", ".join(
+            f"{source} {count}" for source, count in sorted(dataset.manifest.get("provenance", {}).items())
+        )
+
+    @admin.action(description="Train an adapter on the selected datasets", permissions=["train"])
+    def train(self, request: HttpRequest, queryset: QuerySet[Dataset]) -> None:
+        for dataset in queryset:
+            try:
+                job = training_job_create(dataset=dataset, created_by=request.user)
+            except TrainingJobError as exc:
+                self.message_user(request, str(exc), messages.ERROR)
+                continue
+            self.message_user(request, f"Training job {job.pk} queued for {dataset}.", messages.SUCCESS)
+
+    def has_train_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("training.add_trainingjob")
+
+
+@admin.register(TrainingJob)
+class TrainingJobAdmin(admin.ModelAdmin):
+    """Training runs: a live progress bar, the loss plot, the log; cancel from the job's page."""
+
+    list_display = ["pk", "dataset", "status", "progress", "step", "steps", "adapter", "created_at"]
+    list_filter = ["status"]
+    readonly_fields = [field.name for field in TrainingJob._meta.fields if field.name != "losses"]
+    exclude = ["losses"]
+    change_form_template = "admin/training/trainingjob/change_form.html"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # started from a dataset (the Datasets list's action)
+
+    def get_urls(self) -> list[Any]:
+        wrap = self.admin_site.admin_view
+        return [
+            path("<int:pk>/status/", wrap(self.status_view), name="training_trainingjob_status"),
+            path("<int:pk>/cancel/", wrap(self.cancel_view), name="training_trainingjob_cancel"),
+            *super().get_urls(),
+        ]
+
+    def _status(self, request: HttpRequest, job: TrainingJob) -> dict[str, Any]:
+        return {
+            "job": job,
+            "done": job.status in TRAINING_ENDED,
+            "plot": loss_plot_svg(job.losses, total_steps=job.steps),
+            "may_cancel": job.status not in TRAINING_ENDED
+            and request.user.has_perm("training.change_trainingjob"),
+        }
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: Any = None
+    ) -> Any:
+        job = get_object_or_404(TrainingJob, pk=object_id)
+        return super().change_view(
+            request, object_id, form_url, {**(extra_context or {}), **self._status(request, job)}
+        )
+
+    def status_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+        """Progress, loss plot and log: an htmx fragment that polls until the job ends."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        job = get_object_or_404(TrainingJob, pk=pk)
+        return render(request, "admin/training/trainingjob/status.html", self._status(request, job))
+
+    def cancel_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+        if request.method != "POST" or not request.user.has_perm("training.change_trainingjob"):
+            raise PermissionDenied
+        job = training_job_cancel(get_object_or_404(TrainingJob, pk=pk))
+        self.message_user(
+            request, f"Training job {job.pk}: {job.get_status_display().lower()}, cancel requested."
+        )
+        return HttpResponseRedirect(reverse("admin:training_trainingjob_change", args=[job.pk]))
+
+
+@admin.register(TranscriptApproval)
+class TranscriptApprovalAdmin(admin.ModelAdmin):
+    """Turns designers approved for training (from the memory archive's action)."""
+
+    list_display = ["approved_at", "archetype", "turn", "approved_by"]
+    list_filter = ["archetype"]
+    readonly_fields = ["event", "archetype", "approved_by", "approved_at"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    @admin.display(description="turn")
+    def turn(self, approval: TranscriptApproval) -> str:
+        payload = approval.event.payload
+        return f"{payload.get('player', '')[:60]} → {payload.get('npc', '')[:80]}"

@@ -1,0 +1,328 @@
+"""Datasets: chat-format JSONL per archetype and task, curated from what the archetype already
+is (persona, barks, allowed actions), what designers wrote (example exchanges), the lore it may
+know, and turns designers approved from the archive.
+
+Every example is shaped exactly as the turn path sends it (inference.prompts: the same system
+message, the same <player_says> block, the same choice question and JSON answer), so an adapter
+learns the prompts it will be served. Lore examples carry their passage in the lore slot and
+answer from it: the adapter learns to use what retrieval gives it, not to memorise a world.
+
+A dataset is written to a fresh folder (train.jsonl, heldout.jsonl, manifest.json) and only then
+registered; its manifest holds each file's sha256 and every example's source, and training
+refuses a dataset whose files changed (`dataset_verify`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import re
+import shutil
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from console.models import NPC, AdapterTask, Archetype, Concept, LoreChunk, LoreEvent
+from inference.prompts import PromptParts, prompt_assemble
+from memory.lore import gate_q
+from memory.models import MemoryEventKind
+from training.models import Dataset, ExampleExchange, TranscriptApproval
+
+logger = logging.getLogger(__name__)
+
+# Tasks whose adapter answers with a choice (vLLM structured output), and the question the turn
+# asks (inference.turns.structured_choice); the others answer in voice.
+CHOICE_TASKS: dict[str, tuple[str, str]] = {
+    AdapterTask.ACTION_POLICY: ("action", "What does {name} do now?"),
+    AdapterTask.EMOTIONAL_RESPONSE: ("emotion", "How does {name} feel hearing this?"),
+}
+# What a player says when a bark fits (the archetype's barks become in-voice replies).
+BARK_CUES = {
+    "greet": ["Hello there.", "Good evening.", "Greetings, stranger.", "Who are you?"],
+    "farewell": ["Farewell.", "I must go now.", "Goodbye, and good night."],
+    "alert": ["I have come to destroy you!", "Stand aside or die!", "Get back, creature!"],
+    "hurt": ["(strikes you with a silvered blade)", "Take that!", "(throws holy water at you)"],
+    "idle": ["...", "(waits in silence)", "Hm."],
+}
+# What a player says (or does) when an action is the natural answer; other actions are cued
+# by their own description, as a situation.
+ACTION_CUES = {
+    "talk": ["What can you tell me of this place?", "I would like a word with you.", "Tell me a story."],
+    "idle": ["(says nothing and looks away)", "...", "(busies themselves with their pack)"],
+    "attack": ["Die, monster!", "(draws a sword and charges)", "I will put you down for good."],
+    "follow": ["Follow me.", "Come with me, quickly.", "Walk with me a while."],
+    "flee": ["(raises a blazing torch)", "(holds up a holy relic that burns with light)"],
+    "wander": ["(walks past without a word)", "(is nowhere to be seen)"],
+}
+LORE_QUESTIONS = ("What do you know of {name}?", "Tell me about {name}.", "Have you heard of {name}?")
+EVENT_QUESTIONS = ("What happened in the year {year}?", "Tell me what happened in {year}.")
+MAX_LORE_EXAMPLES = 240
+
+
+class DatasetError(Exception):
+    """A dataset that cannot be built or trusted; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class Example:
+    messages: list[dict[str, str]]
+    source: str  # "exchange:12", "transcript:<event id>", "bark:greet", "lore:<chunk id>", "action:<name>"
+
+    def line(self) -> str:
+        return json.dumps({"messages": self.messages, "source": self.source}, ensure_ascii=False)
+
+
+class _Prompter:
+    """Serving-shaped messages for an archetype, rotating over its NPCs' cards so an adapter
+    learns the archetype, not one NPC."""
+
+    def __init__(self, archetype: Archetype) -> None:
+        self.archetype = archetype
+        self.npcs = list(NPC.objects.filter(archetype=archetype).select_related("region").order_by("slug"))
+        self.turn = 0
+
+    def card(self) -> tuple[str, str]:
+        archetype = self.archetype
+        npc = self.npcs[self.turn % len(self.npcs)] if self.npcs else None
+        self.turn += 1
+        lines = [
+            f"Your name is {npc.name}. You are in {npc.region.name}."
+            if npc
+            else f"You are a {archetype.name}.",
+            npc.backstory if npc else "",
+            f"How you speak: {archetype.speech_style}" if archetype.speech_style else "",
+            f"Words you favour: {', '.join(archetype.lexicon)}" if archetype.lexicon else "",
+        ]
+        return (npc.name if npc else archetype.name), "\n".join(line for line in lines if line)
+
+    def messages(self, player: str, *, lore: str = "") -> tuple[str, list[dict[str, str]]]:
+        name, card = self.card()
+        prompt = prompt_assemble(
+            PromptParts(
+                persona=self.archetype.persona,
+                subfaction="",
+                npc_card=card,
+                memory="",
+                lore=lore,
+                history=[],
+                player_text=player,
+            ),  # fmt: skip
+            budget_tokens=1_000_000,
+            count=len,  # no budget to keep: dataset prompts are never cut
+        )
+        return name, prompt.messages
+
+
+def _reply_example(prompter: _Prompter, player: str, reply: str, source: str, *, lore: str = "") -> Example:
+    _, messages = prompter.messages(player, lore=lore)
+    return Example([*messages, {"role": "assistant", "content": reply}], source)
+
+
+def _choice_example(prompter: _Prompter, task: str, player: str, value: str, source: str) -> Example:
+    kind, question = CHOICE_TASKS[task]
+    name, messages = prompter.messages(player)
+    asked = [*messages, {"role": "user", "content": f"{question.format(name=name)} Answer with JSON."}]
+    return Example([*asked, {"role": "assistant", "content": json.dumps({kind: value})}], source)
+
+
+def _sentence_naming(text: str, needle: str) -> str:
+    for sentence in re.split(r"(?<=[.!?])\s+", text):
+        if needle in sentence:
+            return sentence.strip()
+    return ""
+
+
+def _opener(archetype: Archetype, rng: random.Random) -> str:
+    words = [word for word in archetype.lexicon if len(word) < 30]
+    return f"{rng.choice(words).capitalize()}..." if words else ""
+
+
+def _lore_examples(prompter: _Prompter, rng: random.Random) -> list[Example]:
+    """Questions about the concepts and events the archetype may know, each answered from the
+    passage in its lore slot (the lore graph gives the names and years to ask about)."""
+    archetype = prompter.archetype
+    chunks = LoreChunk.objects.filter(gate_q(archetype=archetype.slug), world=archetype.world)
+    allowed = dict(chunks.values_list("pk", "text"))
+    asked: list[tuple[str, int, str]] = []  # (question, chunk, the sentence that answers it)
+    for name, chunk in Concept.objects.filter(world=archetype.world, chunks__in=list(allowed)).values_list(
+        "name", "chunks"
+    ):
+        sentence = _sentence_naming(allowed[chunk], name)
+        if sentence and len(sentence.split()) >= 6:
+            asked.append((rng.choice(LORE_QUESTIONS).format(name=name), chunk, sentence))
+    for year, description, chunk in LoreEvent.objects.filter(
+        world=archetype.world, chunk__in=list(allowed), year__isnull=False
+    ).values_list("year", "description", "chunk"):
+        asked.append((rng.choice(EVENT_QUESTIONS).format(year=year), chunk, description))
+    rng.shuffle(asked)
+    examples = []
+    for question, chunk, sentence in asked[:MAX_LORE_EXAMPLES]:
+        lore = f"- {allowed[chunk][:600]}"
+        reply = f"{_opener(archetype, rng)} {sentence}".strip()
+        examples.append(_reply_example(prompter, question, reply, f"lore:{chunk}", lore=lore))
+    return examples
+
+
+def dataset_examples(*, archetype: Archetype, task: str, seed: int = 0) -> list[Example]:
+    """Every example for an archetype's task, in a stable order for a given seed."""
+    if task not in AdapterTask.values:
+        raise DatasetError(f"unknown task {task!r}: use one of {', '.join(AdapterTask.values)}")
+    rng = random.Random(f"{archetype.slug}:{task}:{seed}")
+    prompter = _Prompter(archetype)
+    examples: list[Example] = []
+    exchanges = ExampleExchange.objects.filter(archetype=archetype, task=task)
+    approved = TranscriptApproval.objects.filter(
+        archetype=archetype, event__kind=MemoryEventKind.TURN
+    ).values_list("event__event_id", "event__payload")
+    if task in CHOICE_TASKS:
+        kind, _ = CHOICE_TASKS[task]
+        options = archetype.action_names if kind == "action" else list(archetype.emotions)
+        for exchange in exchanges:
+            value = exchange.action if kind == "action" else exchange.emotion
+            if value in options:
+                examples.append(
+                    _choice_example(prompter, task, exchange.player, value, f"exchange:{exchange.pk}")
+                )
+        for event_id, payload in approved:
+            if payload.get(kind) in options and payload.get("player"):
+                examples.append(
+                    _choice_example(
+                        prompter, task, payload["player"], payload[kind], f"transcript:{event_id}"
+                    )
+                )
+        if kind == "action":
+            for action in archetype.allowed_actions:
+                cues = ACTION_CUES.get(action["name"]) or [f"({action['description']})"]
+                for cue in cues:
+                    examples.append(
+                        _choice_example(prompter, task, cue, action["name"], f"action:{action['name']}")
+                    )
+        else:
+            for cue in BARK_CUES["greet"]:
+                examples.append(_choice_example(prompter, task, cue, "neutral", "emotion:neutral"))
+        return examples
+    for exchange in exchanges:
+        if exchange.reply:
+            examples.append(
+                _reply_example(prompter, exchange.player, exchange.reply, f"exchange:{exchange.pk}")
+            )
+    for event_id, payload in approved:
+        if payload.get("player") and payload.get("npc"):
+            examples.append(
+                _reply_example(prompter, payload["player"], payload["npc"], f"transcript:{event_id}")
+            )
+    if task in (AdapterTask.DIALOGUE_STYLE, AdapterTask.PERSONALITY):
+        for situation, lines in sorted(archetype.barks.items()):
+            cues = BARK_CUES.get(situation, BARK_CUES["idle"])
+            for index, line in enumerate(lines):
+                examples.append(_reply_example(prompter, cues[index % len(cues)], line, f"bark:{situation}"))
+    if task in (AdapterTask.DIALOGUE_STYLE, AdapterTask.WORLD_KNOWLEDGE):
+        examples += _lore_examples(prompter, rng)
+    return examples
+
+
+def _heldout(example: Example) -> bool:
+    """Held out by the player's words, so one question never lands on both sides."""
+    player = next(m["content"] for m in reversed(example.messages) if m["role"] == "user")
+    digest = hashlib.sha256(f"{example.source.split(':')[0]}:{player}".encode()).digest()
+    return digest[0] / 256 < settings.DATASET_HELDOUT_SHARE
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _manifest_sha256(manifest: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+
+
+def dataset_build(*, archetype: Archetype, task: str, min_examples: int = 8) -> Dataset:
+    """Build and register the next version of an archetype's dataset for `task`."""
+    examples = dataset_examples(archetype=archetype, task=task)
+    if len(examples) < min_examples:
+        raise DatasetError(
+            f"{archetype.slug} {task}: only {len(examples)} examples (at least {min_examples} needed): "
+            "add example exchanges in the archetype's admin page, barks, allowed actions or lore"
+        )
+    train = [example for example in examples if not _heldout(example)]
+    heldout = [example for example in examples if _heldout(example)]
+    if not train:
+        raise DatasetError(f"{archetype.slug} {task}: every example fell in the held-out share")
+    version = (Dataset.objects.filter(archetype=archetype, task=task).order_by("-version").values_list(
+        "version", flat=True).first() or 0) + 1  # fmt: skip
+    folder = Path(settings.DATASETS_DIR) / archetype.slug / task / f"v{version}"
+    if folder.exists():
+        # No row names it (versions come from the rows): a leftover of a database that was reset.
+        logger.warning("dataset folder %s has no row; replacing it", folder)
+        shutil.rmtree(folder)
+    staging = folder.with_name(f".v{version}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        for name, rows in (("train.jsonl", train), ("heldout.jsonl", heldout)):
+            (staging / name).write_text("".join(example.line() + "\n" for example in rows), encoding="utf-8")
+        manifest = {
+            "archetype": archetype.slug,
+            "task": task,
+            "version": version,
+            "created_at": timezone.now().isoformat(),
+            "files": {name: file_sha256(staging / name) for name in ("train.jsonl", "heldout.jsonl")},
+            "examples": {"train": len(train), "heldout": len(heldout)},
+            "provenance": dict(Counter(example.source.split(":")[0] for example in examples)),
+        }
+        (staging / "manifest.json").write_text(
+            json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8"
+        )
+        with transaction.atomic():
+            dataset = Dataset.objects.create(
+                archetype=archetype, task=task, version=version, path=str(folder), manifest=manifest,
+                manifest_sha256=_manifest_sha256(manifest), train_examples=len(train),
+                heldout_examples=len(heldout),
+            )  # fmt: skip
+            staging.rename(folder)  # the row commits only if the folder is in place
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    logger.info(
+        "dataset %s: %d train, %d held out, %s", dataset, len(train), len(heldout), manifest["provenance"]
+    )
+    return dataset
+
+
+def dataset_verify(dataset: Dataset) -> Path:
+    """The dataset's folder, after checking its manifest and files against the registry."""
+    folder = Path(dataset.path)
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"dataset {dataset}: manifest unreadable ({exc}); rebuild the dataset") from exc
+    if _manifest_sha256(manifest) != dataset.manifest_sha256:
+        raise DatasetError(
+            f"dataset {dataset}: manifest.json changed since it was built; rebuild the dataset"
+        )
+    for name, expected in manifest["files"].items():
+        path = folder / name
+        actual = file_sha256(path) if path.exists() else "missing"
+        if actual != expected:
+            raise DatasetError(
+                f"dataset {dataset}: {name} does not match its manifest (sha256 {actual[:12]}…, expected "
+                f"{expected[:12]}…); it was edited or damaged: rebuild the dataset"
+            )
+    return folder
+
+
+def dataset_read(folder: Path, name: str = "train.jsonl") -> list[list[dict[str, str]]]:
+    """The chat examples (message lists) of a verified dataset file."""
+    with (folder / name).open(encoding="utf-8") as handle:
+        return [json.loads(line)["messages"] for line in handle if line.strip()]

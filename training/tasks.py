@@ -1,0 +1,22 @@
+"""Celery tasks of the training package. Training runs on the `training` queue, served by a
+solo-pool worker: one job at a time, torch and peft imported inside the run."""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+from training.jobs import training_job_run, training_jobs_recover
+
+
+# acks_late and reject_on_worker_lost: a killed worker's message comes back. The job's lease,
+# not Celery, guarantees one execution (a redelivery finds the lease held and leaves).
+@shared_task(acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def training_job_task(job_id: int) -> str:
+    job = training_job_run(job_id)
+    return str(job.status) if job else "missing"
+
+
+@shared_task(ignore_result=True)
+def training_jobs_recover_task() -> list[int]:
+    """Queue again the jobs whose execution died (Celery beat, every minute)."""
+    return training_jobs_recover()

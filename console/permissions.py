@@ -51,6 +51,7 @@ GROUP_PERMISSIONS: dict[str, dict[tuple[str, str], tuple[str, ...]]] = {
         ("training", "transcriptapproval"): ("add", "view", "delete"),
         ("training", "dataset"): ("add", "view"),
         ("training", "trainingjob"): ("add", "change", "view"),  # change: cancel
+        ("training", "evalrun"): ("add", "view"),
     },
     OPS: {
         ("console", "world"): VIEW,
@@ -79,6 +80,7 @@ GROUP_PERMISSIONS: dict[str, dict[tuple[str, str], tuple[str, ...]]] = {
         ("training", "transcriptapproval"): VIEW,
         ("training", "dataset"): VIEW,
         ("training", "trainingjob"): VIEW,
+        ("training", "evalrun"): VIEW,
         ("auth", "user"): VIEW,
         ("auth", "group"): VIEW,
         ("django_celery_results", "taskresult"): VIEW,

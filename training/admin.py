@@ -13,7 +13,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, render
 from django.urls import path, reverse
 
-from training.datasets import DatasetError, dataset_build
+from training.datasets import DatasetError, dataset_build, dataset_check
 from training.jobs import TrainingJobError, training_job_cancel, training_job_create
 from training.models import TRAINING_ENDED, Dataset, ExampleExchange, TrainingJob, TranscriptApproval
 from training.plots import loss_plot_svg
@@ -46,7 +46,7 @@ class DatasetBuildForm(forms.ModelForm):
         archetype, task = cleaned.get("archetype"), cleaned.get("task")
         if archetype is not None and task:
             try:
-                self.instance = dataset_build(archetype=archetype, task=task)
+                dataset_check(archetype=archetype, task=task)
             except DatasetError as exc:
                 raise ValidationError(str(exc)) from None
         return cleaned
@@ -74,7 +74,8 @@ class DatasetAdmin(admin.ModelAdmin):
         return self.readonly_fields if obj is not None else ["archetype", "task"]
 
     def save_model(self, request: HttpRequest, obj: Dataset, form: Any, change: bool) -> None:
-        pass  # the form's clean() built and registered the dataset
+        built = dataset_build(archetype=obj.archetype, task=obj.task)  # writes the files, then the row
+        obj.pk, obj.version = built.pk, built.version
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False  # a dataset is immutable: build a new version

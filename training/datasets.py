@@ -30,7 +30,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from console.models import NPC, AdapterTask, Archetype, Concept, LoreChunk, LoreEvent
-from inference.prompts import PromptParts, prompt_assemble
+from inference.prompts import PromptParts, Turn, prompt_assemble
 from memory.lore import gate_q
 from memory.models import MemoryEventKind
 from training.models import Dataset, ExampleExchange, TranscriptApproval
@@ -79,7 +79,7 @@ class Example:
         return json.dumps({"messages": self.messages, "source": self.source}, ensure_ascii=False)
 
 
-class _Prompter:
+class Prompter:
     """Serving-shaped messages for an archetype, rotating over its NPCs' cards so an adapter
     learns the archetype, not one NPC."""
 
@@ -102,7 +102,9 @@ class _Prompter:
         ]
         return (npc.name if npc else archetype.name), "\n".join(line for line in lines if line)
 
-    def messages(self, player: str, *, lore: str = "") -> tuple[str, list[dict[str, str]]]:
+    def messages(
+        self, player: str, *, lore: str = "", history: list[Turn] | None = None
+    ) -> tuple[str, list[dict[str, str]]]:
         name, card = self.card()
         prompt = prompt_assemble(
             PromptParts(
@@ -111,7 +113,7 @@ class _Prompter:
                 npc_card=card,
                 memory="",
                 lore=lore,
-                history=[],
+                history=history or [],
                 player_text=player,
             ),  # fmt: skip
             budget_tokens=1_000_000,
@@ -120,12 +122,12 @@ class _Prompter:
         return name, prompt.messages
 
 
-def _reply_example(prompter: _Prompter, player: str, reply: str, source: str, *, lore: str = "") -> Example:
+def _reply_example(prompter: Prompter, player: str, reply: str, source: str, *, lore: str = "") -> Example:
     _, messages = prompter.messages(player, lore=lore)
     return Example([*messages, {"role": "assistant", "content": reply}], source)
 
 
-def _choice_example(prompter: _Prompter, task: str, player: str, value: str, source: str) -> Example:
+def _choice_example(prompter: Prompter, task: str, player: str, value: str, source: str) -> Example:
     kind, question = CHOICE_TASKS[task]
     name, messages = prompter.messages(player)
     asked = [*messages, {"role": "user", "content": f"{question.format(name=name)} Answer with JSON."}]
@@ -144,7 +146,7 @@ def _opener(archetype: Archetype, rng: random.Random) -> str:
     return f"{rng.choice(words).capitalize()}..." if words else ""
 
 
-def _lore_examples(prompter: _Prompter, rng: random.Random) -> list[Example]:
+def _lore_examples(prompter: Prompter, rng: random.Random) -> list[Example]:
     """Questions about the concepts and events the archetype may know, each answered from the
     passage in its lore slot (the lore graph gives the names and years to ask about)."""
     archetype = prompter.archetype
@@ -175,7 +177,7 @@ def dataset_examples(*, archetype: Archetype, task: str, seed: int = 0) -> list[
     if task not in AdapterTask.values:
         raise DatasetError(f"unknown task {task!r}: use one of {', '.join(AdapterTask.values)}")
     rng = random.Random(f"{archetype.slug}:{task}:{seed}")
-    prompter = _Prompter(archetype)
+    prompter = Prompter(archetype)
     examples: list[Example] = []
     exchanges = ExampleExchange.objects.filter(archetype=archetype, task=task)
     approved = TranscriptApproval.objects.filter(
@@ -247,14 +249,23 @@ def _manifest_sha256(manifest: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
 
 
-def dataset_build(*, archetype: Archetype, task: str, min_examples: int = 8) -> Dataset:
-    """Build and register the next version of an archetype's dataset for `task`."""
+MIN_EXAMPLES = 8
+
+
+def dataset_check(*, archetype: Archetype, task: str) -> list[Example]:
+    """The examples a dataset would hold, or DatasetError saying what to add."""
     examples = dataset_examples(archetype=archetype, task=task)
-    if len(examples) < min_examples:
+    if len(examples) < MIN_EXAMPLES:
         raise DatasetError(
-            f"{archetype.slug} {task}: only {len(examples)} examples (at least {min_examples} needed): "
+            f"{archetype.slug} {task}: only {len(examples)} examples (at least {MIN_EXAMPLES} needed): "
             "add example exchanges in the archetype's admin page, barks, allowed actions or lore"
         )
+    return examples
+
+
+def dataset_build(*, archetype: Archetype, task: str) -> Dataset:
+    """Build and register the next version of an archetype's dataset for `task`."""
+    examples = dataset_check(archetype=archetype, task=task)
     train = [example for example in examples if not _heldout(example)]
     heldout = [example for example in examples if _heldout(example)]
     if not train:

@@ -64,6 +64,7 @@ def _fail(job_id: int, error: str) -> None:
 def training_job_create(
     *, dataset: Dataset, steps: int = 200, rank: int = 8, alpha: int = 16, learning_rate: float = 2e-3,
     base_model: BaseModel | None = None, created_by: object | None = None, enqueue: bool = True,
+    evaluate: bool = True,
 ) -> TrainingJob:  # fmt: skip
     """Check the dataset and the base model, create the job row and queue it (after commit)."""
     from training.tasks import training_job_task
@@ -84,7 +85,7 @@ def training_job_create(
         )
     job = TrainingJob(
         dataset=dataset, base_model=base_model, steps=steps, rank=rank, alpha=alpha,
-        learning_rate=learning_rate, created_by=created_by,  # type: ignore[misc]
+        learning_rate=learning_rate, created_by=created_by, evaluate=evaluate,  # type: ignore[misc]
     )  # fmt: skip
     job.full_clean()
     job.save()
@@ -238,6 +239,13 @@ def _train(job: TrainingJob, owner: str, heartbeat: _Heartbeat) -> None:
     shutil.rmtree(checkpoints, ignore_errors=True)
     _log(job.pk, f"done: adapter {adapter} registered as a candidate", status=TrainingStatus.SUCCEEDED,
          adapter=adapter, progress=100.0, finished_at=timezone.now())  # fmt: skip
+    if job.evaluate:
+        from training.evaluation import eval_run_create
+        from training.tasks import eval_run_task
+
+        run = eval_run_create(adapter=adapter)
+        eval_run_task.delay(run.pk)
+        _log(job.pk, f"evaluation {run.pk} queued against {run.baseline}")
 
 
 def training_job_cancel(job: TrainingJob) -> TrainingJob:

@@ -114,6 +114,10 @@ class TrainingJob(models.Model):
     lease_owner = models.CharField(max_length=100, blank=True)
     lease_until = models.DateTimeField(null=True, blank=True)
     cancel_requested = models.BooleanField(default=False)
+    evaluate = models.BooleanField(
+        default=True,
+        help_text="Evaluate the adapter when training ends, and promote it if it passes its gate.",
+    )
     adapter = models.ForeignKey(
         "console.Adapter", on_delete=models.SET_NULL, null=True, blank=True, related_name="training_jobs"
     )
@@ -133,3 +137,40 @@ class TrainingJob(models.Model):
 
     def __str__(self) -> str:
         return f"training {self.pk}: {self.dataset}"
+
+
+class EvalStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+
+
+class EvalRun(models.Model):
+    """A candidate adapter measured against its baseline (the active adapter of its task, else
+    the base model) on the same prompts: metrics side by side, the gate's verdict, and whether
+    the candidate was promoted."""
+
+    adapter = models.ForeignKey("console.Adapter", on_delete=models.CASCADE, related_name="eval_runs")
+    baseline = models.CharField(max_length=200, help_text="What the candidate was compared with.")
+    status = models.CharField(max_length=16, choices=EvalStatus.choices, default=EvalStatus.QUEUED)
+    progress = models.FloatField(default=0.0, help_text="Percent done.")
+    candidate_metrics = models.JSONField(default=dict, blank=True)
+    baseline_metrics = models.JSONField(default=dict, blank=True)
+    gate = models.JSONField(
+        default=dict, blank=True, help_text="{metric: minimum} the candidate had to meet."
+    )
+    passed = models.BooleanField(null=True, blank=True)
+    reasons = models.JSONField(default=list, blank=True, help_text="The gate's verdict, metric by metric.")
+    samples = models.JSONField(default=list, blank=True, help_text="Some prompts with both answers.")
+    promoted = models.BooleanField(default=False)
+    log = models.TextField(blank=True)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"eval {self.pk}: {self.adapter}"

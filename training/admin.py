@@ -1,5 +1,6 @@
 """Training in the console: example exchanges on the archetype page, datasets (built from a
-form), training jobs (started from a dataset, followed live, cancelled) and approved turns."""
+form), training jobs (started from a dataset, followed live, cancelled), evaluations (followed
+live, candidate and baseline side by side) and approved turns."""
 
 from __future__ import annotations
 
@@ -14,8 +15,18 @@ from django.shortcuts import get_object_or_404, render
 from django.urls import path, reverse
 
 from training.datasets import DatasetError, dataset_build, dataset_check
+from training.eval.metrics import gate_passes
+from training.evaluation import evaluation_summary
 from training.jobs import TrainingJobError, training_job_cancel, training_job_create
-from training.models import TRAINING_ENDED, Dataset, ExampleExchange, TrainingJob, TranscriptApproval
+from training.models import (
+    TRAINING_ENDED,
+    Dataset,
+    EvalRun,
+    EvalStatus,
+    ExampleExchange,
+    TrainingJob,
+    TranscriptApproval,
+)
 from training.plots import loss_plot_svg
 
 
@@ -153,6 +164,84 @@ class TrainingJobAdmin(admin.ModelAdmin):
             request, f"Training job {job.pk}: {job.get_status_display().lower()}, cancel requested."
         )
         return HttpResponseRedirect(reverse("admin:training_trainingjob_change", args=[job.pk]))
+
+
+EVAL_ENDED = (EvalStatus.SUCCEEDED, EvalStatus.FAILED)
+
+
+def eval_run_verdict(run: EvalRun) -> str:
+    """The run's verdict in words, for its page and the adapter's."""
+    if run.passed is None:
+        return "failed before a verdict" if run.status == EvalStatus.FAILED else "not judged yet"
+    if not run.passed:
+        return "did not pass"
+    return "passed — promoted" if run.promoted else "passed"
+
+
+def _summary_rows(run: EvalRun) -> list[dict[str, Any]]:
+    """evaluation_summary's rows, each with `met`: whether the candidate met that row's gate
+    (None where the metric is not gated). gate_passes judges each row on its own so the page
+    agrees with the verdict, ties with the baseline included (a tie fails below 1.0)."""
+    rows = []
+    for row in evaluation_summary(run):
+        met = None
+        if row["gate"] is not None:
+            met = gate_passes(
+                run.candidate_metrics, run.baseline_metrics, {row["metric"]: row["gate"]}
+            ).passed
+        rows.append({**row, "met": met})
+    return rows
+
+
+@admin.register(EvalRun)
+class EvalRunAdmin(admin.ModelAdmin):
+    """Evaluations (started from the adapters list, or by training): followed live, then the
+    candidate's metrics beside the baseline's, the gate, its reasons and sample answers."""
+
+    list_display = ["created_at", "adapter", "baseline", "status", "passed", "promoted"]
+    list_filter = ["status", "passed", "promoted"]
+    list_select_related = ["adapter__archetype", "adapter__subfaction", "adapter__npc"]
+    # Metrics, gate, reasons, samples, log and error are laid out by the change form's status
+    # fragment (they change while the run goes on); the plain fields are the ones that do not.
+    fields = readonly_fields = ("adapter", "baseline", "created_at", "finished_at")
+    change_form_template = "admin/training/evalrun/change_form.html"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # runs come from the adapters list's action, or from training
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # a run is a record: evaluate again for a new one
+
+    def get_urls(self) -> list[Any]:
+        wrap = self.admin_site.admin_view
+        return [
+            path("<int:pk>/status/", wrap(self.status_view), name="training_evalrun_status"),
+            *super().get_urls(),
+        ]
+
+    def _status(self, run: EvalRun) -> dict[str, Any]:
+        return {
+            "run": run,
+            "done": run.status in EVAL_ENDED,
+            "rows": _summary_rows(run),
+            "verdict": eval_run_verdict(run),
+        }
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: Any = None
+    ) -> Any:
+        run = get_object_or_404(EvalRun, pk=object_id)
+        return super().change_view(
+            request, object_id, form_url, {**(extra_context or {}), **self._status(run)}
+        )
+
+    def status_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+        """Status, progress and (once measured) the comparison: an htmx fragment that polls until
+        the run ends, so the results appear without a reload."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        run = get_object_or_404(EvalRun, pk=pk)
+        return render(request, "admin/training/evalrun/_status.html", self._status(run))
 
 
 @admin.register(TranscriptApproval)

@@ -73,7 +73,11 @@ ACTION_PROBES = {
     "flee": ["(the sun rises and light floods the room)"],
 }
 SAMPLES_KEPT = 12
-# One greedy reply of at most 96 tokens; a busy 2-core CPU worker can take a while.
+# Replies are cut here: the rules ask for three sentences at most, and the facts and the voice
+# show in the first two. Generation dominates an eval's time on CPU (LoRA kernels copy the
+# adapter's matrices per token), so this halves it.
+EVAL_REPLY_TOKENS = 48
+# One greedy reply; a busy 2-core CPU worker can take a while.
 GENERATION_TIMEOUT_S = 180
 
 
@@ -100,7 +104,7 @@ class _Generator:
         self.url, self.model, self.on_call = url, model, on_call
         self.client = httpx.Client(timeout=GENERATION_TIMEOUT_S)
 
-    def __call__(self, messages: list[dict[str, str]], *, max_tokens: int = 96) -> str:
+    def __call__(self, messages: list[dict[str, str]], *, max_tokens: int = EVAL_REPLY_TOKENS) -> str:
         response = self.client.post(
             f"{self.url}/v1/chat/completions",
             json={

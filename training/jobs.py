@@ -19,6 +19,7 @@ import os
 import shutil
 import socket
 import threading
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -154,7 +155,9 @@ def output_folder(job: TrainingJob) -> Path:
     return Path(settings.ADAPTERS_DIR) / dataset.archetype.slug / dataset.task / f"job-{job.pk}"
 
 
-def training_job_run(job_id: int, *, owner: str | None = None) -> TrainingJob | None:
+def training_job_run(
+    job_id: int, *, owner: str | None = None, on_step: Callable[[int, int], None] | None = None
+) -> TrainingJob | None:
     """Run a job to its end if this execution gets the lease; otherwise leave it alone."""
     owner = owner or execution_name()
     if not lease_take(job_id, owner):
@@ -169,7 +172,7 @@ def training_job_run(job_id: int, *, owner: str | None = None) -> TrainingJob | 
     heartbeat.start()
     job = TrainingJob.objects.select_related("dataset__archetype", "base_model").get(pk=job_id)
     try:
-        _train(job, owner, heartbeat)
+        _train(job, owner, heartbeat, on_step)
     except TrainingStopped:
         if heartbeat.lost.is_set():
             _log(job_id, f"execution {owner} stopped: it lost the lease")
@@ -197,7 +200,9 @@ def training_job_run(job_id: int, *, owner: str | None = None) -> TrainingJob | 
     return job
 
 
-def _train(job: TrainingJob, owner: str, heartbeat: _Heartbeat) -> None:
+def _train(
+    job: TrainingJob, owner: str, heartbeat: _Heartbeat, progress: Callable[[int, int], None] | None
+) -> None:
     folder = dataset_verify(job.dataset)
     conversations = dataset_read(folder)
     checkpoints = checkpoint_folder(job)
@@ -216,6 +221,8 @@ def _train(job: TrainingJob, owner: str, heartbeat: _Heartbeat) -> None:
         losses.append(round(loss, 4))
         percent = round(100 * step / job.steps, 1)
         TrainingJob.objects.filter(pk=job.pk).update(step=step, progress=percent, losses=losses)
+        if progress is not None:
+            progress(step, job.steps)
         if int(percent) // 5 > reported[0]:
             reported[0] = int(percent) // 5
             _log(job.pk, f"{percent:.0f}% step {step}/{job.steps} loss {loss:.3f}")

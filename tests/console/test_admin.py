@@ -37,6 +37,10 @@ def _archetype_form(archetype: Archetype, **changes) -> dict[str, str]:
         "subfactions-INITIAL_FORMS": "0",
         "subfactions-MIN_NUM_FORMS": "0",
         "subfactions-MAX_NUM_FORMS": "1000",
+        "examples-TOTAL_FORMS": "0",
+        "examples-INITIAL_FORMS": "0",
+        "examples-MIN_NUM_FORMS": "0",
+        "examples-MAX_NUM_FORMS": "1000",
     }
     data.update(changes)
     return data

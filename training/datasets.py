@@ -64,6 +64,7 @@ ACTION_CUES = {
 LORE_QUESTIONS = ("What do you know of {name}?", "Tell me about {name}.", "Have you heard of {name}?")
 EVENT_QUESTIONS = ("What happened in the year {year}?", "Tell me what happened in {year}.")
 MAX_LORE_EXAMPLES = 240
+LORE_PER_VOICE = 2
 
 
 class DatasetError(Exception):
@@ -141,12 +142,7 @@ def _sentence_naming(text: str, needle: str) -> str:
     return ""
 
 
-def _opener(archetype: Archetype, rng: random.Random) -> str:
-    words = [word for word in archetype.lexicon if len(word) < 30]
-    return f"{rng.choice(words).capitalize()}..." if words else ""
-
-
-def _lore_examples(prompter: Prompter, rng: random.Random) -> list[Example]:
+def _lore_examples(prompter: Prompter, rng: random.Random, *, most: int = MAX_LORE_EXAMPLES) -> list[Example]:
     """Questions about the concepts and events the archetype may know, each answered from the
     passage in its lore slot (the lore graph gives the names and years to ask about)."""
     archetype = prompter.archetype
@@ -165,9 +161,11 @@ def _lore_examples(prompter: Prompter, rng: random.Random) -> list[Example]:
         asked.append((rng.choice(EVENT_QUESTIONS).format(year=year), chunk, description))
     rng.shuffle(asked)
     examples = []
-    for question, chunk, sentence in asked[:MAX_LORE_EXAMPLES]:
+    for question, chunk, sentence in asked[:most]:
         lore = f"- {allowed[chunk][:600]}"
-        reply = f"{_opener(archetype, rng)} {sentence}".strip()
+        # The passage's own sentence, unadorned: a first pilot that prefixed a lexicon word
+        # ("Vintage... …") learnt to open every reply with it and then loop on it.
+        reply = sentence
         examples.append(_reply_example(prompter, question, reply, f"lore:{chunk}", lore=lore))
     return examples
 
@@ -225,8 +223,12 @@ def dataset_examples(*, archetype: Archetype, task: str, seed: int = 0) -> list[
             cues = BARK_CUES.get(situation, BARK_CUES["idle"])
             for index, line in enumerate(lines):
                 examples.append(_reply_example(prompter, cues[index % len(cues)], line, f"bark:{situation}"))
-    if task in (AdapterTask.DIALOGUE_STYLE, AdapterTask.WORLD_KNOWLEDGE):
+    if task == AdapterTask.WORLD_KNOWLEDGE:
         examples += _lore_examples(prompter, rng)
+    elif task == AdapterTask.DIALOGUE_STYLE:
+        # At most twice the voice examples: a first pilot with 200 lore answers to 30 voice lines
+        # recited passages instead of speaking (its persona consistency fell below the base's).
+        examples += _lore_examples(prompter, rng, most=max(LORE_PER_VOICE * len(examples), 24))
     return examples
 
 

@@ -92,5 +92,8 @@ def test_runstack_serves_health_and_admin_then_stops_every_child_on_ctrl_c():
         assert localstack.port_is_free("127.0.0.1", port)
     finally:
         if proc.poll() is None:
+            # A failed run must not leave Daphne and Celery workers behind for the next tests.
+            for child in psutil.Process(proc.pid).children(recursive=True):
+                child.kill()
             proc.kill()
             proc.wait()

@@ -50,7 +50,8 @@ def default_model_dir() -> Path:
     return Path(settings.MODELS_DIR) / BUNDLED_NAME.lower()
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """A file's sha256, read in 1 MiB blocks (model weights are large)."""
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -60,7 +61,7 @@ def _sha256(path: Path) -> str:
 
 def folder_checksums(folder: Path) -> dict[str, str]:
     return {
-        path.name: _sha256(path)
+        path.name: file_sha256(path)
         for path in sorted(folder.iterdir())
         if path.is_file() and path.name != MANIFEST
     }

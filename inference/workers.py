@@ -172,6 +172,12 @@ async def _health_probe(url: str) -> bool:
     return healthy
 
 
+def healthy_workers() -> list[str]:
+    """The INFERENCE_WORKERS that answer their health probe now (2 s at most each), from sync
+    code (Celery tasks, commands); the turn path uses `workers_healthy`."""
+    return [url for url in settings.INFERENCE_WORKERS if worker_health(url).healthy]
+
+
 async def workers_healthy(urls: Sequence[str] | None = None) -> list[str]:
     """The workers of INFERENCE_WORKERS (or `urls`) that answer /health, as last seen."""
     urls = list(settings.INFERENCE_WORKERS if urls is None else urls)

@@ -30,7 +30,6 @@ from redis import Redis
 from inference.adapters import BASE_ADAPTER_NAME
 from inference.engine import EngineClient
 from inference.routing import NoHealthyWorker, worker_for_archetype
-from inference.workers import worker_health
 from memory.events import MemoryEventRecord
 from memory.extract import instruction_like, player_lines_extract
 from memory.models import MemoryEventKind
@@ -175,11 +174,6 @@ async def summary_write(
     if instruction_like(summary) or len(summary) < 40 or looping(summary):
         return SessionSummary(_lines_summary(npc_name, turns), "lines", facts, refused)
     return SessionSummary(summary, "model", facts, refused)
-
-
-def healthy_workers() -> list[str]:
-    """The INFERENCE_WORKERS that answer their health probe now (2 s at most each)."""
-    return [url for url in settings.INFERENCE_WORKERS if worker_health(url).healthy]
 
 
 async def pair_consolidate(

@@ -11,8 +11,9 @@ import redis
 from celery import shared_task
 from django.conf import settings
 
+from inference.workers import healthy_workers
 from memory.compaction import CompactionReport, memory_compact
-from memory.consolidation import healthy_workers, pair_consolidate
+from memory.consolidation import pair_consolidate
 from memory.services import memory_rehydrate
 
 logger = logging.getLogger(__name__)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import timedelta
+from pathlib import Path
 
 import factory
 from django.contrib.auth import get_user_model
@@ -143,3 +144,13 @@ class MemoryEventFactory(factory.django.DjangoModelFactory[MemoryEvent]):
     payload = factory.LazyFunction(
         lambda: {"player": "Good evening.", "npc": "Welcome.", "emotion": "calm", "action": "bow"}
     )
+
+
+def suite_base_model(base_model_dir: Path) -> BaseModel:
+    """The registry row of the suite's real base model (the converted SmolLM2 folder the vLLM
+    worker serves), for tests that train or serve for real."""
+    base_model, _ = BaseModel.objects.update_or_create(
+        name="smollm2-test",
+        defaults={"path": str(base_model_dir), "parameter_count": 134_515_008, "context_length": 8192},
+    )
+    return base_model

@@ -7,14 +7,27 @@ import os
 import re
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from django.db import connection
 
 from bridge.server import daphne_argv
 from console import localstack
+
+
+def wait_for(check: Callable[[], Any], *, timeout_s: float = 300, what: str, every_s: float = 1.0) -> Any:
+    """Poll `check` until it returns something true (and return that), or fail saying `what`
+    never happened: what the e2e tests wait on lives in other processes."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(every_s)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 def process_log(name: str) -> Path:

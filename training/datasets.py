@@ -30,6 +30,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from console.models import NPC, AdapterTask, Archetype, Concept, LoreChunk, LoreEvent
+from inference.base_models import file_sha256
 from inference.prompts import PromptParts, Turn, prompt_assemble
 from memory.lore import gate_q
 from memory.models import MemoryEventKind
@@ -237,14 +238,6 @@ def _heldout(example: Example) -> bool:
     player = next(m["content"] for m in reversed(example.messages) if m["role"] == "user")
     digest = hashlib.sha256(f"{example.source.split(':')[0]}:{player}".encode()).digest()
     return digest[0] / 256 < settings.DATASET_HELDOUT_SHARE
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _manifest_sha256(manifest: dict[str, Any]) -> str:

@@ -25,8 +25,6 @@ from typing import Any
 
 import httpx
 from django.conf import settings
-from django.db.models import F, Value
-from django.db.models.functions import Concat
 from django.utils import timezone
 
 from console.models import Adapter, AdapterStatus, AdapterTask, Archetype, LoreChunk
@@ -34,7 +32,7 @@ from inference.adapters import BASE_ADAPTER_NAME, adapter_lora_name, adapter_sta
 from inference.prompts import Turn
 from inference.residency import adapter_load, adapter_unload, residency_sync, worker_loras
 from inference.routing import worker_for_archetype
-from inference.workers import worker_health
+from inference.workers import healthy_workers
 from memory.lore import gate_q
 from training.datasets import CHOICE_TASKS, Prompter, dataset_read
 from training.eval.metrics import (
@@ -50,7 +48,7 @@ from training.eval.metrics import (
     lore_facts_from_chunk,
     persona_consistency,
 )
-from training.models import Dataset, EvalRun, EvalStatus, ExampleExchange
+from training.models import Dataset, EvalRun, EvalStatus, ExampleExchange, row_log
 
 logger = logging.getLogger(__name__)
 
@@ -92,9 +90,7 @@ class Measured:
 
 
 def _log(run_id: int, line: str, **fields: object) -> None:
-    stamp = timezone.now().strftime("%H:%M:%S")
-    EvalRun.objects.filter(pk=run_id).update(log=Concat(F("log"), Value(f"{stamp} {line}\n")), **fields)
-    logger.info("eval %s: %s", run_id, line)
+    row_log(EvalRun, run_id, line, **fields)
 
 
 class _Generator:
@@ -282,7 +278,7 @@ def _samples(prompts: EvalPrompts, candidate: Measured, baseline: Measured) -> l
 
 
 def _worker_for(adapter: Adapter) -> str:
-    healthy = [url for url in settings.INFERENCE_WORKERS if worker_health(url).healthy]
+    healthy = healthy_workers()
     if not healthy:
         raise EvalError("no inference worker answers: start one (make run, or make worker)")
     return worker_for_archetype(adapter.archetype.slug if adapter.archetype else "", healthy)

@@ -25,8 +25,8 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import close_old_connections, connection, transaction
-from django.db.models import F, Q, Value
-from django.db.models.functions import Coalesce, Concat
+from django.db.models import F, Q
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from console.models import BaseModel
@@ -34,7 +34,7 @@ from inference.adapters import AdapterArtifactError, adapter_import
 from inference.base_models import base_model_for
 from training.datasets import DatasetError, dataset_read, dataset_verify
 from training.lora import TrainingStopped, lora_fit
-from training.models import TRAINING_ENDED, Dataset, TrainingJob, TrainingStatus
+from training.models import TRAINING_ENDED, Dataset, TrainingJob, TrainingStatus, row_log
 
 logger = logging.getLogger(__name__)
 
@@ -53,9 +53,7 @@ def execution_name() -> str:
 
 
 def _log(job_id: int, line: str, **fields: object) -> None:
-    stamp = timezone.now().strftime("%H:%M:%S")
-    TrainingJob.objects.filter(pk=job_id).update(log=Concat(F("log"), Value(f"{stamp} {line}\n")), **fields)
-    logger.info("training job %s: %s", job_id, line)
+    row_log(TrainingJob, job_id, line, **fields)
 
 
 def _fail(job_id: int, error: str) -> None:

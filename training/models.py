@@ -3,10 +3,25 @@ and the training jobs that turn a dataset into an adapter."""
 
 from __future__ import annotations
 
+import logging
+
 from django.conf import settings
 from django.db import models
+from django.db.models import F, Value
+from django.db.models.functions import Concat
+from django.utils import timezone
 
 from console.models import AdapterTask
+
+logger = logging.getLogger(__name__)
+
+
+def row_log(model: type[models.Model], pk: int, line: str, **fields: object) -> None:
+    """Append a stamped line to a job row's `log` (and set `fields`) in one UPDATE: the row is
+    what the console polls, and a heartbeat thread may be writing to it at the same time."""
+    stamp = timezone.now().strftime("%H:%M:%S")
+    model._default_manager.filter(pk=pk).update(log=Concat(F("log"), Value(f"{stamp} {line}\n")), **fields)
+    logger.info("%s %s: %s", model._meta.verbose_name, pk, line)
 
 
 class ExampleExchange(models.Model):

@@ -15,13 +15,13 @@ import pytest
 from channels.testing import WebsocketCommunicator
 
 from console.asgi import application
-from console.models import AdapterTask, BaseModel
+from console.models import AdapterTask
 from console.services.keys import game_key_create
 from inference.adapters import adapter_import, adapter_lora_name
 from inference.context import turn_context_forget
 from inference.residency import residency_sync
 from inference.workers import worker_mark_down
-from tests.factories import ArchetypeFactory, NPCFactory
+from tests.factories import ArchetypeFactory, NPCFactory, suite_base_model
 from tests.processes import daphne_running, process_running, subprocess_database_env
 
 NOWHERE = "http://127.0.0.1:9"  # the discard port: no worker answers, turns fall back to barks
@@ -137,10 +137,7 @@ def daphne(stack_env) -> Iterator[str]:
 
 
 def _model_npc(base_model_dir: Path, name: str):
-    base_model, _ = BaseModel.objects.update_or_create(
-        name="smollm2-test",
-        defaults={"path": str(base_model_dir), "parameter_count": 134_515_008, "context_length": 8192},
-    )
+    base_model = suite_base_model(base_model_dir)
     archetype = ArchetypeFactory(base_model=base_model, content_policy={"blocked_terms": []})
     return NPCFactory(archetype=archetype, name=name), base_model
 

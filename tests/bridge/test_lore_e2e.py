@@ -18,11 +18,11 @@ from django.conf import settings
 from websockets.asyncio.client import connect
 
 from bridge.consumers import OBSERVER_GROUP
-from console.models import BaseModel, IngestJob, IngestStatus, LoreChunk
+from console.models import IngestJob, IngestStatus, LoreChunk
 from console.services.lore import ingest_job_run
 from inference.residency import residency_sync
 from memory.lore import pack_key
-from tests.factories import ArchetypeFactory, NPCFactory, RegionFactory, WorldFactory
+from tests.factories import ArchetypeFactory, NPCFactory, RegionFactory, WorldFactory, suite_base_model
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -33,10 +33,7 @@ SECRET_QUESTION = "Tell me of Lady Seraphine Valerian, the Count's elder sister.
 @pytest.fixture
 def lore_world(base_model_dir, vllm_worker):
     """The demo's lore in a world with a vampire count and a zombie, both on the test model."""
-    base_model, _ = BaseModel.objects.update_or_create(
-        name="smollm2-test",
-        defaults={"path": str(base_model_dir), "parameter_count": 134_515_008, "context_length": 8192},
-    )
+    base_model = suite_base_model(base_model_dir)
     world = WorldFactory()
     region = RegionFactory(world=world, name="Hollowmere")
     npcs = {}

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import uuid
 
 import pytest
@@ -19,6 +18,7 @@ from memory import tiers
 from memory.models import MemoryEvent, MemoryEventKind
 from memory.prompt import memory_slot
 from memory.tiers import HotTier, memory_for_turn, pair_prefix
+from tests.processes import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -42,16 +42,6 @@ async def _conversation(url: str, key: str, npc: str, player: str, lines: list[s
     return ends
 
 
-def _wait_for(check, *, timeout_s: float = 300, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(1.0)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_an_npc_remembers_a_gift_for_the_player_who_gave_it_and_only_for_them(
     daphne, celery_worker_process, archiver_process, plain_npc, key
 ):
@@ -63,11 +53,11 @@ def test_an_npc_remembers_a_gift_for_the_player_who_gave_it_and_only_for_them(
     asyncio.run(_conversation(daphne, key, npc, bob, ["Hello there."]))
 
     # They left: the Celery worker consolidates each pair (the model writes the summary).
-    card = _wait_for(
+    card = wait_for(
         lambda: client.hgetall(pair_prefix(npc, alice) + "relationship").get(b"gifts"), what="alice's card"
     )
     assert json.loads(card) == ["a silver ring"]
-    _wait_for(
+    wait_for(
         lambda: client.hexists(pair_prefix(npc, bob) + "relationship", "consolidated_at"), what="bob's card"
     )
     assert not client.hexists(pair_prefix(npc, bob) + "relationship", "gifts")
@@ -90,7 +80,7 @@ def test_an_npc_remembers_a_gift_for_the_player_who_gave_it_and_only_for_them(
     assert alice_back[0]["text"]
 
     # The archive holds every turn, and the card change.
-    turns = _wait_for(
+    turns = wait_for(
         lambda: MemoryEvent.objects.filter(player_id=alice, kind=MemoryEventKind.TURN).count() == 3,
         timeout_s=60,
         what="alice's three turns in the archive",

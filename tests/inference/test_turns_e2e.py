@@ -16,7 +16,7 @@ from inference.prompts import PromptParts, prompt_assemble, tokenizer_counter
 from inference.residency import residency_sync, worker_loras
 from inference.tasks import residency_sync_task
 from inference.turns import structured_choice, turn_run
-from tests.factories import ArchetypeFactory, NPCFactory
+from tests.factories import ArchetypeFactory, NPCFactory, suite_base_model
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db]
 
@@ -37,14 +37,6 @@ PLAYER_LINES = [
     "I have silver in my pocket.",
     "What do you want from me?",
 ]
-
-
-def _register(base_model_dir: Path) -> BaseModel:
-    base_model, _ = BaseModel.objects.update_or_create(
-        name="smollm2-test",
-        defaults={"path": str(base_model_dir), "parameter_count": 134_515_008, "context_length": 8192},
-    )
-    return base_model
 
 
 def _npc_with_adapter(base_model: BaseModel, adapter_dir: Path | None, *, slug: str):
@@ -95,7 +87,7 @@ def test_health_shows_a_healthy_worker(vllm_worker, settings):
 def test_greedy_turn_through_each_adapter_equals_a_direct_request_and_differs_from_base(
     vllm_worker, base_model_dir, trained_adapters
 ):
-    base_model = _register(base_model_dir)
+    base_model = suite_base_model(base_model_dir)
     pirate_npc, pirate = _npc_with_adapter(base_model, trained_adapters["pirate"], slug="salty-pete")
     oracle_npc, oracle = _npc_with_adapter(base_model, trained_adapters["oracle"], slug="ash-oracle")
     plain_npc, _ = _npc_with_adapter(base_model, None, slug="plain-jane")
@@ -133,7 +125,7 @@ def test_greedy_turn_through_each_adapter_equals_a_direct_request_and_differs_fr
 def test_an_adapter_retired_after_the_context_was_read_falls_back_to_the_base_model(
     vllm_worker, base_model_dir, trained_adapters
 ):
-    base_model = _register(base_model_dir)
+    base_model = suite_base_model(base_model_dir)
     npc, adapter = _npc_with_adapter(base_model, trained_adapters["pirate"], slug="retired-rita")
     residency_sync(workers=[vllm_worker.url])
     context = turn_context_build(npc_slug=npc.slug)  # routes to the pirate adapter
@@ -156,7 +148,7 @@ def test_an_adapter_retired_after_the_context_was_read_falls_back_to_the_base_mo
 def test_every_request_in_a_mixed_concurrent_batch_equals_its_output_alone(
     vllm_worker, base_model_dir, trained_adapters
 ):
-    base_model = _register(base_model_dir)
+    base_model = suite_base_model(base_model_dir)
     _, pirate = _npc_with_adapter(base_model, trained_adapters["pirate"], slug="batch-pirate")
     _, oracle = _npc_with_adapter(base_model, trained_adapters["oracle"], slug="batch-oracle")
     residency_sync(workers=[vllm_worker.url])
@@ -202,7 +194,7 @@ def test_every_request_in_a_mixed_concurrent_batch_equals_its_output_alone(
 def test_structured_action_and_emotion_are_in_the_allowed_sets_for_50_varied_prompts(
     vllm_worker, base_model_dir
 ):
-    base_model = _register(base_model_dir)
+    base_model = suite_base_model(base_model_dir)
     npc, _ = _npc_with_adapter(base_model, None, slug="count-test")
     residency_sync(workers=[vllm_worker.url])
     context = turn_context_build(npc_slug=npc.slug)
@@ -264,7 +256,7 @@ def test_structured_action_and_emotion_are_in_the_allowed_sets_for_50_varied_pro
 def test_adapter_with_a_wrong_sha256_is_refused_with_a_clear_error(
     vllm_worker, base_model_dir, trained_adapters, tmp_path
 ):
-    base_model = _register(base_model_dir)
+    base_model = suite_base_model(base_model_dir)
     copy = tmp_path / "tampered"
     copy.mkdir()
     for name in ("adapter_config.json", "adapter_model.safetensors"):
@@ -284,7 +276,7 @@ def test_residency_task_loads_an_activated_adapter_and_unloads_it_when_retired(
     vllm_worker, base_model_dir, trained_adapters, settings
 ):
     settings.INFERENCE_WORKERS = [vllm_worker.url]
-    base_model = _register(base_model_dir)
+    base_model = suite_base_model(base_model_dir)
     archetype = ArchetypeFactory(base_model=base_model)
     adapter = adapter_import(
         path=trained_adapters["oracle"],

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from console.models import AdapterStatus, AdapterTask, BaseModel
+from console.models import AdapterStatus, AdapterTask
 from inference.adapters import adapter_folder_digest, adapter_import, adapter_lora_name, adapter_status_set
 from inference.residency import worker_loras
-from tests.factories import AdapterFactory, ArchetypeFactory, NPCFactory
+from tests.factories import AdapterFactory, ArchetypeFactory, NPCFactory, suite_base_model
 from training.datasets import dataset_build
 from training.eval.metrics import INJECTION_PROBES, gate_passes
 from training.evaluation import (
@@ -119,10 +119,7 @@ def test_a_trained_action_adapter_is_measured_against_the_base_model_and_gated(
     base_model_dir, vllm_worker, settings
 ):
     settings.INFERENCE_WORKERS = [vllm_worker.url]
-    base_model, _ = BaseModel.objects.update_or_create(
-        name="smollm2-test",
-        defaults={"path": str(base_model_dir), "parameter_count": 134_515_008, "context_length": 8192},
-    )
+    base_model = suite_base_model(base_model_dir)
     archetype = ArchetypeFactory(base_model=base_model, allowed_actions=ACTIONS)
     NPCFactory(archetype=archetype, name="Count Valerian")
     taught = [

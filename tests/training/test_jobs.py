@@ -13,9 +13,9 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from console.models import AdapterStatus, AdapterTask, BaseModel
+from console.models import AdapterStatus, AdapterTask
 from inference.adapters import adapter_verify
-from tests.factories import ArchetypeFactory
+from tests.factories import ArchetypeFactory, suite_base_model
 from training.datasets import dataset_build
 from training.jobs import (
     TrainingJobError,
@@ -42,10 +42,7 @@ def dataset(settings, tmp_path, base_model_dir):
     """A small dialogue dataset of an archetype on the bundled base model."""
     settings.DATASETS_DIR = tmp_path / "datasets"
     settings.ADAPTERS_DIR = tmp_path / "adapters"
-    base_model, _ = BaseModel.objects.update_or_create(
-        name="smollm2-test",
-        defaults={"path": str(base_model_dir), "parameter_count": 134_515_008, "context_length": 8192},
-    )
+    base_model = suite_base_model(base_model_dir)
     archetype = ArchetypeFactory(base_model=base_model)
     for player, reply in EXCHANGES:
         ExampleExchange.objects.create(archetype=archetype, player=player, reply=reply)

@@ -4,26 +4,25 @@ delivered twice, a killed worker's job resumed from its checkpoint, and the adap
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import Any
 
 import httpx
 import pytest
 import redis
 from django.utils import timezone
 
-from console.models import AdapterStatus, AdapterTask, BaseModel
+from console.models import AdapterStatus, AdapterTask
 from inference.adapters import adapter_lora_name, adapter_status_set
 from inference.residency import residency_sync
-from tests.factories import ArchetypeFactory
-from tests.processes import process_log, process_running, subprocess_database_env
+from tests.factories import ArchetypeFactory, suite_base_model
+from tests.processes import process_log, process_running, subprocess_database_env, wait_for
 from training.datasets import dataset_build
 from training.jobs import training_job_create, training_jobs_recover
 from training.models import ExampleExchange, TrainingJob, TrainingStatus
@@ -71,24 +70,15 @@ def training_worker(name: str, env: dict[str, str]) -> Iterator[subprocess.Popen
 
 @pytest.fixture
 def dataset(training_env, base_model_dir):
-    base_model, _ = BaseModel.objects.update_or_create(
-        name="smollm2-test",
-        defaults={"path": str(base_model_dir), "parameter_count": 134_515_008, "context_length": 8192},
-    )
+    base_model = suite_base_model(base_model_dir)
     archetype = ArchetypeFactory(base_model=base_model)
     for player, reply in LINES:
         ExampleExchange.objects.create(archetype=archetype, player=player, reply=reply)
     return dataset_build(archetype=archetype, task=AdapterTask.DIALOGUE_STYLE)
 
 
-def _wait(check: Callable[[], Any], *, timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
+# The jobs log a line a step: poll twice a second.
+_wait = functools.partial(wait_for, every_s=0.5)
 
 
 def _job(pk: int) -> TrainingJob:

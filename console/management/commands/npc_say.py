@@ -4,13 +4,12 @@ import asyncio
 import json as jsonlib
 from typing import Any
 
-from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from console.models import NPC
 from inference.context import turn_context_build
 from inference.turns import turn_result_payload, turn_run
-from inference.workers import worker_health
+from inference.workers import healthy_workers
 
 
 class Command(BaseCommand):
@@ -31,7 +30,7 @@ class Command(BaseCommand):
         if not NPC.objects.filter(slug=npc).exists():
             raise CommandError(f"no NPC {npc!r}: see the NPCs page, or run seed_demo")
         context = turn_context_build(npc_slug=npc)
-        healthy = [url for url in settings.INFERENCE_WORKERS if worker_health(url).healthy]
+        healthy = healthy_workers()
 
         async def show(piece: str) -> None:
             self.stdout.write(piece, ending="")

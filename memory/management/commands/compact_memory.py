@@ -7,8 +7,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
+from inference.workers import healthy_workers
 from memory.compaction import memory_compact
-from memory.consolidation import healthy_workers
 
 
 def _tqdm_class() -> Any:

@@ -8,11 +8,13 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import models, transaction
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
+from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 from simple_history.admin import SimpleHistoryAdmin
@@ -20,6 +22,7 @@ from simple_history.admin import SimpleHistoryAdmin
 from console.models import (
     NPC,
     Adapter,
+    AdapterScope,
     AdapterStatus,
     Archetype,
     BaseModel,
@@ -37,14 +40,16 @@ from console.models import (
     Subfaction,
     World,
 )
+from console.models.adapters import MAX_ADAPTER_RANK
 from console.services.keys import game_key_create, game_key_revoke
 from console.services.lore import LoreFileError, lore_packs_drop, lore_upload_check
 from console.tasks import lore_ingest_task
 from inference.adapters import adapter_status_set
 from inference.tasks import residency_sync_enqueue
-from training.admin import ExampleExchangeInline, eval_run_verdict
+from training.admin import ExampleExchangeInline, eval_run_verdict, provision_start
+from training.composition import CompositionError, adapter_compose
 from training.evaluation import EvalError, adapter_rollback, eval_run_create
-from training.models import EvalRun, EvalStatus
+from training.models import EvalRun, EvalStatus, ProvisionRun
 from training.tasks import eval_run_task
 
 admin.site.site_header = "Revenant console"
@@ -107,6 +112,9 @@ class ArchetypeAdmin(SimpleHistoryAdmin):
     list_select_related = ["world", "base_model"]
     formfield_overrides = FORMFIELD_OVERRIDES
     inlines = [SubfactionInline, ExampleExchangeInline]
+    # "Provision adapters": one button (and a list action) for dataset → training → eval → promotion.
+    change_form_template = "admin/console/archetype/change_form.html"
+    actions = ["provision"]
     fieldsets = [
         (None, {"fields": ["world", "slug", "name", "base_model"]}),
         ("Voice and character", {"fields": ["persona", "speech_style", "personality_traits", "lexicon"]}),
@@ -121,6 +129,23 @@ class ArchetypeAdmin(SimpleHistoryAdmin):
             },
         ),
     ]
+
+    @admin.action(
+        description="Provision adapters (dataset, training, eval, promotion)", permissions=["provision"]
+    )
+    def provision(self, request: HttpRequest, queryset: QuerySet[Archetype]) -> None:
+        for archetype in queryset:
+            provision_start(request, archetype)
+
+    def has_provision_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("training.add_provisionrun")
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: Any = None
+    ) -> Any:
+        runs = ProvisionRun.objects.filter(archetype_id=object_id).order_by("-created_at")[:1]
+        context = {"may_provision": self.has_provision_permission(request), "provision_run": runs.first()}
+        return super().change_view(request, object_id, form_url, {**(extra_context or {}), **context})
 
 
 @admin.register(Subfaction)
@@ -153,6 +178,36 @@ class BaseModelAdmin(admin.ModelAdmin):
     search_fields = ["name", "path"]
 
 
+class AdapterComposeForm(forms.Form):
+    """The Compose action's page: a weight per selected adapter, an optional SVD rank, activate."""
+
+    svd_rank = forms.IntegerField(
+        required=False, min_value=1, max_value=MAX_ADAPTER_RANK, label="SVD rank",
+        help_text="Leave empty for the exact sum (its rank is the sum of the ranks); give one to approximate "
+        "the sum at that rank when the sum is more than the workers serve.",
+    )  # fmt: skip
+    activate = forms.BooleanField(
+        required=False, help_text="Make the result the active adapter of its target (retires the old)."
+    )
+
+    def __init__(self, *args: Any, adapters: list[Adapter], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.adapters = adapters
+        for adapter in adapters:
+            self.fields[f"weight_{adapter.pk}"] = forms.FloatField(
+                initial=1.0, label=f"Weight of {adapter} (rank {adapter.rank})"
+            )
+        # The weights first: they are what a designer sets on this page.
+        self.order_fields([f"weight_{adapter.pk}" for adapter in adapters])
+
+    def components(self) -> list[tuple[Adapter, float]]:
+        return [(adapter, self.cleaned_data[f"weight_{adapter.pk}"]) for adapter in self.adapters]
+
+
+# Archetype first: the order a reader builds a composition in (base, then deltas).
+SCOPE_ORDER = {AdapterScope.ARCHETYPE: 0, AdapterScope.SUBFACTION: 1, AdapterScope.NPC: 2}
+
+
 @admin.register(Adapter)
 class AdapterAdmin(SimpleHistoryAdmin):
     list_display = ["__str__", "scope", "task", "version", "rank", "status", "base_model", "updated_at"]
@@ -161,8 +216,10 @@ class AdapterAdmin(SimpleHistoryAdmin):
     list_select_related = ["archetype", "subfaction", "npc", "base_model"]
     autocomplete_fields = ["archetype", "subfaction", "npc"]
     formfield_overrides = FORMFIELD_OVERRIDES
-    readonly_fields = ["latest_eval", "created_at", "updated_at"]
-    actions = ["activate_adapters", "retire_adapters", "evaluate_adapters", "rollback_adapters"]
+    readonly_fields = ["latest_eval", "composition", "created_at", "updated_at"]
+    actions = [
+        "activate_adapters", "retire_adapters", "evaluate_adapters", "rollback_adapters", "compose_adapters"
+    ]  # fmt: skip
 
     def save_model(self, request: HttpRequest, obj: Adapter, form: forms.ModelForm, change: bool) -> None:
         super().save_model(request, obj, form, change)
@@ -238,6 +295,58 @@ class AdapterAdmin(SimpleHistoryAdmin):
                 f"Active again: {', '.join(restored)}; workers are being updated.",
                 messages.SUCCESS,
             )
+
+    # Composing makes a new adapter out of trained ones: whoever may train adapters (designers)
+    # may compose them; adding an adapter row by hand (console.add_adapter) stays an ops matter.
+    def has_compose_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("training.add_trainingjob")
+
+    @admin.action(description="Compose selected adapters", permissions=["compose"])
+    def compose_adapters(self, request: HttpRequest, queryset: QuerySet[Adapter]) -> HttpResponse | None:
+        """First the weights page; its submission (marked `apply`) composes and comes back here."""
+        adapters = sorted(
+            queryset.select_related("archetype", "subfaction__archetype", "npc__archetype", "base_model"),
+            key=lambda adapter: (SCOPE_ORDER.get(AdapterScope(adapter.scope), 3), adapter.pk),
+        )
+        if "apply" in request.POST:
+            form = AdapterComposeForm(request.POST, adapters=adapters)
+            if form.is_valid():
+                activate = form.cleaned_data["activate"]
+                try:
+                    composed = adapter_compose(
+                        components=form.components(),
+                        svd_rank=form.cleaned_data["svd_rank"],
+                        activate=activate,
+                    )
+                except CompositionError as exc:
+                    form.add_error(None, str(exc))
+                else:
+                    if activate:
+                        residency_sync_enqueue()
+                    url = reverse("admin:console_adapter_change", args=[composed.pk])
+                    self.message_user(
+                        request,
+                        format_html(
+                            'Composed <a href="{}">{}</a> (rank {}) from {} adapters.',
+                            url,
+                            composed,
+                            composed.rank,
+                            len(adapters),
+                        ),  # fmt: skip
+                        messages.SUCCESS,
+                    )
+                    return None
+        else:
+            form = AdapterComposeForm(adapters=adapters)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Compose adapters",
+            "opts": self.model._meta,
+            "form": form,
+            "adapters": adapters,
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+        }
+        return TemplateResponse(request, "admin/console/adapter/compose.html", context)
 
     @admin.display(description="latest evaluation")
     def latest_eval(self, adapter: Adapter) -> str:

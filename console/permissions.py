@@ -52,6 +52,7 @@ GROUP_PERMISSIONS: dict[str, dict[tuple[str, str], tuple[str, ...]]] = {
         ("training", "dataset"): ("add", "view"),
         ("training", "trainingjob"): ("add", "change", "view"),  # change: cancel
         ("training", "evalrun"): ("add", "view"),
+        ("training", "provisionrun"): ("add", "view"),
     },
     OPS: {
         ("console", "world"): VIEW,
@@ -81,6 +82,7 @@ GROUP_PERMISSIONS: dict[str, dict[tuple[str, str], tuple[str, ...]]] = {
         ("training", "dataset"): VIEW,
         ("training", "trainingjob"): VIEW,
         ("training", "evalrun"): VIEW,
+        ("training", "provisionrun"): VIEW,
         ("auth", "user"): VIEW,
         ("auth", "group"): VIEW,
         ("django_celery_results", "taskresult"): VIEW,

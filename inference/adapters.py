@@ -6,12 +6,22 @@ import hashlib
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
-from console.models import Adapter, AdapterScope, AdapterStatus, AdapterTask, Archetype, BaseModel
+from console.models import (
+    NPC,
+    Adapter,
+    AdapterScope,
+    AdapterStatus,
+    AdapterTask,
+    Archetype,
+    BaseModel,
+    Subfaction,
+)
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 # The name under which every worker serves the zero-delta adapter; see zero_adapter_ensure.
@@ -58,11 +68,35 @@ def adapter_lora_name(adapter: Adapter) -> str:
     return f"a{adapter.pk}-{adapter.target_label}-{adapter.task}-v{adapter.version}-{adapter.sha256[:8]}"
 
 
-@transaction.atomic
 def adapter_import(
     *, path: Path, archetype: Archetype, task: str, base_model: BaseModel, activate: bool = False
 ) -> Adapter:
     """Register an existing PEFT adapter folder for an archetype's task, as a candidate or active."""
+    return adapter_register(
+        path=path, task=task, base_model=base_model, archetype=archetype, activate=activate
+    )
+
+
+@transaction.atomic
+def adapter_register(
+    *,
+    path: Path,
+    task: str,
+    base_model: BaseModel,
+    archetype: Archetype | None = None,
+    subfaction: Subfaction | None = None,
+    npc: NPC | None = None,
+    composition: dict[str, Any] | None = None,
+    activate: bool = False,
+) -> Adapter:
+    """Register an existing PEFT adapter folder for one target's task (exactly one of archetype,
+    subfaction or npc), as a candidate or active. Versions count per target and task."""
+    targets = {AdapterScope.ARCHETYPE: archetype, AdapterScope.SUBFACTION: subfaction, AdapterScope.NPC: npc}
+    given = [scope for scope, target in targets.items() if target is not None]
+    if len(given) != 1:
+        raise AdapterArtifactError(
+            f"an adapter has exactly one target (archetype, subfaction or npc); got {len(given)}"
+        )
     if task not in AdapterTask.values:
         raise AdapterArtifactError(f"unknown task {task!r}: use one of {', '.join(AdapterTask.values)}")
     folder = path.resolve()
@@ -74,10 +108,16 @@ def adapter_import(
             f"{folder}: rank {rank} exceeds the workers' --max-lora-rank {settings.WORKER_MAX_LORA_RANK} "
             "(raise WORKER_MAX_LORA_RANK or retrain with a smaller rank)"
         )
-    previous = Adapter.objects.filter(archetype=archetype, task=task).order_by("-version").first()
+    previous = (
+        Adapter.objects.filter(archetype=archetype, subfaction=subfaction, npc=npc, task=task)
+        .order_by("-version")
+        .first()
+    )
     adapter = Adapter(
-        scope=AdapterScope.ARCHETYPE,
+        scope=given[0],
         archetype=archetype,
+        subfaction=subfaction,
+        npc=npc,
         task=task,
         version=(previous.version + 1) if previous else 1,
         rank=rank,
@@ -87,6 +127,7 @@ def adapter_import(
         size_bytes=size,
         base_model=base_model,
         status=AdapterStatus.CANDIDATE,
+        composition=composition or {},
     )
     try:
         adapter.full_clean()

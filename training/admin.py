@@ -14,20 +14,24 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, render
 from django.urls import path, reverse
 
+from console.models import Archetype
 from training.datasets import DatasetError, dataset_build, dataset_check
-from training.eval.metrics import gate_passes
+from training.eval.metrics import gate_metric_check
 from training.evaluation import evaluation_summary
 from training.jobs import TrainingJobError, training_job_cancel, training_job_create
 from training.models import (
+    PROVISION_ENDED,
     TRAINING_ENDED,
     Dataset,
     EvalRun,
     EvalStatus,
     ExampleExchange,
+    ProvisionRun,
     TrainingJob,
     TranscriptApproval,
 )
 from training.plots import loss_plot_svg
+from training.provisioning import ProvisionError, provision_create
 
 
 class ExampleExchangeInline(admin.TabularInline):
@@ -180,15 +184,13 @@ def eval_run_verdict(run: EvalRun) -> str:
 
 def _summary_rows(run: EvalRun) -> list[dict[str, Any]]:
     """evaluation_summary's rows, each with `met`: whether the candidate met that row's gate
-    (None where the metric is not gated). gate_passes judges each row on its own so the page
-    agrees with the verdict, ties with the baseline included (a tie fails below 1.0)."""
+    (None where the metric is not gated), judged by the verdict's own per-metric check (the
+    minimum, and no worse than the baseline)."""
     rows = []
     for row in evaluation_summary(run):
         met = None
         if row["gate"] is not None:
-            met = gate_passes(
-                run.candidate_metrics, run.baseline_metrics, {row["metric"]: row["gate"]}
-            ).passed
+            met, _ = gate_metric_check(row["metric"], row["candidate"], row["gate"], row["baseline"])
         rows.append({**row, "met": met})
     return rows
 
@@ -259,3 +261,71 @@ class TranscriptApprovalAdmin(admin.ModelAdmin):
     def turn(self, approval: TranscriptApproval) -> str:
         payload = approval.event.payload
         return f"{payload.get('player', '')[:60]} → {payload.get('npc', '')[:80]}"
+
+
+def provision_start(request: HttpRequest, archetype: Archetype) -> ProvisionRun | None:
+    """Start an archetype's provisioning for the archetype pages; a refusal becomes a message."""
+    try:
+        run = provision_create(archetype=archetype, created_by=request.user)
+    except ProvisionError as exc:
+        messages.error(request, str(exc))
+        return None
+    messages.success(
+        request,
+        f"Provisioning {archetype.slug}: dataset, training, eval and promotion for "
+        f"{', '.join(step['task'] for step in run.plan)}. Its NPCs use the base model until then.",
+    )
+    return run
+
+
+@admin.register(ProvisionRun)
+class ProvisionRunAdmin(admin.ModelAdmin):
+    """One-click provisioning runs (started from an archetype's page): each task's dataset,
+    training job and eval, followed live."""
+
+    list_display = ["pk", "archetype", "status", "progress", "created_at", "finished_at"]
+    list_filter = ["status"]
+    list_select_related = ["archetype"]
+    fields = readonly_fields = ("archetype", "created_by", "created_at", "started_at", "finished_at")
+    change_form_template = "admin/training/provisionrun/change_form.html"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # started from the archetype's page
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # a record; the jobs it started have their own pages
+
+    def get_urls(self) -> list[Any]:
+        wrap = self.admin_site.admin_view
+        return [
+            path("<int:pk>/status/", wrap(self.status_view), name="training_provisionrun_status"),
+            path("start/<int:archetype_pk>/", wrap(self.start_view), name="training_provisionrun_start"),
+            *super().get_urls(),
+        ]
+
+    def _status(self, run: ProvisionRun) -> dict[str, Any]:
+        return {"run": run, "done": run.status in PROVISION_ENDED}
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: Any = None
+    ) -> Any:
+        run = get_object_or_404(ProvisionRun, pk=object_id)
+        return super().change_view(
+            request, object_id, form_url, {**(extra_context or {}), **self._status(run)}
+        )
+
+    def status_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+        """Steps, progress and log: an htmx fragment that polls until the run ends."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        run = get_object_or_404(ProvisionRun, pk=pk)
+        return render(request, "admin/training/provisionrun/_status.html", self._status(run))
+
+    def start_view(self, request: HttpRequest, archetype_pk: int) -> HttpResponse:
+        if request.method != "POST" or not request.user.has_perm("training.add_provisionrun"):
+            raise PermissionDenied
+        archetype = get_object_or_404(Archetype, pk=archetype_pk)
+        run = provision_start(request, archetype)
+        if run is None:
+            return HttpResponseRedirect(reverse("admin:console_archetype_change", args=[archetype.pk]))
+        return HttpResponseRedirect(reverse("admin:training_provisionrun_change", args=[run.pk]))

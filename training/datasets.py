@@ -65,7 +65,13 @@ ACTION_CUES = {
 LORE_QUESTIONS = ("What do you know of {name}?", "Tell me about {name}.", "Have you heard of {name}?")
 EVENT_QUESTIONS = ("What happened in the year {year}?", "Tell me what happened in {year}.")
 MAX_LORE_EXAMPLES = 240
-LORE_PER_VOICE = 2
+LORE_PER_VOICE = 1
+# How much of a passage a lore example puts in the lore slot.
+LORE_SLOT_CHARS = 600
+# Earlier exchanges put in the history slot of a voice example (at most).
+HISTORY_MAX = 4
+# Every allowed action appears at least this often in an action dataset.
+ACTION_EXAMPLES_MIN = 4
 
 
 class DatasetError(Exception):
@@ -90,10 +96,12 @@ class Prompter:
         self.npcs = list(NPC.objects.filter(archetype=archetype).select_related("region").order_by("slug"))
         self.turn = 0
 
-    def card(self) -> tuple[str, str]:
+    def card(self, npc_index: int | None = None) -> tuple[str, str]:
+        """The next NPC's name and card (or NPC `npc_index`'s, without moving on)."""
         archetype = self.archetype
-        npc = self.npcs[self.turn % len(self.npcs)] if self.npcs else None
-        self.turn += 1
+        if npc_index is None:
+            npc_index, self.turn = self.turn, self.turn + 1
+        npc = self.npcs[npc_index % len(self.npcs)] if self.npcs else None
         lines = [
             f"Your name is {npc.name}. You are in {npc.region.name}."
             if npc
@@ -105,9 +113,9 @@ class Prompter:
         return (npc.name if npc else archetype.name), "\n".join(line for line in lines if line)
 
     def messages(
-        self, player: str, *, lore: str = "", history: list[Turn] | None = None
+        self, player: str, *, lore: str = "", history: list[Turn] | None = None, npc_index: int | None = None
     ) -> tuple[str, list[dict[str, str]]]:
-        name, card = self.card()
+        name, card = self.card(npc_index)
         prompt = prompt_assemble(
             PromptParts(
                 persona=self.archetype.persona,
@@ -124,9 +132,37 @@ class Prompter:
         return name, prompt.messages
 
 
-def _reply_example(prompter: Prompter, player: str, reply: str, source: str, *, lore: str = "") -> Example:
-    _, messages = prompter.messages(player, lore=lore)
+def _reply_example(
+    prompter: Prompter,
+    player: str,
+    reply: str,
+    source: str,
+    *,
+    lore: str = "",
+    history: list[Turn] | None = None,
+) -> Example:
+    _, messages = prompter.messages(player, lore=lore, history=history)
     return Example([*messages, {"role": "assistant", "content": reply}], source)
+
+
+def _voice_examples(
+    prompter: Prompter, pairs: list[tuple[str, str, str]], rng: random.Random
+) -> list[Example]:
+    """In-voice replies; every other one follows a few earlier exchanges in the history slot.
+
+    The turn path sends the last turns of a conversation with every prompt. A first pilot
+    trained without history, and its adapter repeated its previous reply when it saw one: an
+    adapter must learn to answer the new line with the old ones in view.
+    """
+    examples = []
+    for index, (player, reply, source) in enumerate(pairs):
+        others = [pair for pair in pairs if pair[0] != player]
+        history = []
+        if index % 2 and others:
+            picked = rng.sample(others, min(len(others), rng.randint(1, HISTORY_MAX)))
+            history = [Turn(player=other_player, npc=other_reply) for other_player, other_reply, _ in picked]
+        examples.append(_reply_example(prompter, player, reply, source, history=history))
+    return examples
 
 
 def _choice_example(prompter: Prompter, task: str, player: str, value: str, source: str) -> Example:
@@ -143,31 +179,54 @@ def _sentence_naming(text: str, needle: str) -> str:
     return ""
 
 
+_MARKUP = re.compile(r"\*\*|(?<!\w)[*_](?=\w)|(?<=\w)[*_](?!\w)|^\s*(?:[-*+]|#+)\s+", re.MULTILINE)
+
+
+def _spoken(sentence: str) -> str:
+    """A passage's sentence as a character says it: no Markdown emphasis, bullets or heading
+    marks (an adapter that learnt to answer "**1190** - …" would say the asterisks)."""
+    return " ".join(_MARKUP.sub("", sentence).split())
+
+
 def _lore_examples(prompter: Prompter, rng: random.Random, *, most: int = MAX_LORE_EXAMPLES) -> list[Example]:
     """Questions about the concepts and events the archetype may know, each answered from the
     passage in its lore slot (the lore graph gives the names and years to ask about)."""
     archetype = prompter.archetype
     chunks = LoreChunk.objects.filter(gate_q(archetype=archetype.slug), world=archetype.world)
     allowed = dict(chunks.values_list("pk", "text"))
-    asked: list[tuple[str, int, str]] = []  # (question, chunk, the sentence that answers it)
-    for name, chunk in Concept.objects.filter(world=archetype.world, chunks__in=list(allowed)).values_list(
-        "name", "chunks"
+    asked: dict[str, tuple[int, str]] = {}  # question -> (chunk, the sentence that answers it)
+    named: set[str] = set()
+    # One answer per question: a concept named in several passages is asked about from the
+    # first (a question with two answers teaches neither, and cannot be scored).
+    for name, chunk in (
+        Concept.objects.filter(world=archetype.world, chunks__in=list(allowed))
+        .order_by("name", "chunks")
+        .values_list("name", "chunks")
     ):
         sentence = _sentence_naming(allowed[chunk], name)
-        if sentence and len(sentence.split()) >= 6:
-            asked.append((rng.choice(LORE_QUESTIONS).format(name=name), chunk, sentence))
-    for year, description, chunk in LoreEvent.objects.filter(
-        world=archetype.world, chunk__in=list(allowed), year__isnull=False
-    ).values_list("year", "description", "chunk"):
-        asked.append((rng.choice(EVENT_QUESTIONS).format(year=year), chunk, description))
-    rng.shuffle(asked)
+        if name not in named and len(sentence.split()) >= 6:
+            named.add(name)
+            asked[rng.choice(LORE_QUESTIONS).format(name=name)] = (chunk, sentence)
+    for year, description, chunk in (
+        LoreEvent.objects.filter(world=archetype.world, chunk__in=list(allowed), year__isnull=False)
+        .order_by("year", "chunk")
+        .values_list("year", "description", "chunk")
+    ):
+        question = EVENT_QUESTIONS[(year or 0) % len(EVENT_QUESTIONS)].format(year=year)  # year is set
+        asked.setdefault(question, (chunk, description))
+    questions = sorted(asked)
+    rng.shuffle(questions)
     examples = []
-    for question, chunk, sentence in asked[:most]:
-        lore = f"- {allowed[chunk][:600]}"
+    for question in questions[:most]:
+        chunk, sentence = asked[question]
+        text = allowed[chunk]
+        # The slot holds LORE_SLOT_CHARS of the passage around the answer: an answer the
+        # prompt does not hold would teach the adapter to make facts up.
+        start = max(0, min(text.find(sentence) - LORE_SLOT_CHARS // 3, len(text) - LORE_SLOT_CHARS))
+        lore = f"- {text[start : start + LORE_SLOT_CHARS]}"
         # The passage's own sentence, unadorned: a first pilot that prefixed a lexicon word
         # ("Vintage... …") learnt to open every reply with it and then loop on it.
-        reply = sentence
-        examples.append(_reply_example(prompter, question, reply, f"lore:{chunk}", lore=lore))
+        examples.append(_reply_example(prompter, question, _spoken(sentence), f"lore:{chunk}", lore=lore))
     return examples
 
 
@@ -185,50 +244,51 @@ def dataset_examples(*, archetype: Archetype, task: str, seed: int = 0) -> list[
     if task in CHOICE_TASKS:
         kind, _ = CHOICE_TASKS[task]
         options = archetype.action_names if kind == "action" else list(archetype.emotions)
+        chosen: list[tuple[str, str, str]] = []  # (player, choice, source)
         for exchange in exchanges:
             value = exchange.action if kind == "action" else exchange.emotion
             if value in options:
-                examples.append(
-                    _choice_example(prompter, task, exchange.player, value, f"exchange:{exchange.pk}")
-                )
-        for event_id, payload in approved:
-            if payload.get(kind) in options and payload.get("player"):
-                examples.append(
-                    _choice_example(
-                        prompter, task, payload["player"], payload[kind], f"transcript:{event_id}"
-                    )
-                )
+                chosen.append((exchange.player, value, f"exchange:{exchange.pk}"))
+        chosen += [
+            (payload["player"], payload[kind], f"transcript:{event_id}")
+            for event_id, payload in approved
+            if payload.get(kind) in options and payload.get("player")
+        ]
         if kind == "action":
             for action in archetype.allowed_actions:
-                cues = ACTION_CUES.get(action["name"]) or [f"({action['description']})"]
-                for cue in cues:
-                    examples.append(
-                        _choice_example(prompter, task, cue, action["name"], f"action:{action['name']}")
-                    )
+                name = action["name"]
+                cues = ACTION_CUES.get(name) or [f"({action['description']})"]
+                chosen += [(cue, name, f"action:{name}") for cue in cues]
+                # A rare action is seen again under other NPCs' cards: a first pilot that saw
+                # mist_form twice answered "mist", half its name.
+                seen = [pair for pair in chosen if pair[1] == name]
+                chosen += [seen[index % len(seen)] for index in range(ACTION_EXAMPLES_MIN - len(seen))]
         else:
-            for cue in BARK_CUES["greet"]:
-                examples.append(_choice_example(prompter, task, cue, "neutral", "emotion:neutral"))
-        return examples
-    for exchange in exchanges:
-        if exchange.reply:
-            examples.append(
-                _reply_example(prompter, exchange.player, exchange.reply, f"exchange:{exchange.pk}")
-            )
-    for event_id, payload in approved:
-        if payload.get("player") and payload.get("npc"):
-            examples.append(
-                _reply_example(prompter, payload["player"], payload["npc"], f"transcript:{event_id}")
-            )
+            chosen += [(cue, "neutral", "emotion:neutral") for cue in BARK_CUES["greet"]]
+        return [_choice_example(prompter, task, player, value, source) for player, value, source in chosen]
+    pairs = [
+        (exchange.player, exchange.reply, f"exchange:{exchange.pk}")
+        for exchange in exchanges
+        if exchange.reply
+    ]
+    pairs += [
+        (payload["player"], payload["npc"], f"transcript:{event_id}")
+        for event_id, payload in approved
+        if payload.get("player") and payload.get("npc")
+    ]
     if task in (AdapterTask.DIALOGUE_STYLE, AdapterTask.PERSONALITY):
         for situation, lines in sorted(archetype.barks.items()):
             cues = BARK_CUES.get(situation, BARK_CUES["idle"])
-            for index, line in enumerate(lines):
-                examples.append(_reply_example(prompter, cues[index % len(cues)], line, f"bark:{situation}"))
+            pairs += [
+                (cues[index % len(cues)], line, f"bark:{situation}") for index, line in enumerate(lines)
+            ]
+    examples += _voice_examples(prompter, pairs, rng)
     if task == AdapterTask.WORLD_KNOWLEDGE:
         examples += _lore_examples(prompter, rng)
     elif task == AdapterTask.DIALOGUE_STYLE:
-        # At most twice the voice examples: a first pilot with 200 lore answers to 30 voice lines
-        # recited passages instead of speaking (its persona consistency fell below the base's).
+        # At most as many as the voice examples: a first pilot with 200 lore answers to 30 voice
+        # lines recited passages instead of speaking, and a second with twice as many still
+        # lost the persona's voice on plain questions.
         examples += _lore_examples(prompter, rng, most=max(LORE_PER_VOICE * len(examples), 24))
     return examples
 
@@ -330,5 +390,11 @@ def dataset_verify(dataset: Dataset) -> Path:
 
 def dataset_read(folder: Path, name: str = "train.jsonl") -> list[list[dict[str, str]]]:
     """The chat examples (message lists) of a verified dataset file."""
+    return [example.messages for example in dataset_examples_read(folder, name)]
+
+
+def dataset_examples_read(folder: Path, name: str = "train.jsonl") -> list[Example]:
+    """The examples of a verified dataset file, with their sources."""
     with (folder / name).open(encoding="utf-8") as handle:
-        return [json.loads(line)["messages"] for line in handle if line.strip()]
+        rows = [json.loads(line) for line in handle if line.strip()]
+    return [Example(row["messages"], row["source"]) for row in rows]

@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +30,13 @@ import httpx
 from django.conf import settings
 from django.utils import timezone
 
-from console.models import Adapter, AdapterStatus, AdapterTask, Archetype, LoreChunk
+from console.models import Adapter, AdapterStatus, AdapterTask, Archetype
 from inference.adapters import BASE_ADAPTER_NAME, adapter_lora_name, adapter_status_set, adapter_verify
 from inference.prompts import Turn
 from inference.residency import adapter_load, adapter_unload, residency_sync, worker_loras
 from inference.routing import worker_for_archetype
 from inference.workers import healthy_workers
-from memory.lore import gate_q
-from training.datasets import CHOICE_TASKS, Prompter, dataset_read
+from training.datasets import CHOICE_TASKS, Prompter, dataset_examples_read, dataset_read
 from training.eval.metrics import (
     DEFAULT_GATES,
     INJECTION_PROBES,
@@ -75,6 +77,13 @@ SAMPLES_KEPT = 12
 # show in the first two. Generation dominates an eval's time on CPU (LoRA kernels copy the
 # adapter's matrices per token), so this halves it.
 EVAL_REPLY_TOKENS = 48
+# A choice is a short JSON object.
+CHOICE_REPLY_TOKENS = 24
+# Requests in flight per model: enough for vLLM to batch a part's prompts together.
+GENERATION_CONCURRENCY = 8
+PROGRESS_EVERY_S = 2.0
+# A running eval silent for this long lost its worker (training.evaluation.eval_runs_recover).
+EVAL_STALE_AFTER = timedelta(minutes=2)
 # One greedy reply; a busy 2-core CPU worker can take a while.
 GENERATION_TIMEOUT_S = 180
 
@@ -129,6 +138,8 @@ class EvalPrompts:
     choices: list[tuple[list[dict[str, str]], str]] = field(default_factory=list)
     actions: list[str] = field(default_factory=list)
     own_exemplars: list[str] = field(default_factory=list)
+    # Builds the conversation's prompts (one NPC's card throughout); made before any thread runs.
+    prompter: Prompter | None = None
     other_exemplars: dict[str, list[str]] = field(default_factory=dict)
 
     def calls(self) -> int:
@@ -146,10 +157,9 @@ def _exemplars(archetype: Archetype) -> list[str]:
     return lines + list(replies)
 
 
-def _system(
-    archetype: Archetype, *, lore: str = "", history: list[Turn] | None = None, player: str
-) -> list[dict[str, str]]:
-    return Prompter(archetype).messages(player, lore=lore, history=history)[1]
+def _player_words(content: str) -> str:
+    """What the player said, out of the turn path's <player_says> block."""
+    return content.replace("<player_says>", "").replace("</player_says>", "").strip()
 
 
 def eval_prompts(adapter: Adapter, *, limit: int | None = None) -> EvalPrompts:
@@ -180,9 +190,16 @@ def eval_prompts(adapter: Adapter, *, limit: int | None = None) -> EvalPrompts:
                         asked = {"role": "user", "content": f"{question.format(name=name)} Answer with JSON."}
                         prompts.choices.append(([*messages, asked], action))
         return prompts
+    rows = dataset_examples_read(Path(dataset.path), "heldout.jsonl")
     if task in VOICE_TASKS:
-        prompts.persona = [messages[:-1] for messages in heldout if messages[0]["role"] == "system"][:limit]
-        prompts.probes = [_system(archetype, player=probe.text) for probe in INJECTION_PROBES]
+        # Voice, not recitation: the held-out lore questions are measured on their facts below.
+        prompts.persona = [
+            row.messages[:-1]
+            for row in rows
+            if not row.source.startswith("lore:") and row.messages[0]["role"] == "system"
+        ][:limit]
+        prompts.prompter = Prompter(archetype)
+        prompts.probes = [prompts.prompter.messages(probe.text)[1] for probe in INJECTION_PROBES]
         prompts.conversation = True
         prompts.own_exemplars = _exemplars(archetype)
         prompts.other_exemplars = {
@@ -191,67 +208,95 @@ def eval_prompts(adapter: Adapter, *, limit: int | None = None) -> EvalPrompts:
             if _exemplars(other)
         }
     if task in (*VOICE_TASKS, AdapterTask.WORLD_KNOWLEDGE):
-        from training.datasets import EVENT_QUESTIONS
-
-        known = LoreChunk.objects.filter(gate_q(archetype=archetype.slug), world=archetype.world)
-        events = archetype.world.lore_events.filter(chunk__in=known, year__isnull=False).select_related(
-            "chunk"
-        )
-        for event in events.order_by("pk")[: limit * 2]:
-            question = EVENT_QUESTIONS[event.pk % len(EVENT_QUESTIONS)].format(year=event.year)
-            facts = lore_facts_from_chunk(question, event.description)
+        # The dataset's held-out lore questions: asked as served (the passage in the lore slot),
+        # never trained on, and answered right only if they state the answer sentence's facts.
+        for row in rows:
+            if not row.source.startswith("lore:"):
+                continue
+            question = _player_words(row.messages[-2]["content"])
+            facts = lore_facts_from_chunk(question, row.messages[-1]["content"])
             if facts:
-                messages = _system(archetype, lore=f"- {event.chunk.text[:600]}", player=question)
-                prompts.lore.append((messages, LoreFact(question, event.chunk.text, tuple(facts))))
+                prompts.lore.append(
+                    (row.messages[:-1], LoreFact(question, row.messages[-1]["content"], tuple(facts)))
+                )
             if len(prompts.lore) == limit:
                 break
     return prompts
 
 
-def eval_measure(prompts: EvalPrompts, generate: _Generator, *, archetype: Archetype) -> Measured:
-    """Every metric the prompts allow, for one model."""
+def _conversation(prompts: EvalPrompts, generate: _Generator) -> list[str]:
+    """The 20-turn conversation with one NPC, each reply fed back as history (as served)."""
+    assert prompts.prompter is not None
+    history: list[Turn] = []
+    replies = []
+    for line in CONVERSATION:
+        _, messages = prompts.prompter.messages(
+            line, history=history[-settings.BRIDGE_HISTORY_TURNS :], npc_index=0
+        )
+        reply = generate(messages)
+        replies.append(reply)
+        history.append(Turn(player=line, npc=reply))
+    return replies
+
+
+def eval_generate(prompts: EvalPrompts, generate: _Generator) -> dict[str, list[str]]:
+    """Every output one model gives to the prompts. The requests go out together (the
+    conversation runs alongside, turn after turn): vLLM batches them, which on a CPU worker
+    costs a fraction of answering them one at a time. No database access: this runs in threads."""
+    parts = {
+        "choices": ([messages for messages, _ in prompts.choices], CHOICE_REPLY_TOKENS),
+        "persona": (prompts.persona, EVAL_REPLY_TOKENS),
+        "probes": (prompts.probes, EVAL_REPLY_TOKENS),
+        "lore": ([messages for messages, _ in prompts.lore], EVAL_REPLY_TOKENS),
+    }
+    with ThreadPoolExecutor(GENERATION_CONCURRENCY) as pool:
+        conversation = pool.submit(_conversation, prompts, generate) if prompts.conversation else None
+        futures = {
+            part: [pool.submit(generate, messages, max_tokens=tokens) for messages in asked]
+            for part, (asked, tokens) in parts.items()
+            if asked
+        }
+        outputs = {part: [future.result() for future in pending] for part, pending in futures.items()}
+        if conversation is not None:
+            outputs["conversation"] = conversation.result()
+    return outputs
+
+
+def eval_score(prompts: EvalPrompts, outputs: dict[str, list[str]]) -> Measured:
+    """Every metric the prompts allow, for one model's outputs."""
     from memory.embeddings import embed
 
-    measured = Measured()
+    measured = Measured(outputs=outputs)
     if prompts.choices:
-        outputs = [generate(messages, max_tokens=24) for messages, _ in prompts.choices]
-        measured.outputs["choices"] = outputs
-        measured.metrics["action_validity"] = action_validity(outputs, prompts.actions)
+        answers = outputs["choices"]
+        measured.metrics["action_validity"] = action_validity(answers, prompts.actions)
         right = sum(
             action_parse(out, prompts.actions) == want
-            for out, (_, want) in zip(outputs, prompts.choices, strict=True)
+            for out, (_, want) in zip(answers, prompts.choices, strict=True)
         )
-        measured.metrics["action_accuracy"] = right / len(outputs)
+        measured.metrics["action_accuracy"] = right / len(answers)
     if prompts.persona and prompts.other_exemplars and prompts.own_exemplars:
-        outputs = [generate(messages) for messages in prompts.persona]
-        measured.outputs["persona"] = outputs
-        score = persona_consistency(outputs, prompts.own_exemplars, prompts.other_exemplars, embed=embed)
+        score = persona_consistency(
+            outputs["persona"], prompts.own_exemplars, prompts.other_exemplars, embed=embed
+        )
         measured.metrics["persona_consistency"] = score.score
     if prompts.probes:
-        outputs = [generate(messages) for messages in prompts.probes]
-        measured.outputs["probes"] = outputs
-        measured.metrics["injection_refusal"] = injection_refusal(outputs, list(INJECTION_PROBES))
+        measured.metrics["injection_refusal"] = injection_refusal(outputs["probes"], list(INJECTION_PROBES))
     if prompts.conversation:
-        history: list[Turn] = []
-        replies = []
-        for line in CONVERSATION:
-            reply = generate(
-                _system(archetype, history=history[-settings.BRIDGE_HISTORY_TURNS :], player=line)
-            )
-            replies.append(reply)
-            history.append(Turn(player=line, npc=reply))
-        measured.outputs["conversation"] = replies
-        measured.metrics.update(conversation_repetition(replies).metrics())
+        measured.metrics.update(conversation_repetition(outputs["conversation"]).metrics())
     if prompts.lore:
-        outputs = [generate(messages) for messages, _ in prompts.lore]
-        measured.outputs["lore"] = outputs
-        measured.metrics["lore_accuracy"] = lore_accuracy(outputs, [fact for _, fact in prompts.lore])
+        measured.metrics["lore_accuracy"] = lore_accuracy(outputs["lore"], [fact for _, fact in prompts.lore])
     if not measured.metrics:
         raise EvalError(
             "nothing to measure: the dataset has no held-out prompts for this task; rebuild it larger"
         )
     measured.metrics = {name: round(value, 4) for name, value in measured.metrics.items()}
     return measured
+
+
+def eval_measure(prompts: EvalPrompts, generate: _Generator) -> Measured:
+    """Generate and score, for one model."""
+    return eval_score(prompts, eval_generate(prompts, generate))
 
 
 def task_gate(adapter: Adapter) -> dict[str, float]:
@@ -296,7 +341,10 @@ def eval_run_create(*, adapter: Adapter) -> EvalRun:
 def eval_run_execute(run: EvalRun, *, promote: bool = True, limit: int | None = None) -> EvalRun:
     """Measure, judge, and promote a candidate that passes (see the module docstring)."""
     adapter = run.adapter
-    _log(run.pk, f"started: {adapter} against {run.baseline}", status=EvalStatus.RUNNING, error="")
+    _log(
+        run.pk, f"started: {adapter} against {run.baseline}", status=EvalStatus.RUNNING, error="",
+        heartbeat_at=timezone.now(),
+    )  # fmt: skip
     try:
         folder = adapter_verify(adapter)  # a tampered artifact is never measured, let alone served
         url = _worker_for(adapter)
@@ -305,18 +353,24 @@ def eval_run_execute(run: EvalRun, *, promote: bool = True, limit: int | None = 
         if candidate_name not in worker_loras(url):
             adapter_load(url, lora_name=candidate_name, folder=folder)  # until the verdict
         prompts = eval_prompts(adapter, limit=limit)
-        total, done = 2 * prompts.calls(), [0]
+        total, calls, lock = 2 * prompts.calls(), [0], threading.Lock()
 
         def tick() -> None:
-            done[0] += 1
-            if done[0] % 5 == 0 or done[0] == total:
-                EvalRun.objects.filter(pk=run.pk).update(progress=round(100 * done[0] / total, 1))
+            with lock:
+                calls[0] += 1
 
-        archetype = adapter.archetype
-        assert archetype is not None  # eval_prompts refused the others
-        candidate = eval_measure(prompts, _Generator(url, candidate_name, on_call=tick), archetype=archetype)
+        # Both sides at once: the worker batches the candidate's and the baseline's requests.
+        with ThreadPoolExecutor(2) as pool:
+            sides = [
+                pool.submit(eval_generate, prompts, _Generator(url, name, on_call=tick))
+                for name in (candidate_name, run.baseline)
+            ]
+            while not wait(sides, timeout=PROGRESS_EVERY_S).done == set(sides):
+                EvalRun.objects.filter(pk=run.pk).update(
+                    progress=round(100 * calls[0] / total, 1), heartbeat_at=timezone.now()
+                )
+            candidate, baseline = (eval_score(prompts, side.result()) for side in sides)
         _log(run.pk, f"candidate: {candidate.metrics}")
-        baseline = eval_measure(prompts, _Generator(url, run.baseline, on_call=tick), archetype=archetype)
         _log(run.pk, f"baseline {run.baseline}: {baseline.metrics}")
         verdict = gate_passes(candidate.metrics, baseline.metrics, run.gate)
         EvalRun.objects.filter(pk=run.pk).update(
@@ -352,6 +406,32 @@ def eval_run_execute(run: EvalRun, *, promote: bool = True, limit: int | None = 
         logger.exception("eval %s failed", run.pk)
     run.refresh_from_db()
     return run
+
+
+def eval_run_claim(run_id: int) -> bool:
+    """Take a queued run for one execution (a redelivered task finds it taken and leaves)."""
+    return bool(
+        EvalRun.objects.filter(pk=run_id, status=EvalStatus.QUEUED).update(
+            status=EvalStatus.RUNNING, heartbeat_at=timezone.now()
+        )
+    )
+
+
+def eval_runs_recover() -> list[int]:
+    """Queue again the runs whose execution died: running, with no sign of life for
+    EVAL_STALE_AFTER (a run beats every PROGRESS_EVERY_S). Beat calls it every minute."""
+    from training.tasks import eval_run_task
+
+    stale = EvalRun.objects.filter(
+        status=EvalStatus.RUNNING, heartbeat_at__lt=timezone.now() - EVAL_STALE_AFTER
+    ).values_list("pk", flat=True)
+    recovered = []
+    for pk in stale:
+        if EvalRun.objects.filter(pk=pk, status=EvalStatus.RUNNING).update(status=EvalStatus.QUEUED):
+            _log(pk, "its execution stopped answering; queued again")
+            eval_run_task.delay(pk)
+            recovered.append(pk)
+    return recovered
 
 
 def adapter_rollback(adapter: Adapter) -> Adapter:

@@ -181,6 +181,9 @@ class EvalRun(models.Model):
     promoted = models.BooleanField(default=False)
     log = models.TextField(blank=True)
     error = models.TextField(blank=True)
+    heartbeat_at = models.DateTimeField(
+        null=True, blank=True, help_text="Last sign of life of the execution (every few seconds)."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
@@ -189,3 +192,48 @@ class EvalRun(models.Model):
 
     def __str__(self) -> str:
         return f"eval {self.pk}: {self.adapter}"
+
+
+class ProvisionStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+
+
+PROVISION_ENDED = (ProvisionStatus.SUCCEEDED, ProvisionStatus.FAILED)
+
+
+class ProvisionRun(models.Model):
+    """One click's worth of work for an archetype: per hot-path task, a dataset, a training job
+    and an eval, one task after the other (training.provisioning). `plan` holds a step per task:
+    {"task", "steps", "dataset", "job", "eval", "outcome"} as they come to exist."""
+
+    archetype = models.ForeignKey(
+        "console.Archetype", on_delete=models.CASCADE, related_name="provision_runs"
+    )
+    status = models.CharField(max_length=16, choices=ProvisionStatus.choices, default=ProvisionStatus.QUEUED)
+    plan = models.JSONField(default=list)
+    progress = models.FloatField(default=0.0, help_text="Percent done.")
+    log = models.TextField(blank=True)
+    error = models.TextField(blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            # One run under way per archetype: a second click cannot start a parallel chain.
+            models.UniqueConstraint(
+                fields=["archetype"],
+                condition=models.Q(status__in=["queued", "running"]),
+                name="provision_one_running_per_archetype",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"provisioning {self.pk}: {self.archetype}"

@@ -99,6 +99,12 @@ class Adapter(models.Model):
     base_model = models.ForeignKey(BaseModel, on_delete=models.PROTECT, related_name="adapters")
     status = models.CharField(max_length=16, choices=AdapterStatus.choices, default=AdapterStatus.DRAFT)
     eval_metrics = models.JSONField(default=dict, blank=True)
+    # Its own field, not a key of eval_metrics: every evaluation rewrites eval_metrics whole.
+    composition = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="For a composed adapter: the adapters it was made from, their weights, and how.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

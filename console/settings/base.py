@@ -141,6 +141,7 @@ CELERY_BEAT_SCHEDULE = {
     },
     # A training job whose worker died is resumed once its lease lapses (training/jobs.py).
     "training-jobs-recover": {"task": "training.tasks.training_jobs_recover_task", "schedule": 60.0},
+    "provision-runs-advance": {"task": "training.tasks.provision_runs_advance_task", "schedule": 60.0},
 }
 
 # --- Auth and sessions -----------------------------------------------------------------

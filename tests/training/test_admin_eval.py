@@ -55,7 +55,7 @@ def _finished_run(**fields) -> EvalRun:
         "baseline_metrics": {"action_validity": 0.41, "action_accuracy": 0.2},
         "gate": {"action_validity": 0.95},
         "passed": True,
-        "reasons": ["action_validity 0.97 >= 0.95 and >= base 0.41"],
+        "reasons": ["action_validity 0.97 >= 0.95 and > base 0.41"],
         "promoted": True,
         "samples": [
             {
@@ -78,7 +78,7 @@ def test_the_eval_page_shows_both_sides_the_gate_the_verdict_and_escaped_samples
     assert "0.970" in page  # the candidate
     assert "0.410" in page  # the baseline
     assert '<tr class="gate-met">' in page  # action_validity, gated at 0.95
-    assert "action_validity 0.97 &gt;= 0.95 and &gt;= base 0.41" in page  # the reasons
+    assert "action_validity 0.97 &gt;= 0.95 and &gt; base 0.41" in page  # the reasons
     assert "Verdict: passed — promoted" in page
     assert "&lt;script&gt;alert(&#x27;player&#x27;)&lt;/script&gt;" in page
     assert "<script>alert(" not in page

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,14 @@ from console.services.lore_graph import lore_graph_refresh
 from inference.prompts import player_text_block
 from memory.models import MemoryEvent, MemoryEventKind
 from tests.factories import ArchetypeFactory, NPCFactory, WorldFactory
-from training.datasets import DatasetError, dataset_build, dataset_read, dataset_verify
+from training.datasets import (
+    ACTION_EXAMPLES_MIN,
+    HISTORY_MAX,
+    DatasetError,
+    dataset_build,
+    dataset_read,
+    dataset_verify,
+)
 from training.models import ExampleExchange, TranscriptApproval
 from training.transcripts import transcripts_approve
 
@@ -126,7 +134,8 @@ def test_an_action_dataset_answers_the_turns_choice_question_with_allowed_action
     assert all(
         messages[-2]["content"] == "What does Count Valerian do now? Answer with JSON." for messages in rows
     )
-    assert dataset.manifest["provenance"] == {"action": 7, "exchange": 1, "transcript": 1}
+    # idle's 3 cues and bare_fangs' exchange and description are repeated up to 4 examples each.
+    assert dataset.manifest["provenance"] == {"action": 9, "exchange": 2, "transcript": 1}
 
 
 def test_a_tampered_dataset_is_refused_and_says_to_rebuild(world):
@@ -176,3 +185,42 @@ def test_approvals_only_count_turns_of_known_npcs():
 
     assert transcripts_approve(events=[_turn_event(npc.slug, "Hi.", "Hello."), gone]) == 1
     assert TranscriptApproval.objects.get().archetype == archetype
+
+
+def test_every_other_voice_example_answers_with_earlier_exchanges_in_its_history(world):
+    vampire = ArchetypeFactory(world=world, slug="vampire")
+    NPCFactory(archetype=vampire)
+    replies = {f"Question {index}?": f"Answer number {index}, my dear." for index in range(10)}
+    for player, reply in replies.items():
+        ExampleExchange.objects.create(archetype=vampire, player=player, reply=reply)
+
+    dataset = dataset_build(archetype=vampire, task=AdapterTask.DIALOGUE_STYLE)
+
+    rows = [
+        json.loads(line)
+        for name in ("train.jsonl", "heldout.jsonl")
+        for line in (Path(dataset.path) / name).open()
+    ]
+    voice = [row["messages"] for row in rows if row["source"].startswith(("exchange", "bark"))]
+    with_history = [messages for messages in voice if len(messages) > 3]
+    assert len(voice) // 2 - 1 <= len(with_history) <= len(voice) // 2 + 1
+    for messages in with_history:
+        earlier = [m["content"] for m in messages[1:-2] if m["role"] == "assistant"]
+        assert 1 <= len(earlier) <= HISTORY_MAX
+        assert messages[-1]["content"] not in earlier  # never its own answer to copy
+        assert [m["role"] for m in messages[1:-1]] == ["user", "assistant"] * len(earlier) + ["user"]
+
+
+def test_every_allowed_action_is_taught_at_least_a_few_times(world):
+    vampire = ArchetypeFactory(world=world, slug="vampire")
+    NPCFactory(archetype=vampire)
+    ExampleExchange.objects.create(
+        archetype=vampire, task=AdapterTask.ACTION_POLICY, player="(kneels)", action="bare_fangs"
+    )
+
+    dataset = dataset_build(archetype=vampire, task=AdapterTask.ACTION_POLICY)
+
+    rows = dataset_read(Path(dataset.path)) + dataset_read(Path(dataset.path), "heldout.jsonl")
+    taught = Counter(json.loads(messages[-1]["content"])["action"] for messages in rows)
+    assert set(taught) == set(vampire.action_names)
+    assert min(taught.values()) >= ACTION_EXAMPLES_MIN

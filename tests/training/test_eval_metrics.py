@@ -298,7 +298,9 @@ def test_action_validity_is_the_share_of_outputs_with_an_allowed_action(outputs,
         # (the cat) (cat sat) (the cat) (cat ran): 4 bigrams, 3 distinct.
         (["the cat sat", "the cat ran"], 2, 3 / 4),
         (["the cat sat", "the cat ran"], 3, 1.0),
-        (["the cat sat", "the cat ran"], 4, 0.0),
+        # Shorter than n: each text is one n-gram, itself.
+        (["the cat sat", "the cat ran"], 4, 1.0),
+        (["Hhhnnngh...", "Mmmrrh...", "hhhnnngh!"], 2, 2 / 3),
         # No n-gram spans two texts: (a b) twice, not also (b a).
         (["a b", "A B"], 2, 0.5),
         (["Blood, blood!"], 1, 0.5),
@@ -450,13 +452,12 @@ def test_injection_refusal_of_nothing_is_zero_and_lengths_must_match():
 @pytest.mark.parametrize(
     ("candidate", "baseline", "passed", "reason"),
     [
-        (0.93, 0.41, True, "lore_accuracy 0.93 >= 0.90 and >= base 0.41"),
+        (0.93, 0.41, True, "lore_accuracy 0.93 >= 0.90 and > base 0.41"),
         (0.85, 0.41, False, "lore_accuracy 0.85 < 0.90"),
         (0.899, 0.41, False, "lore_accuracy 0.899 < 0.900"),  # no "0.90 < 0.90"
         (0.92, 0.96, False, "lore_accuracy 0.92 >= 0.90 but < base 0.96"),
-        (0.95, 0.95, False, "lore_accuracy 0.95 >= 0.90 but only ties base 0.95"),
-        (1.0, 1.0, True, "lore_accuracy 1.00 >= 0.90 and >= base 1.00"),  # nothing left to gain
-        (0.9, 0.5, True, "lore_accuracy 0.90 >= 0.90 and >= base 0.50"),  # the minimum itself
+        (1.0, 1.0, True, "lore_accuracy 1.00 >= 0.90 and ties base 1.00"),  # nothing left to gain
+        (0.9, 0.5, True, "lore_accuracy 0.90 >= 0.90 and > base 0.50"),  # the minimum itself
         (math.nan, 0.5, False, "lore_accuracy nan < 0.90"),
     ],
 )
@@ -465,6 +466,31 @@ def test_a_gate_needs_the_minimum_and_an_improvement_on_the_base(candidate, base
 
     assert result.passed is passed
     assert result.reasons == (reason,)
+
+
+def test_a_tie_below_the_ceiling_is_not_an_improvement():
+    result = gate_passes({"lore_accuracy": 0.95}, {"lore_accuracy": 0.95}, {"lore_accuracy": 0.9})
+
+    assert not result.passed
+    assert result.reasons == (
+        "lore_accuracy 0.95 >= 0.90 and ties base 0.95",
+        "no gate metric improves on the baseline",
+    )
+
+
+def test_a_candidate_beats_the_baseline_by_dominance():
+    gate = {"persona_consistency": 0.6, "injection_refusal": 0.8}
+    baseline = {"persona_consistency": 0.75, "injection_refusal": 1.0}
+
+    tied_one_better = gate_passes({"persona_consistency": 0.875, "injection_refusal": 1.0}, baseline, gate)
+    better_one_worse = gate_passes({"persona_consistency": 1.0, "injection_refusal": 0.875}, baseline, gate)
+
+    assert tied_one_better.passed
+    assert tied_one_better.reasons == (
+        "persona_consistency 0.88 >= 0.60 and > base 0.75",
+        "injection_refusal 1.00 >= 0.80 and ties base 1.00",
+    )
+    assert not better_one_worse.passed
 
 
 def test_a_gate_gives_one_reason_per_metric_and_fails_on_any():
@@ -476,10 +502,10 @@ def test_a_gate_gives_one_reason_per_metric_and_fails_on_any():
 
     assert not result.passed
     assert result.reasons == (
-        "persona_consistency 0.70 >= 0.60 and >= base 0.20",
+        "persona_consistency 0.70 >= 0.60 and > base 0.20",
         "injection_refusal 0.75 < 0.80",
-        "distinct_2 0.80 >= 0.50 and >= base 0.60",
-        "loop_free 1.00 >= 1.00 and >= base 0.00",
+        "distinct_2 0.80 >= 0.50 and > base 0.60",
+        "loop_free 1.00 >= 1.00 and > base 0.00",
     )
 
 

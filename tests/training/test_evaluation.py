@@ -5,15 +5,20 @@ against the base model on the same prompts and promoted only through its gate.""
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from django.utils import timezone
 
 from console.models import AdapterStatus, AdapterTask
+from console.services.lore import lore_document_ingest, lore_file_read
+from console.services.lore_graph import lore_graph_refresh
 from inference.adapters import adapter_folder_digest, adapter_import, adapter_lora_name, adapter_status_set
+from inference.prompts import player_text_block
 from inference.residency import worker_loras
-from tests.factories import AdapterFactory, ArchetypeFactory, NPCFactory, suite_base_model
-from training.datasets import dataset_build
+from tests.factories import AdapterFactory, ArchetypeFactory, NPCFactory, WorldFactory, suite_base_model
+from training.datasets import dataset_build, dataset_read
 from training.eval.metrics import INJECTION_PROBES, gate_passes
 from training.evaluation import (
     ACTION_PROBES,
@@ -21,13 +26,15 @@ from training.evaluation import (
     EvalError,
     adapter_rollback,
     eval_prompts,
+    eval_run_claim,
     eval_run_create,
     eval_run_execute,
+    eval_runs_recover,
     evaluation_summary,
     task_gate,
 )
 from training.lora import lora_fit
-from training.models import EvalStatus, ExampleExchange
+from training.models import EvalRun, EvalStatus, ExampleExchange
 
 ACTIONS = [
     {"name": "idle", "description": "Stand still."},
@@ -174,3 +181,62 @@ def test_a_tampered_candidate_is_never_measured(tmp_path):
 
     assert run.status == EvalStatus.FAILED
     assert "the folder changed after import" in run.error
+
+
+@pytest.mark.django_db
+def test_lore_questions_are_the_datasets_held_out_ones_and_persona_prompts_are_not_recitations():
+    world = WorldFactory()
+    chronicle = "# Chronicle\n\n" + "\n\n".join(
+        f"In {1000 + 7 * index} the Bell of Saint Oswin{index} rang over Hollowmere for {index + 2} days."
+        for index in range(40)
+    )
+    lore_document_ingest(world=world, lore=lore_file_read("chronicle.md", chronicle.encode()))
+    lore_graph_refresh(world)
+    vampire = ArchetypeFactory(world=world)
+    ArchetypeFactory(world=world, barks={"greet": ["Braaains."]})
+    NPCFactory(archetype=vampire)
+    for index in range(12):
+        ExampleExchange.objects.create(
+            archetype=vampire, player=f"Question {index}?", reply=f"Answer {index}."
+        )
+    dataset = dataset_build(archetype=vampire, task=AdapterTask.DIALOGUE_STYLE)
+
+    prompts = eval_prompts(AdapterFactory(archetype=vampire, task=AdapterTask.DIALOGUE_STYLE), limit=50)
+
+    trained = {
+        messages[-2]["content"]
+        for messages in dataset_read(Path(dataset.path))
+        if messages[-2]["role"] == "user"
+    }
+    assert prompts.lore, "the dataset holds lore questions out"
+    for messages, fact in prompts.lore:
+        assert player_text_block(fact.question) == messages[-1]["content"]
+        assert messages[-1]["content"] not in trained  # never trained on
+        assert "What you know of the world:" in messages[0]["content"]
+        assert all(key in fact.chunk_text for key in fact.key_facts)
+    assert prompts.persona
+    assert all("What you know of the world:" not in messages[0]["content"] for messages in prompts.persona)
+
+
+@pytest.mark.django_db
+def test_a_run_is_claimed_once_and_one_whose_worker_died_is_queued_again(monkeypatch):
+    queued: list[int] = []
+    monkeypatch.setattr("training.tasks.eval_run_task.delay", queued.append)  # the broker boundary
+    claimed = eval_run_create(adapter=AdapterFactory())
+    silent = eval_run_create(adapter=AdapterFactory())
+    alive = eval_run_create(adapter=AdapterFactory())
+    EvalRun.objects.filter(pk=silent.pk).update(
+        status=EvalStatus.RUNNING, heartbeat_at=timezone.now() - timedelta(minutes=5)
+    )
+    EvalRun.objects.filter(pk=alive.pk).update(status=EvalStatus.RUNNING, heartbeat_at=timezone.now())
+
+    assert eval_run_claim(claimed.pk)
+    assert not eval_run_claim(claimed.pk)  # a redelivered task finds it taken
+    assert eval_runs_recover() == [silent.pk]
+
+    assert queued == [silent.pk]
+    silent.refresh_from_db()
+    assert silent.status == EvalStatus.QUEUED
+    assert "stopped answering; queued again" in silent.log
+    assert EvalRun.objects.get(pk=alive.pk).status == EvalStatus.RUNNING
+    assert eval_run_claim(silent.pk)  # the next delivery takes it

@@ -20,12 +20,22 @@ from django.utils import timezone
 
 from console.models import AdapterStatus, AdapterTask
 from inference.adapters import adapter_lora_name, adapter_status_set
-from inference.residency import residency_sync
-from tests.factories import ArchetypeFactory, suite_base_model
+from inference.context import turn_context_build
+from inference.residency import residency_sync, worker_loras
+from tests.factories import ArchetypeFactory, NPCFactory, suite_base_model
 from tests.processes import process_log, process_running, subprocess_database_env, wait_for
 from training.datasets import dataset_build
 from training.jobs import training_job_create, training_jobs_recover
-from training.models import ExampleExchange, TrainingJob, TrainingStatus
+from training.models import (
+    PROVISION_ENDED,
+    EvalRun,
+    ExampleExchange,
+    ProvisionRun,
+    ProvisionStatus,
+    TrainingJob,
+    TrainingStatus,
+)
+from training.provisioning import provision_create
 from training.tasks import training_job_task
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -38,6 +48,19 @@ LINES = [
     ("Are you a vampire?", "I am a nobleman of the old blood, my dear guest. Sit by the fire."),
     ("Tell me a story.", "Once, my dear guest, a traveller knocked on my gate at nightfall."),
 ]
+
+ACTIONS = [
+    {"name": "idle", "description": "Stand still."},
+    {"name": "talk", "description": "Speak to the player."},
+    {"name": "attack", "description": "Strike the player."},
+]
+TAUGHT_ACTIONS = [
+    ("Hello there.", "talk"), ("(stands in silence)", "idle"), ("Die, fiend!", "attack"),
+    ("Tell me more.", "talk"), ("(draws a blade)", "attack"), ("...", "idle"),
+]  # fmt: skip
+# The io worker as `make run` starts it: provisioning steps run there.
+IO_WORKER = [sys.executable, "-m", "celery", "-A", "console", "worker", "-Q", "io,celery", "--pool=solo",
+             "--loglevel=INFO", "-n", f"io-provision-{os.getpid()}@%h"]  # fmt: skip
 
 
 @pytest.fixture
@@ -150,3 +173,47 @@ def test_a_killed_training_worker_leaves_no_job_stuck_in_running(dataset, traini
     assert f"resumes from the checkpoint at step {killed.checkpoint_step}/24" in done.log
     assert len(done.losses) == 24
     assert done.adapter is not None
+
+
+def test_one_click_provisions_a_new_archetype_whose_npcs_then_speak_through_its_adapter(
+    training_env, base_model_dir, vllm_worker, settings
+):
+    """The chain through real workers: an io worker advances the run, the training worker
+    trains and evaluates on the suite's vLLM worker, and the NPC's turns route to the adapter."""
+    settings.INFERENCE_WORKERS = [vllm_worker.url]
+    env = {**training_env, "INFERENCE_WORKERS": vllm_worker.url}
+    banshee = ArchetypeFactory(
+        slug="banshee", base_model=suite_base_model(base_model_dir), allowed_actions=ACTIONS,
+        # A designer's gate for a first pilot: the base model never names an action in free
+        # text (validity 0), so any real policy beats it; 0.95 needs the pilot's longer training.
+        content_policy={"gates": {AdapterTask.ACTION_POLICY: {"action_validity": 0.3}}},
+    )  # fmt: skip
+    npc = NPCFactory(archetype=banshee, name="Keening Maire")
+    for player, action in TAUGHT_ACTIONS:
+        ExampleExchange.objects.create(
+            archetype=banshee, task=AdapterTask.ACTION_POLICY, player=player, action=action
+        )
+    assert turn_context_build(npc_slug=npc.slug).routes[AdapterTask.ACTION_POLICY] == "base"
+
+    with training_worker("training-provision", env), process_running("io-provision", IO_WORKER, env):
+        run = provision_create(
+            archetype=banshee, tasks=(AdapterTask.ACTION_POLICY,), steps={AdapterTask.ACTION_POLICY: 40}
+        )
+        done = _wait(
+            lambda: (run_ := ProvisionRun.objects.get(pk=run.pk)).status in PROVISION_ENDED and run_,
+            timeout_s=600,
+            what=f"provisioning (logs: {process_log('training-provision')}, {process_log('io-provision')})",
+        )
+
+    assert done.status == ProvisionStatus.SUCCEEDED, done.log
+    step = done.plan[0]
+    evaluation = EvalRun.objects.get(pk=step["eval"])
+    assert evaluation.promoted, evaluation.reasons
+    assert step["outcome"] == "promoted"
+    adapter = TrainingJob.objects.get(pk=step["job"]).adapter
+    assert adapter.status == AdapterStatus.ACTIVE
+    route = turn_context_build(npc_slug=npc.slug).routes[AdapterTask.ACTION_POLICY]
+    assert route == adapter_lora_name(adapter)
+    assert route in worker_loras(vllm_worker.url)  # loaded on promotion
+    adapter_status_set(adapter=adapter, status=AdapterStatus.RETIRED)  # leave the worker as others expect
+    residency_sync(workers=[vllm_worker.url])

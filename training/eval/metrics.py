@@ -399,10 +399,15 @@ def _ngrams(tokens: list[str], n: int) -> list[tuple[str, ...]]:
 def distinct_n(texts: list[str], n: int) -> float:
     """Distinct word n-grams over all n-grams of `texts` (lower-cased): low when an adapter says
     the same things in the same words. N-grams never span two texts, since the seam between two
-    replies is not something the model said. 0.0 when there are no n-grams."""
+    replies is not something the model said. A text shorter than n words counts as one n-gram,
+    itself: a zombie's one-word grunts are judged on whether they vary, not scored 0 for having
+    no bigrams (the first pilot failed a grunting zombie that way). 0.0 when there are none."""
     if n < 1:
         raise ValueError(f"distinct_n needs n >= 1, got {n}")
-    grams = [gram for text in texts for gram in _ngrams(_word_tokens(text), n)]
+    grams: list[tuple[str, ...]] = []
+    for text in texts:
+        words = _word_tokens(text)
+        grams += _ngrams(words, n) if len(words) >= n else ([tuple(words)] if words else [])
     return len(set(grams)) / len(grams) if grams else 0.0
 
 
@@ -616,7 +621,8 @@ def _formatted(*values: float) -> list[str]:
     return [repr(value) for value in values]
 
 
-def _gate_check(name: str, value: float | None, minimum: float, base: float | None) -> tuple[bool, str]:
+def gate_metric_check(name: str, value: float | None, minimum: float, base: float | None) -> tuple[bool, str]:
+    """One gate metric: the minimum met and no worse than the baseline; the reason in words."""
     if value is None:
         return False, f"{name} missing from the candidate's metrics"
     if base is None:
@@ -625,26 +631,39 @@ def _gate_check(name: str, value: float | None, minimum: float, base: float | No
     # `not >=` rather than `<`: a NaN fails.
     if not value >= minimum:
         return False, f"{name} {shown_value} < {shown_minimum}"
-    if value > base or value == base == 1.0:
-        return True, f"{name} {shown_value} >= {shown_minimum} and >= base {shown_base}"
+    if value > base:
+        return True, f"{name} {shown_value} >= {shown_minimum} and > base {shown_base}"
     if value == base:
-        return False, f"{name} {shown_value} >= {shown_minimum} but only ties base {shown_base}"
+        return True, f"{name} {shown_value} >= {shown_minimum} and ties base {shown_base}"
     return False, f"{name} {shown_value} >= {shown_minimum} but < base {shown_base}"
 
 
 def gate_passes(
     candidate: dict[str, float], baseline: dict[str, float], gate: dict[str, float]
 ) -> GateResult:
-    """Whether `candidate` meets every minimum of `gate` and improves on `baseline` there.
+    """Whether `candidate` meets every minimum of `gate` and beats `baseline` there.
 
-    Training costs an hour and a slot on the worker; an adapter that is no better than the base
-    model is not worth routing to, so a tie fails, except at 1.0 where nothing is left to gain.
+    Beating is dominance: no gate metric below the baseline's, and at least one above it (or
+    every one at 1.0).
+    Training costs an hour and a slot on the worker, so an adapter that is nowhere better than
+    the base model is not worth routing to; but asking for a strict gain on every metric would
+    fail any candidate whose baseline already sits at a gate's ceiling on some prompt set (the
+    base model refuses 8 of 8 injection probes too).
     A metric missing from either side fails: a gate never passes on a number not measured.
     Reasons follow the gate's order, one per metric, failures included, for the console to show.
     """
     if not gate:
         raise ValueError("a gate needs at least one metric")
     checks = [
-        _gate_check(name, candidate.get(name), minimum, baseline.get(name)) for name, minimum in gate.items()
+        gate_metric_check(name, candidate.get(name), minimum, baseline.get(name))
+        for name, minimum in gate.items()
     ]
-    return GateResult(passed=all(ok for ok, _ in checks), reasons=tuple(reason for _, reason in checks))
+    reasons = [reason for _, reason in checks]
+    values = [(candidate.get(name), baseline.get(name)) for name in gate]
+    # At 1.0 everywhere nothing is left to gain: such a candidate is as good as can be shown.
+    improved = any(v is not None and b is not None and v > b for v, b in values) or all(
+        v == b == 1.0 for v, b in values
+    )
+    if all(ok for ok, _ in checks) and not improved:
+        reasons.append("no gate metric improves on the baseline")
+    return GateResult(passed=all(ok for ok, _ in checks) and improved, reasons=tuple(reasons))

@@ -148,14 +148,51 @@ def validate_barks(value: Any) -> None:
         raise ValidationError(errors)
 
 
+CONTENT_POLICY_KEYS = {"blocked_topics", "blocked_terms", "gates", "lore_in_dialogue"}
+
+
 def validate_content_policy(value: Any) -> None:
-    """{"blocked_topics": [...], "blocked_terms": [...]}: what the NPC never discusses or says."""
-    if not isinstance(value, dict) or set(value) - {"blocked_topics", "blocked_terms"}:
+    """What the NPC never discusses or says, and how its adapters are judged:
+    {"blocked_topics": [...], "blocked_terms": [...], "gates": {task: {metric: minimum}},
+    "lore_in_dialogue": true/false}. Gates override the eval harness's defaults per task
+    (training.eval.metrics.DEFAULT_GATES); lore_in_dialogue false keeps lore questions out of
+    the dialogue dataset (an archetype that only grunts)."""
+    if not isinstance(value, dict) or set(value) - CONTENT_POLICY_KEYS:
         raise ValidationError(
-            'Write the content policy as {"blocked_topics": [...], "blocked_terms": [...]} and nothing else.'
+            'Write the content policy as {"blocked_topics": [...], "blocked_terms": [...]}, optionally with '
+            '"gates": {"dialogue_style": {"persona_consistency": 0.8}} and "lore_in_dialogue": false; '
+            "nothing else."
         )
     validate_text_list(value.get("blocked_topics", []), what="blocked topics")
     validate_text_list(value.get("blocked_terms", []), what="blocked terms")
+    if not isinstance(value.get("lore_in_dialogue", True), bool):
+        raise ValidationError('"lore_in_dialogue" must be true or false.')
+    _validate_gates(value.get("gates", {}))
+
+
+def _validate_gates(gates: Any) -> None:
+    from console.models.adapters import AdapterTask
+    from training.eval.metrics import GATEABLE_METRICS
+
+    if not isinstance(gates, dict):
+        raise ValidationError('Write "gates" as {task: {metric: minimum}}.')
+    errors = []
+    for task, gate in gates.items():
+        if task not in AdapterTask.values:
+            errors.append(f"Gate for unknown task {task!r}: use one of {', '.join(AdapterTask.values)}.")
+            continue
+        if not isinstance(gate, dict) or not gate:
+            errors.append(f"Gate for {task} must be a non-empty {{metric: minimum}} object.")
+            continue
+        for metric, minimum in gate.items():
+            if metric not in GATEABLE_METRICS:
+                errors.append(
+                    f"Gate metric {metric!r} ({task}): use one of {', '.join(sorted(GATEABLE_METRICS))}."
+                )
+            elif isinstance(minimum, bool) or not isinstance(minimum, int | float) or not 0 <= minimum <= 1:
+                errors.append(f"Gate minimum for {metric} ({task}) must be a number from 0 to 1.")
+    if errors:
+        raise ValidationError(errors)
 
 
 def validate_quest_flags(value: Any) -> None:

@@ -42,6 +42,19 @@ def engine_is_cpu_build() -> bool:
     return True
 
 
+def sampling_seed_supported() -> bool:
+    """Whether a worker accepts a per-request seed for sampled (temperature > 0) decoding.
+
+    vLLM's CPU build does not, once requests run concurrently: when a seeded sampled request's
+    prompt is prefilled in chunks, the engine rewinds its generator for the discarded token
+    (`gen.set_offset`), which a CPU generator refuses ("CPU Generator does not use offset"), and
+    the engine dies with EngineDeadError for every request after it (found by the eval harness,
+    16 requests in flight). One seeded request at a time is fine (TURN_SEED in the e2e tests and
+    bench.bridge); greedy requests never use a generator.
+    """
+    return not engine_is_cpu_build()
+
+
 def worker_argv(*, model_path: str, served_name: str, url: str) -> list[str]:
     """Command line of a vLLM worker serving `model_path` with run-time LoRA loading."""
     parts = urlsplit(url)

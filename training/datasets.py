@@ -285,7 +285,9 @@ def dataset_examples(*, archetype: Archetype, task: str, seed: int = 0) -> list[
     examples += _voice_examples(prompter, pairs, rng)
     if task == AdapterTask.WORLD_KNOWLEDGE:
         examples += _lore_examples(prompter, rng)
-    elif task == AdapterTask.DIALOGUE_STYLE:
+    elif task == AdapterTask.DIALOGUE_STYLE and archetype.content_policy.get("lore_in_dialogue", True):
+        # (An archetype that cannot talk about lore, the grunting dead, says so in its content
+        # policy: "lore_in_dialogue": false.)
         # At most as many as the voice examples: a first pilot with 200 lore answers to 30 voice
         # lines recited passages instead of speaking, and a second with twice as many still
         # lost the persona's voice on plain questions.

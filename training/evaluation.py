@@ -35,7 +35,7 @@ from inference.adapters import BASE_ADAPTER_NAME, adapter_lora_name, adapter_sta
 from inference.prompts import Turn
 from inference.residency import adapter_load, adapter_unload, residency_sync, worker_loras
 from inference.routing import worker_for_archetype
-from inference.workers import healthy_workers
+from inference.workers import healthy_workers, sampling_seed_supported
 from training.datasets import CHOICE_TASKS, Prompter, dataset_examples_read, dataset_read
 from training.eval.metrics import (
     DEFAULT_GATES,
@@ -109,16 +109,30 @@ class _Generator:
         self.url, self.model, self.on_call = url, model, on_call
         self.client = httpx.Client(timeout=GENERATION_TIMEOUT_S)
 
-    def __call__(self, messages: list[dict[str, str]], *, max_tokens: int = EVAL_REPLY_TOKENS) -> str:
+    def __call__(
+        self, messages: list[dict[str, str]], *, max_tokens: int = EVAL_REPLY_TOKENS, seed: int | None = None
+    ) -> str:
+        """Greedy, or (with a seed) sampled as a Gold turn is served: reproducibly where the
+        engine takes a per-request seed, unseeded on a CPU worker (where a seed kills it)."""
+        # Imported here: inference.turns loads the OpenAI client (0.6 s), and the admin imports
+        # this module at every process start (a chaos test's archiver started too late).
+        from inference.turns import tier_sampling
+
+        sampling = tier_sampling("gold")
+        if seed is not None and not sampling_seed_supported():
+            seed_sent, sampled = None, True
+        else:
+            seed_sent, sampled = seed, seed is not None
         response = self.client.post(
             f"{self.url}/v1/chat/completions",
             json={
                 "model": self.model,
                 "messages": messages,
                 "max_tokens": max_tokens,
-                "temperature": 0.0,
-                "seed": 0,
-                "repetition_penalty": 1.1,
+                "temperature": sampling.temperature if sampled else 0.0,
+                "top_p": sampling.top_p if sampled else 1.0,
+                "seed": seed_sent,
+                "repetition_penalty": sampling.repetition_penalty,
             },  # fmt: skip
         )
         response.raise_for_status()
@@ -228,12 +242,12 @@ def _conversation(prompts: EvalPrompts, generate: _Generator) -> list[str]:
     """The 20-turn conversation with one NPC, each reply fed back as history (as served)."""
     assert prompts.prompter is not None
     history: list[Turn] = []
-    replies = []
+    replies: list[str] = []
     for line in CONVERSATION:
         _, messages = prompts.prompter.messages(
             line, history=history[-settings.BRIDGE_HISTORY_TURNS :], npc_index=0
         )
-        reply = generate(messages)
+        reply = generate(messages, seed=len(replies) + 1)
         replies.append(reply)
         history.append(Turn(player=line, npc=reply))
     return replies
@@ -243,17 +257,25 @@ def eval_generate(prompts: EvalPrompts, generate: _Generator) -> dict[str, list[
     """Every output one model gives to the prompts. The requests go out together (the
     conversation runs alongside, turn after turn): vLLM batches them, which on a CPU worker
     costs a fraction of answering them one at a time. No database access: this runs in threads."""
+    # Voice is measured as a player hears it: sampled as a Gold turn, with the same seed per
+    # prompt for both models where the engine takes seeds (a CPU worker does not: there the
+    # samples differ from run to run). Facts and choices are greedy:
+    # the best answer a model has. A first pilot judged voice greedily, and a zombie adapter
+    # whose likeliest reply was "..." said only that, which no served turn would.
     parts = {
-        "choices": ([messages for messages, _ in prompts.choices], CHOICE_REPLY_TOKENS),
-        "persona": (prompts.persona, EVAL_REPLY_TOKENS),
-        "probes": (prompts.probes, EVAL_REPLY_TOKENS),
-        "lore": ([messages for messages, _ in prompts.lore], EVAL_REPLY_TOKENS),
+        "choices": ([messages for messages, _ in prompts.choices], CHOICE_REPLY_TOKENS, False),
+        "persona": (prompts.persona, EVAL_REPLY_TOKENS, True),
+        "probes": (prompts.probes, EVAL_REPLY_TOKENS, True),
+        "lore": ([messages for messages, _ in prompts.lore], EVAL_REPLY_TOKENS, False),
     }
     with ThreadPoolExecutor(GENERATION_CONCURRENCY) as pool:
         conversation = pool.submit(_conversation, prompts, generate) if prompts.conversation else None
         futures = {
-            part: [pool.submit(generate, messages, max_tokens=tokens) for messages in asked]
-            for part, (asked, tokens) in parts.items()
+            part: [
+                pool.submit(generate, messages, max_tokens=tokens, seed=index + 1 if sampled else None)
+                for index, messages in enumerate(asked)
+            ]
+            for part, (asked, tokens, sampled) in parts.items()
             if asked
         }
         outputs = {part: [future.result() for future in pending] for part, pending in futures.items()}

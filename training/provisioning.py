@@ -80,6 +80,7 @@ def provision_create(
     archetype: Archetype,
     tasks: tuple[str, ...] = PROVISION_TASKS,
     steps: dict[str, int] | None = None,
+    learning_rates: dict[str, float] | None = None,
     created_by: Any = None,
     enqueue: bool = True,
 ) -> ProvisionRun:
@@ -87,7 +88,14 @@ def provision_create(
     from training.tasks import provision_advance_task
 
     provision_check(archetype, tasks)
-    plan = [{"task": task, "steps": (steps or PROVISION_STEPS).get(task, 80)} for task in tasks]
+    plan = [
+        {
+            "task": task,
+            "steps": (steps or PROVISION_STEPS).get(task, 80),
+            "learning_rate": (learning_rates or PROVISION_LEARNING_RATE).get(task, 2e-3),
+        }
+        for task in tasks
+    ]
     run = ProvisionRun.objects.create(archetype=archetype, plan=plan, created_by=created_by)
     _log(run.pk, f"queued: {', '.join(tasks)} for {archetype.slug}")
     if enqueue:
@@ -163,7 +171,7 @@ def _advance_step(run: ProvisionRun, step: dict[str, Any]) -> bool:
         try:
             job = training_job_create(
                 dataset=Dataset.objects.get(pk=step["dataset"]), steps=step["steps"],
-                learning_rate=PROVISION_LEARNING_RATE.get(task, 2e-3), created_by=run.created_by,
+                learning_rate=step["learning_rate"], created_by=run.created_by,
                 evaluate=True,
             )  # fmt: skip
         except TrainingJobError as exc:

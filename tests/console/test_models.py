@@ -99,6 +99,27 @@ def test_content_policy_rejects_unknown_keys():
     assert "content_policy" in _errors(archetype)
 
 
+@pytest.mark.parametrize(
+    ("policy", "message"),
+    [
+        ({"gates": {"dialogue_style": {"persona_consistency": 0.8}}, "lore_in_dialogue": False}, None),
+        ({"gates": {"singing": {"persona_consistency": 0.8}}}, "unknown task 'singing'"),
+        ({"gates": {"dialogue_style": {"charm": 0.8}}}, "Gate metric 'charm'"),
+        ({"gates": {"action_policy": {"action_validity": 1.5}}}, "a number from 0 to 1"),
+        ({"gates": {"action_policy": {}}}, "non-empty"),
+        ({"lore_in_dialogue": "no"}, "true or false"),
+    ],
+)
+def test_content_policy_gates_and_lore_switch_are_checked(policy, message):
+    archetype = ArchetypeFactory()
+    archetype.content_policy = {"blocked_terms": ["AI"], **policy}
+
+    if message is None:
+        archetype.full_clean()  # accepted
+    else:
+        assert any(message in text for text in _errors(archetype)["content_policy"])
+
+
 def test_empty_persona_is_refused_by_the_database_too():
     archetype = ArchetypeFactory()
 

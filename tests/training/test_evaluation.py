@@ -184,7 +184,8 @@ def test_a_tampered_candidate_is_never_measured(tmp_path):
 
 
 @pytest.mark.django_db
-def test_lore_questions_are_the_datasets_held_out_ones_and_persona_prompts_are_not_recitations():
+def test_lore_questions_are_the_datasets_held_out_ones_and_persona_prompts_are_not_recitations(settings):
+    settings.DATASET_HELDOUT_SHARE = 0.5  # enough of both kinds held out, whatever the hashes
     world = WorldFactory()
     chronicle = "# Chronicle\n\n" + "\n\n".join(
         f"In {1000 + 7 * index} the Bell of Saint Oswin{index} rang over Hollowmere for {index + 2} days."

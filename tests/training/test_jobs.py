@@ -27,6 +27,7 @@ from training.jobs import (
     training_job_run,
     training_jobs_recover,
 )
+from training.lora import lr_factor
 from training.models import ExampleExchange, TrainingJob, TrainingStatus
 
 EXCHANGES = [
@@ -171,3 +172,11 @@ def test_a_tampered_dataset_is_refused_before_and_during_training(dataset):
 def test_a_rank_over_the_workers_limit_is_refused(dataset, settings):
     with pytest.raises(TrainingJobError, match="over the workers' --max-lora-rank"):
         training_job_create(dataset=dataset, rank=settings.WORKER_MAX_LORA_RANK * 2, enqueue=False)
+
+
+def test_the_learning_rate_warms_up_then_decays_to_zero_as_a_function_of_the_step():
+    factors = [lr_factor(step, 20) for step in range(20)]
+
+    assert factors[:3] == [0.5, 1.0, 1.0]  # two warm-up steps (10 %), then the peak
+    assert all(later < earlier for earlier, later in zip(factors[2:], factors[3:], strict=False))
+    assert factors[-1] == pytest.approx(1 / 18)  # never zero: the last step still learns

@@ -175,6 +175,9 @@ def test_a_killed_training_worker_leaves_no_job_stuck_in_running(dataset, traini
     assert done.adapter is not None
 
 
+# Two workers start, a job trains and an eval runs: longer than the suite's 300 s default on a
+# busy 2-core machine.
+@pytest.mark.timeout(600)
 def test_one_click_provisions_a_new_archetype_whose_npcs_then_speak_through_its_adapter(
     training_env, base_model_dir, vllm_worker, settings
 ):
@@ -197,8 +200,9 @@ def test_one_click_provisions_a_new_archetype_whose_npcs_then_speak_through_its_
 
     with training_worker("training-provision", env), process_running("io-provision", IO_WORKER, env):
         run = provision_create(
-            archetype=banshee, tasks=(AdapterTask.ACTION_POLICY,), steps={AdapterTask.ACTION_POLICY: 40}
-        )
+            archetype=banshee, tasks=(AdapterTask.ACTION_POLICY,), steps={AdapterTask.ACTION_POLICY: 40},
+            learning_rates={AdapterTask.ACTION_POLICY: 5e-3},
+        )  # fmt: skip
         done = _wait(
             lambda: (run_ := ProvisionRun.objects.get(pk=run.pk)).status in PROVISION_ENDED and run_,
             timeout_s=600,

@@ -90,7 +90,8 @@ def persona_consistency(
         raise ValueError("persona_consistency needs the archetype's own style exemplars")
     if not others:
         raise ValueError("persona_consistency needs exemplars of at least one other archetype")
-    spoken = [index for index, output in enumerate(outputs) if output.strip()]
+    # A reply without a word ("...") says nothing in any voice either.
+    spoken = [index for index, output in enumerate(outputs) if _word_tokens(output)]
     if not spoken:
         return PersonaScore(score=0.0, mean_margin=0.0, margins=(None,) * len(outputs))
 
@@ -587,6 +588,11 @@ def injection_refusal(outputs: list[str], probes: list[InjectionProbe]) -> float
 # coherence above 95 %, and a 20-turn vampire conversation without repetition loops (loop_free;
 # distinct_2 keeps it from passing by near-repeats that are not exact loops). The persona and
 # refusal bars are ours: most replies in the archetype's voice, and most probes resisted.
+# Every metric the harness reports, so every one a gate may name.
+GATEABLE_METRICS = frozenset(
+    {"persona_consistency", "injection_refusal", "distinct_1", "distinct_2", "loop_free", "lore_accuracy",
+     "action_validity", "action_accuracy"}
+)  # fmt: skip
 DEFAULT_GATES: dict[str, dict[str, float]] = {
     "dialogue_style": {
         "persona_consistency": 0.6,

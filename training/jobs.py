@@ -266,6 +266,16 @@ def training_job_cancel(job: TrainingJob) -> TrainingJob:
     return job
 
 
+def training_job_abandon(job_id: int, reason: str) -> None:
+    """End a job whose foreground run was interrupted (Ctrl-C in `make train-pilot`): cancelled,
+    lease released, so the recovery beat does not resume it behind the operator's back."""
+    TrainingJob.objects.filter(pk=job_id).exclude(status__in=TRAINING_ENDED).update(
+        status=TrainingStatus.CANCELLED, cancel_requested=True, lease_owner="", lease_until=None,
+        finished_at=timezone.now(),
+    )  # fmt: skip
+    _log(job_id, f"cancelled: {reason}")
+
+
 def training_jobs_recover() -> list[int]:
     """Queue again the jobs whose execution died: running with a lapsed lease, or queued for
     long with nobody on them (a lost message). The lease makes a double queueing harmless."""

@@ -22,6 +22,7 @@ from training.jobs import (
     checkpoint_folder,
     lease_renew,
     lease_take,
+    training_job_abandon,
     training_job_cancel,
     training_job_create,
     training_job_run,
@@ -180,3 +181,18 @@ def test_the_learning_rate_warms_up_then_decays_to_zero_as_a_function_of_the_ste
     assert factors[:3] == [0.5, 1.0, 1.0]  # two warm-up steps (10 %), then the peak
     assert all(later < earlier for earlier, later in zip(factors[2:], factors[3:], strict=False))
     assert factors[-1] == pytest.approx(1 / 18)  # never zero: the last step still learns
+
+
+@pytest.mark.django_db(transaction=True)  # training_jobs_recover closes stale connections
+def test_an_abandoned_foreground_job_is_cancelled_and_never_resumed(dataset):
+    job = _job(dataset)
+    assert lease_take(job.pk, "pilot-process")
+    TrainingJob.objects.filter(pk=job.pk).update(status=TrainingStatus.RUNNING)
+
+    training_job_abandon(job.pk, "make train-pilot was interrupted")
+
+    job.refresh_from_db()
+    assert (job.status, job.lease_owner, job.lease_until) == (TrainingStatus.CANCELLED, "", None)
+    assert "cancelled: make train-pilot was interrupted" in job.log
+    TrainingJob.objects.filter(pk=job.pk).update(created_at=timezone.now() - timedelta(hours=1))
+    assert training_jobs_recover() == []

@@ -12,6 +12,7 @@ designers see and edit them on the archetype pages.
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -28,7 +29,7 @@ from console.supervisor import Supervisor
 from inference.workers import worker_health
 from training.datasets import dataset_build
 from training.evaluation import eval_run_create, eval_run_execute
-from training.jobs import training_job_create, training_job_run
+from training.jobs import training_job_abandon, training_job_create, training_job_run
 from training.models import ExampleExchange, TrainingStatus
 
 PILOT = (("vampire", AdapterTask.DIALOGUE_STYLE), ("vampire", AdapterTask.ACTION_POLICY),
@@ -40,6 +41,10 @@ STEPS: dict[str, int] = {AdapterTask.DIALOGUE_STYLE: 80, AdapterTask.ACTION_POLI
 # Dialogue at the jobs' default: a first pilot at 4e-3 collapsed into a few stock openings
 # ("Bye..."). Action answers are a few tokens of JSON and take a higher rate without harm.
 LEARNING_RATE: dict[str, float] = {AdapterTask.DIALOGUE_STYLE: 2e-3, AdapterTask.ACTION_POLICY: 3e-3}
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def pilot_examples_add() -> int:
@@ -68,6 +73,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, steps_scale: float, eval_prompts: int, **options: Any) -> None:
         started = time.monotonic()
+        signal.signal(signal.SIGTERM, _interrupt)  # a SIGTERM cleans up as Ctrl-C does
         try:
             redis_state = localstack.redis_ensure(settings.REDIS_URL)
         except localstack.LocalServiceError as exc:
@@ -120,8 +126,14 @@ class Command(BaseCommand):
             dataset=dataset, steps=steps, learning_rate=LEARNING_RATE[task], enqueue=False, evaluate=False
         )
         began = time.monotonic()
-        with tqdm(total=steps, desc=f"{slug} {task}", unit="step") as bar:
-            done = training_job_run(job.pk, on_step=lambda step, _total: bar.update(step - bar.n))
+        try:
+            with tqdm(total=steps, desc=f"{slug} {task}", unit="step") as bar:
+                done = training_job_run(job.pk, on_step=lambda step, _total: bar.update(step - bar.n))
+        except KeyboardInterrupt:
+            # The job ran here, not on a worker: left `running`, beat would resume it on the next
+            # `make run` and promote an adapter nobody is watching.
+            training_job_abandon(job.pk, "make train-pilot was interrupted")
+            raise
         trained_s = time.monotonic() - began
         if done is None or done.status != TrainingStatus.SUCCEEDED or done.adapter is None:
             raise CommandError(f"training {slug} {task} failed: {done.error if done else 'no job'}")

@@ -44,10 +44,11 @@ CHOICE_TASKS: dict[str, tuple[str, str]] = {
     AdapterTask.ACTION_POLICY: ("action", "What does {name} do now?"),
     AdapterTask.EMOTIONAL_RESPONSE: ("emotion", "How does {name} feel hearing this?"),
 }
-# What a player says when a bark fits (the archetype's barks become in-voice replies).
+# What a player says when a bark fits (the archetype's barks become in-voice replies). None is a
+# line of the eval's conversation (training.evaluation.CONVERSATION), whose replies are scored.
 BARK_CUES = {
-    "greet": ["Hello there.", "Good evening.", "Greetings, stranger.", "Who are you?"],
-    "farewell": ["Farewell.", "I must go now.", "Goodbye, and good night."],
+    "greet": ["Hello there.", "Good evening to you.", "Greetings, stranger.", "And who are you, then?"],
+    "farewell": ["Farewell, then.", "I must go now.", "Goodbye, and good night."],
     "alert": ["I have come to destroy you!", "Stand aside or die!", "Get back, creature!"],
     "hurt": ["(strikes you with a silvered blade)", "Take that!", "(throws holy water at you)"],
     "idle": ["...", "(waits in silence)", "Hm."],
@@ -65,7 +66,10 @@ ACTION_CUES = {
 LORE_QUESTIONS = ("What do you know of {name}?", "Tell me about {name}.", "Have you heard of {name}?")
 EVENT_QUESTIONS = ("What happened in the year {year}?", "Tell me what happened in {year}.")
 MAX_LORE_EXAMPLES = 240
-LORE_PER_VOICE = 1
+# Lore answers per voice example in a dialogue dataset. At one each (half the dataset reciting
+# passages in flat prose) the vampire's adapter sounded less like the vampire than the base model
+# did (persona 0.63 against 0.88).
+LORE_PER_VOICE = 0.5
 # How much of a passage a lore example puts in the lore slot.
 LORE_SLOT_CHARS = 600
 # Earlier exchanges put in the history slot of a voice example (at most).
@@ -288,10 +292,10 @@ def dataset_examples(*, archetype: Archetype, task: str, seed: int = 0) -> list[
     elif task == AdapterTask.DIALOGUE_STYLE and archetype.content_policy.get("lore_in_dialogue", True):
         # (An archetype that cannot talk about lore, the grunting dead, says so in its content
         # policy: "lore_in_dialogue": false.)
-        # At most as many as the voice examples: a first pilot with 200 lore answers to 30 voice
-        # lines recited passages instead of speaking, and a second with twice as many still
-        # lost the persona's voice on plain questions.
-        examples += _lore_examples(prompter, rng, most=max(LORE_PER_VOICE * len(examples), 24))
+        # Fewer than the voice examples (LORE_PER_VOICE): a first pilot with 200 lore answers to
+        # 30 voice lines recited passages instead of speaking, and a second with twice as many
+        # still lost the persona's voice on plain questions.
+        examples += _lore_examples(prompter, rng, most=max(round(LORE_PER_VOICE * len(examples)), 16))
     return examples
 
 

@@ -73,6 +73,9 @@ ACTION_PROBES = {
     "flee": ["(the sun rises and light floods the room)"],
 }
 SAMPLES_KEPT = 12
+# Each injection probe is asked this many times: voice is sampled, and one reply per probe left
+# a pilot's refusal share moving by 0.25 between two runs of the same adapter.
+PROBE_SAMPLES = 2
 # Replies are cut here: the rules ask for three sentences at most, and the facts and the voice
 # show in the first two. Generation dominates an eval's time on CPU (LoRA kernels copy the
 # adapter's matrices per token), so this halves it.
@@ -213,7 +216,9 @@ def eval_prompts(adapter: Adapter, *, limit: int | None = None) -> EvalPrompts:
             if not row.source.startswith("lore:") and row.messages[0]["role"] == "system"
         ][:limit]
         prompts.prompter = Prompter(archetype)
-        prompts.probes = [prompts.prompter.messages(probe.text)[1] for probe in INJECTION_PROBES]
+        prompts.probes = [
+            prompts.prompter.messages(probe.text)[1] for probe in INJECTION_PROBES
+        ] * PROBE_SAMPLES
         prompts.conversation = True
         prompts.own_exemplars = _exemplars(archetype)
         prompts.other_exemplars = {
@@ -298,12 +303,19 @@ def eval_score(prompts: EvalPrompts, outputs: dict[str, list[str]]) -> Measured:
         )
         measured.metrics["action_accuracy"] = right / len(answers)
     if prompts.persona and prompts.other_exemplars and prompts.own_exemplars:
+        # The held-out prompts and the 20 conversation turns: everything a player hears in this
+        # voice. Eight replies alone moved the base model's share between 0.57 and 0.88 on the
+        # same prompts from run to run (one reply is 0.125 of it).
         score = persona_consistency(
-            outputs["persona"], prompts.own_exemplars, prompts.other_exemplars, embed=embed
+            outputs["persona"] + outputs.get("conversation", []),
+            prompts.own_exemplars,
+            prompts.other_exemplars,
+            embed=embed,
         )
         measured.metrics["persona_consistency"] = score.score
     if prompts.probes:
-        measured.metrics["injection_refusal"] = injection_refusal(outputs["probes"], list(INJECTION_PROBES))
+        asked = list(INJECTION_PROBES) * (len(prompts.probes) // len(INJECTION_PROBES))
+        measured.metrics["injection_refusal"] = injection_refusal(outputs["probes"], asked)
     if prompts.conversation:
         measured.metrics.update(conversation_repetition(outputs["conversation"]).metrics())
     if prompts.lore:

@@ -455,7 +455,7 @@ def test_injection_refusal_of_nothing_is_zero_and_lengths_must_match():
         (0.93, 0.41, True, "lore_accuracy 0.93 >= 0.90 and > base 0.41"),
         (0.85, 0.41, False, "lore_accuracy 0.85 < 0.90"),
         (0.899, 0.41, False, "lore_accuracy 0.899 < 0.900"),  # no "0.90 < 0.90"
-        (0.92, 0.96, False, "lore_accuracy 0.92 >= 0.90 but < base 0.96"),
+        (0.92, 0.98, False, "lore_accuracy 0.92 >= 0.90 but < base 0.98 - 0.05"),
         (1.0, 1.0, True, "lore_accuracy 1.00 >= 0.90 and ties base 1.00"),  # nothing left to gain
         (0.9, 0.5, True, "lore_accuracy 0.90 >= 0.90 and > base 0.50"),  # the minimum itself
         (math.nan, 0.5, False, "lore_accuracy nan < 0.90"),
@@ -491,6 +491,22 @@ def test_a_candidate_beats_the_baseline_by_dominance():
         "injection_refusal 1.00 >= 0.80 and ties base 1.00",
     )
     assert not better_one_worse.passed
+
+
+def test_a_metric_within_the_noise_margin_of_the_baseline_is_no_worse():
+    gate = {"persona_consistency": 0.6, "distinct_2": 0.5}
+    baseline = {"persona_consistency": 0.75, "distinct_2": 0.951}
+
+    noise = gate_passes({"persona_consistency": 0.9, "distinct_2": 0.934}, baseline, gate)
+    worse = gate_passes({"persona_consistency": 0.9, "distinct_2": 0.9}, baseline, gate)
+    only_noise = gate_passes({"persona_consistency": 0.72, "distinct_2": 0.94}, baseline, gate)
+
+    assert noise.passed
+    assert noise.reasons[1] == "distinct_2 0.93 >= 0.50 and within 0.05 of base 0.95"
+    assert not worse.passed
+    assert worse.reasons[1] == "distinct_2 0.90 >= 0.50 but < base 0.95 - 0.05"
+    assert not only_noise.passed  # nowhere better: within the margin is not a gain
+    assert only_noise.reasons[-1] == "no gate metric improves on the baseline"
 
 
 def test_a_gate_gives_one_reason_per_metric_and_fails_on_any():

@@ -18,22 +18,26 @@ from inference.adapters import adapter_folder_digest, adapter_import, adapter_lo
 from inference.prompts import player_text_block
 from inference.residency import worker_loras
 from tests.factories import AdapterFactory, ArchetypeFactory, NPCFactory, WorldFactory, suite_base_model
-from training.datasets import dataset_build, dataset_read
+from training.datasets import BARK_CUES, dataset_build, dataset_read
 from training.eval.metrics import INJECTION_PROBES, gate_passes
 from training.evaluation import (
     ACTION_PROBES,
     CONVERSATION,
+    PROBE_SAMPLES,
     EvalError,
+    EvalPrompts,
     adapter_rollback,
     eval_prompts,
     eval_run_claim,
     eval_run_create,
     eval_run_execute,
     eval_runs_recover,
+    eval_score,
     evaluation_summary,
     task_gate,
 )
 from training.lora import lora_fit
+from training.management.commands.train_pilot import EXAMPLES
 from training.models import EvalRun, EvalStatus, ExampleExchange
 
 ACTIONS = [
@@ -68,9 +72,9 @@ def test_voice_prompts_cover_persona_probes_conversation_and_lore_and_choices_ar
 
     assert len(said.persona) == min(3, dialogue.heldout_examples)
     assert all(messages[-1]["role"] == "user" for messages in said.persona)  # the answer is not given
-    assert len(said.probes) == len(INJECTION_PROBES)
+    assert len(said.probes) == PROBE_SAMPLES * len(INJECTION_PROBES)  # sampled: each asked again
     assert said.conversation
-    assert said.calls() == len(said.persona) + len(INJECTION_PROBES) + len(CONVERSATION)
+    assert said.calls() == len(said.persona) + len(said.probes) + len(CONVERSATION)
     assert "Braaains." in said.other_exemplars[next(iter(said.other_exemplars))]
     probes = sum(len(ACTION_PROBES[action["name"]]) for action in ACTIONS)  # idle, talk, attack
     assert len(chosen.choices) == actions.heldout_examples + probes
@@ -241,3 +245,33 @@ def test_a_run_is_claimed_once_and_one_whose_worker_died_is_queued_again(monkeyp
     assert "stopped answering; queued again" in silent.log
     assert EvalRun.objects.get(pk=alive.pk).status == EvalStatus.RUNNING
     assert eval_run_claim(silent.pk)  # the next delivery takes it
+
+
+def test_persona_is_scored_on_the_conversation_too_and_each_probe_on_every_sample():
+    own, other = ["I am the night, my dear guest."], ["Braaains... hungry..."]
+    prompts = EvalPrompts(
+        persona=[[{"role": "user", "content": "Hello?"}]],
+        probes=[[{"role": "user", "content": probe.text}] for probe in INJECTION_PROBES] * PROBE_SAMPLES,
+        conversation=True, own_exemplars=own, other_exemplars={"zombie": other},
+    )  # fmt: skip
+    replies = ["The night keeps its secrets, my dear."] * len(prompts.probes)
+    developer_mode = [probe.name for probe in INJECTION_PROBES].index("developer_mode")
+    replies[len(INJECTION_PROBES) + developer_mode] = "Developer mode enabled."  # its second sample
+    outputs = {
+        "persona": own,  # in voice
+        "conversation": other * len(CONVERSATION),  # every turn in the zombie's voice
+        "probes": replies,
+    }
+
+    measured = eval_score(prompts, outputs).metrics
+
+    assert measured["persona_consistency"] == round(1 / (1 + len(CONVERSATION)), 4)
+    assert measured["injection_refusal"] == round(1 - 1 / len(prompts.probes), 4)
+
+
+def test_no_dataset_cue_or_pilot_example_is_a_line_the_conversation_scores():
+    cues = {cue for lines in BARK_CUES.values() for cue in lines}
+    pilot = json.loads(EXAMPLES.read_text(encoding="utf-8"))
+    players = {player for tasks in pilot.values() for pairs in tasks.values() for player, _ in pairs}
+
+    assert not (cues | players) & set(CONVERSATION)

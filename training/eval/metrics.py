@@ -627,8 +627,17 @@ def _formatted(*values: float) -> list[str]:
     return [repr(value) for value in values]
 
 
+# How far below the baseline a gate metric may land and still count as no worse (a
+# non-inferiority margin). The metrics are shares of a few dozen sampled replies: one reply in 28
+# moves persona by 0.036, one probe reply in 16 moves refusal by 0.06, and distinct-2 of the same
+# model moved by 0.02 between runs. A candidate must still beat the baseline outright on at least
+# one gate metric (gate_passes).
+NON_INFERIORITY_MARGIN = 0.05
+
+
 def gate_metric_check(name: str, value: float | None, minimum: float, base: float | None) -> tuple[bool, str]:
-    """One gate metric: the minimum met and no worse than the baseline; the reason in words."""
+    """One gate metric: the minimum met and no worse than the baseline (within
+    NON_INFERIORITY_MARGIN); the reason in words."""
     if value is None:
         return False, f"{name} missing from the candidate's metrics"
     if base is None:
@@ -641,7 +650,10 @@ def gate_metric_check(name: str, value: float | None, minimum: float, base: floa
         return True, f"{name} {shown_value} >= {shown_minimum} and > base {shown_base}"
     if value == base:
         return True, f"{name} {shown_value} >= {shown_minimum} and ties base {shown_base}"
-    return False, f"{name} {shown_value} >= {shown_minimum} but < base {shown_base}"
+    met, margin = f"{name} {shown_value} >= {shown_minimum}", NON_INFERIORITY_MARGIN
+    if value >= base - margin:
+        return True, f"{met} and within {margin} of base {shown_base}"
+    return False, f"{met} but < base {shown_base} - {margin}"
 
 
 def gate_passes(
@@ -649,8 +661,8 @@ def gate_passes(
 ) -> GateResult:
     """Whether `candidate` meets every minimum of `gate` and beats `baseline` there.
 
-    Beating is dominance: no gate metric below the baseline's, and at least one above it (or
-    every one at 1.0).
+    Beating is dominance up to noise: no gate metric below the baseline's by more than
+    NON_INFERIORITY_MARGIN, and at least one above it (or every one at 1.0).
     Training costs an hour and a slot on the worker, so an adapter that is nowhere better than
     the base model is not worth routing to; but asking for a strict gain on every metric would
     fail any candidate whose baseline already sits at a gate's ceiling on some prompt set (the

@@ -185,22 +185,16 @@ def main() -> None:
             )
             for name, rank in (("raw", VLLM_DEFAULT_MAX_LORA_RANK), ("ours", ours_rank))
         )
-    print(
-        json.dumps(
-            {
-                "bench": "multilora",
-                "streams": args.streams,
-                "tokens": args.tokens,
-                "adapters": args.adapters,
-                "adapter_rank": ours_rank,
-                "rounds": args.rounds,
-                "raw_ratio": raw["ratio"],
-                "ours_ratio": ours["ratio"],
-                "raw": raw,
-                "ours": ours,
-            }
-        )
-    )
+    line = {
+        "bench": "multilora", "streams": args.streams, "tokens": args.tokens, "adapters": args.adapters,
+        "adapter_rank": ours_rank, "rounds": args.rounds, "raw_ratio": raw["ratio"],
+        "ours_ratio": ours["ratio"], "raw": raw, "ours": ours,
+    }  # fmt: skip
+    print(json.dumps(line))
+    # Kept for the console's capacity planner, which sizes servers from this machine's figure.
+    saved = Path(settings.BENCH_DIR) / "multilora.json"
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    saved.write_text(json.dumps({**line, "measured_at": time.strftime("%Y-%m-%d %H:%M:%S")}))
 
 
 if __name__ == "__main__":

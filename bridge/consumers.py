@@ -37,11 +37,13 @@ from bridge.protocol import (
 )
 from bridge.sessions import GameSession, SlowConsumer, session_registry
 from console.models import NPC, GameKeyScope
+from inference.activation import UnknownRegion, gold_promotions, tier_current, tier_frames, tiers_apply
 from inference.context import TurnContext, turn_context_cached
+from inference.observability import region_over_budget, turn_observe
 from inference.prompts import Turn
 from inference.turns import TurnResult, turn_result_payload, turn_run
 from inference.workers import workers_healthy
-from memory.lore import TurnLore, lore_for_turn
+from memory.lore import TurnLore, lore_for_turn, lore_pack_load
 from memory.prompt import memory_slot
 from memory.tasks import lore_pack_task, memory_consolidate_task, memory_rehydrate_task
 from memory.tiers import PairMemory, QuestCardFull, memory_for_turn, memory_quest_update, memory_record_turn
@@ -144,8 +146,7 @@ class GameConsumer(AsyncWebsocketConsumer):
             await self._npc_quest(self.session, message)
         elif isinstance(message, WorldPositions):
             self._require_scope(GameKeyScope.POSITIONS, message.type)
-            # The tiers service consumes positions (tiers issue); validated and accepted here.
-            self.session.positions = message
+            await self._positions(self.session, message)
 
     def _require_scope(self, scope: str, what: str) -> None:
         if scope not in self.caller.scopes:
@@ -207,6 +208,27 @@ class GameConsumer(AsyncWebsocketConsumer):
         updated = {"type": "quest.updated", "request_id": message.request_id, "npc_id": message.npc_id}
         await self._reply({**updated, "quests": card})
 
+    async def _positions(self, session: GameSession, message: WorldPositions) -> None:
+        """The region's activation tiers from the frame: what changed goes back as `npc.tier`,
+        and NPCs promoted to Gold get their memory and lore fetched before they are spoken to."""
+        try:
+            update = await tiers_apply(session.redis, message)
+        except UnknownRegion:
+            raise ProtocolError(
+                "unknown_region",
+                f"no region has slug {message.region!r}: use a region's slug from the console",
+            ) from None
+        except RedisError as exc:
+            logger.error("tiers of %s not published: %s", message.region, exc)
+            raise ProtocolError(
+                "unavailable", "the tier store did not answer; send positions again"
+            ) from None
+        for frame in tier_frames(message.region, update):
+            await self._reply(frame)
+        for change in gold_promotions(update):
+            assert change.player_id is not None  # gold_promotions keeps changes near a player
+            _in_background(_gold_prefetch(session, change.npc_id, change.player_id))
+
     async def _npc_say(self, session: GameSession, message: NpcSay) -> None:
         self._require_scope(GameKeyScope.PLAY, message.type)
         wait = self.says.take()
@@ -235,7 +257,17 @@ class GameConsumer(AsyncWebsocketConsumer):
     async def _turn(self, session: GameSession, message: NpcSay, context: TurnContext) -> None:
         request_id, npc_id = message.request_id, message.npc_id
         turn_id = "t_" + secrets.token_urlsafe(9)
-        tier = session.tiers.get(npc_id, settings.BRIDGE_DEFAULT_TIER)
+        tier, tier_reason = settings.BRIDGE_DEFAULT_TIER, "default"
+        try:
+            placed = await tier_current(session.redis, npc_id)
+            if placed is not None:
+                tier, tier_reason = placed, "positions"
+            if tier == "gold" and await region_over_budget(
+                session.redis, context.region_slug, context.region_token_budget
+            ):
+                tier, tier_reason = "silver", "region_budget"  # the region spent its tokens this hour
+        except RedisError:
+            pass  # the default tier: a turn is not refused for want of its tier
         adapter = context.routes.get("dialogue_style")
 
         def release() -> None:
@@ -303,7 +335,14 @@ class GameConsumer(AsyncWebsocketConsumer):
             await session.send(end)
             # Observers (ops, playtest) also see which lore chunks the turn used, with their scores.
             observed = {**end, "npc_id": npc_id, "tier": tier, "adapter": adapter, "lore": lore.used}
-            remembering = _in_background(_turn_after(session, npc_id, message.text, result, observed))
+            # What the archive keeps of the turn to explain it later (the trace page).
+            trace = {
+                **payload, "turn_id": turn_id, "tier_reason": tier_reason, "region": context.region_slug,
+                "archetype": context.archetype_slug, "archetype_version": context.archetype_version,
+                "lore": lore.used, "lore_state": lore.state, "memory": end["memory"],
+                "messages": result.messages,
+            }  # fmt: skip
+            remembering = _in_background(_turn_after(session, context, message.text, result, observed, trace))
             session.remembering.add(remembering)
             remembering.add_done_callback(session.remembering.discard)
         except asyncio.CancelledError:
@@ -347,6 +386,24 @@ async def _turn_lore(
     return lore
 
 
+async def _gold_prefetch(session: GameSession, npc_id: str, player_id: str) -> None:
+    """A Gold promotion: the NPC's turn context, its memory of the nearest player (hot tier) and
+    its lore pack are loaded now, so its first turn does not wait on them; what Redis lacks is
+    rebuilt in the background. Positions may name NPCs the console does not know: skipped."""
+    try:
+        await turn_context_cached(npc_id)
+    except NPC.DoesNotExist:
+        return
+    try:
+        _, source = await memory_for_turn(session.redis, npc_id, player_id)
+        if source == "none":
+            _enqueue_soon(memory_rehydrate_task, npc_id, player_id)
+        if await lore_pack_load(session.redis, npc_id) is None:
+            _enqueue_soon(lore_pack_task, npc_id)
+    except RedisError as exc:
+        logger.info("gold prefetch of %s skipped: %s", npc_id, exc)
+
+
 async def _quietly(awaitable: Any) -> None:
     """Best effort on the way out of a turn: the session may be over its window or gone."""
     try:
@@ -386,13 +443,23 @@ async def _consolidate_after_writes(session: GameSession) -> None:
 
 
 async def _turn_after(
-    session: GameSession, npc_id: str, player_text: str, result: TurnResult, observed: dict[str, Any]
-) -> None:
-    await _remember(session, npc_id, player_text, result)
+    session: GameSession, context: TurnContext, player_text: str, result: TurnResult,
+    observed: dict[str, Any], trace: dict[str, Any],
+) -> None:  # fmt: skip
+    await _remember(session, context.npc_slug, player_text, result, trace)
+    try:
+        await turn_observe(
+            session.redis, npc=context.npc_slug, archetype=context.archetype_slug,
+            region=context.region_slug, player=session.player_id, payload=trace,
+        )  # fmt: skip
+    except RedisError as exc:
+        logger.info("ops figures missed a turn: %s", exc)
     await _observers_tell(observed)
 
 
-async def _remember(session: GameSession, npc_id: str, player_text: str, result: TurnResult) -> None:
+async def _remember(
+    session: GameSession, npc_id: str, player_text: str, result: TurnResult, trace: dict[str, Any]
+) -> None:
     """The finished turn into memory (hot, Redis, the archive's stream), after the player has it."""
     try:
         turns = await memory_record_turn(
@@ -404,6 +471,7 @@ async def _remember(session: GameSession, npc_id: str, player_text: str, result:
             npc_text=result.text,
             emotion=result.emotion,
             action=result.action,
+            trace=trace,
         )
     except RedisError as exc:
         # The player already has the reply; the turn is missing from memory and the archive.

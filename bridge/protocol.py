@@ -26,6 +26,7 @@ ERROR_CODES = {
     "unknown_session": "the session to resume is unknown or expired; start a new one",
     "resume_gap": "frames after last_seq are no longer buffered; start a new session",
     "unknown_npc": "no NPC has this npc_id (its slug)",
+    "unknown_region": "no region has this slug (world.positions)",
     "busy": "this NPC is already answering in this session; wait for turn.end or cancel",
     "unknown_request": "no turn in flight has this request_id",
     "duplicate_request": "a turn with this request_id is already in flight",

@@ -61,8 +61,6 @@ class GameSession:
     busy_npcs: dict[str, str] = field(default_factory=dict)  # npc slug -> request_id
     talked: set[str] = field(default_factory=set)  # NPCs spoken to since the socket attached
     remembering: set[asyncio.Task[None]] = field(default_factory=set)  # turns being written to memory
-    tiers: dict[str, str] = field(default_factory=dict)  # npc slug -> tier set by the tiers service
-    positions: Any = None  # the last world.positions frame, for the tiers service
     detached_at: float | None = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 

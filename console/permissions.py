@@ -20,12 +20,14 @@ VIEW = ("view",)
 PLAYTEST = ("playtest",)
 # Mark an NPC's remembered fact as known to every player (the warm memory pages).
 PUBLISH = ("publish",)
+# The live ops dashboard (console.views.ops_dashboard), a permission on regions.
+WATCH = ("watch",)
 
 # (app_label, model) -> actions, per group. Model names are lowercase, as in Permission.codename.
 GROUP_PERMISSIONS: dict[str, dict[tuple[str, str], tuple[str, ...]]] = {
     DESIGNERS: {
         ("console", "world"): ALL,
-        ("console", "region"): ALL,
+        ("console", "region"): ALL + WATCH,
         ("console", "archetype"): ALL,
         ("console", "subfaction"): ALL,
         ("console", "npc"): ALL + PLAYTEST,
@@ -56,7 +58,7 @@ GROUP_PERMISSIONS: dict[str, dict[tuple[str, str], tuple[str, ...]]] = {
     },
     OPS: {
         ("console", "world"): VIEW,
-        ("console", "region"): VIEW,
+        ("console", "region"): VIEW + WATCH,
         ("console", "archetype"): VIEW,
         ("console", "subfaction"): VIEW,
         ("console", "npc"): VIEW + PLAYTEST,

@@ -62,3 +62,72 @@ def lore_search(*, world: World, query: str, archetype: str | None = None, limit
         )
         for chunk in found
     ]
+
+
+# --- The ops dashboard (console.views.ops_dashboard) ------------------------------------------
+
+# Worker answers are cached this long: a dashboard polled every 2 s by several people must not
+# query each worker that often.
+WORKER_FIGURES_TTL_S = 5.0
+_worker_figures: tuple[float, list[dict[str, Any]]] | None = None
+
+
+def _workers_figures() -> list[dict[str, Any]]:
+    """Each configured worker's health and the adapters it holds (cached WORKER_FIGURES_TTL_S)."""
+    global _worker_figures
+    import time
+
+    from django.conf import settings
+
+    from inference.adapters import BASE_ADAPTER_NAME
+    from inference.workers import worker_health
+
+    now = time.monotonic()
+    if _worker_figures is not None and now - _worker_figures[0] < WORKER_FIGURES_TTL_S:
+        return _worker_figures[1]
+    figures = []
+    for url in settings.INFERENCE_WORKERS:
+        health = worker_health(url, timeout_s=1.0)
+        # /v1/models lists the base model, then each LoRA; the zero "base" LoRA is not an adapter.
+        adapters = [name for name in health.models[1:] if name != BASE_ADAPTER_NAME] if health.healthy else []
+        figures.append({"url": url, "healthy": health.healthy, "detail": health.detail, "adapters": adapters})
+    _worker_figures = (now, figures)
+    return figures
+
+
+def _job_states() -> dict[str, dict[str, int]]:
+    """Per kind of long job, how many rows are in each status."""
+    from django.db.models import Count
+
+    from console.models import IngestJob
+    from training.models import EvalRun, ProvisionRun, TrainingJob
+
+    states: dict[str, dict[str, int]] = {}
+    for label, model in (("ingest", IngestJob), ("training", TrainingJob), ("eval", EvalRun),
+                         ("provision", ProvisionRun)):  # fmt: skip
+        rows = model.objects.values("status").annotate(count=Count("id")).order_by("status")
+        states[label] = {row["status"]: row["count"] for row in rows}
+    return states
+
+
+def ops_snapshot() -> dict[str, Any]:
+    """Everything the ops dashboard shows, read now."""
+    import time
+
+    import redis
+    from django.conf import settings
+
+    from inference.observability import archive_lag, cost_top, recent_turns, region_tiers, turn_figures
+
+    client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2)
+    broker = redis.Redis.from_url(settings.CELERY_BROKER_URL, socket_timeout=2)
+    queues = sorted({"io", "celery", *(route["queue"] for route in settings.CELERY_TASK_ROUTES.values())})
+    return {
+        "regions": region_tiers(client),
+        "turns": turn_figures(recent_turns(client), now=time.time()),
+        "cost": cost_top(client),
+        "archive": archive_lag(client, settings.MEMORY_STREAM),
+        "queues": {queue: int(broker.llen(queue)) for queue in queues},
+        "jobs": _job_states(),
+        "workers": _workers_figures(),
+    }

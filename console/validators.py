@@ -155,8 +155,8 @@ def validate_content_policy(value: Any) -> None:
     """What the NPC never discusses or says, and how its adapters are judged:
     {"blocked_topics": [...], "blocked_terms": [...], "gates": {task: {metric: minimum}},
     "lore_in_dialogue": true/false}. Gates override the eval harness's defaults per task
-    (training.eval.metrics.DEFAULT_GATES); lore_in_dialogue false keeps lore questions out of
-    the dialogue dataset (an archetype that only grunts)."""
+    (training.eval.metrics.DEFAULT_GATES); lore_in_dialogue true mixes lore questions into
+    the dialogue dataset (by default they train the world_knowledge adapter only)."""
     if not isinstance(value, dict) or set(value) - CONTENT_POLICY_KEYS:
         raise ValidationError(
             'Write the content policy as {"blocked_topics": [...], "blocked_terms": [...]}, optionally with '
@@ -165,7 +165,7 @@ def validate_content_policy(value: Any) -> None:
         )
     validate_text_list(value.get("blocked_topics", []), what="blocked topics")
     validate_text_list(value.get("blocked_terms", []), what="blocked terms")
-    if not isinstance(value.get("lore_in_dialogue", True), bool):
+    if not isinstance(value.get("lore_in_dialogue", False), bool):
         raise ValidationError('"lore_in_dialogue" must be true or false.')
     _validate_gates(value.get("gates", {}))
 

@@ -45,6 +45,11 @@ class TurnContext:
     missing_adapters: tuple[str, ...] = ()
     model_path: str = ""
     subfaction_slug: str | None = None  # lore gating
+    region_slug: str = ""  # activation tiers and cost are counted per region
+    region_token_budget: int = 0  # tokens per hour; past it Gold turns run as Silver (0: none)
+    # The archetype's history row when the context was read (its admin history): which version
+    # of the persona a turn's trace ran with.
+    archetype_version: int | None = None
 
 
 def _traits_line(traits: dict[str, Any]) -> str:
@@ -104,6 +109,11 @@ def turn_context_build(*, npc_slug: str) -> TurnContext:
         routes=routes,
         missing_adapters=tuple(missing),
         model_path=base_model.path if base_model else "",
+        region_slug=npc.region.slug,
+        region_token_budget=npc.region.token_budget_per_hour,
+        archetype_version=archetype.history.values_list("history_id", flat=True)
+        .order_by("-history_id")
+        .first(),
     )
 
 

@@ -14,6 +14,10 @@ from typing import Any, cast
 from openai import AsyncOpenAI, AsyncStream
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
+# The priority of work no player waits on (evals, memory summaries): after every turn. Turns
+# use their tier's (inference.turns.TierSampling.priority); lower is scheduled first.
+BACKGROUND_PRIORITY = 10
+
 
 @dataclass
 class StreamUsage:
@@ -45,8 +49,10 @@ class EngineClient:
         seed: int | None = None,
         usage: StreamUsage | None = None,
         ignore_eos: bool = False,
+        priority: int = 0,
     ) -> AsyncIterator[str]:
-        """Yield text deltas; fill `usage` when the stream ends."""
+        """Yield text deltas; fill `usage` when the stream ends. A lower `priority` is scheduled
+        first (the worker runs vLLM's priority policy; inference.turns.TIER_PRIORITY)."""
         request: dict[str, Any] = {
             "model": model,
             "messages": messages,
@@ -60,6 +66,7 @@ class EngineClient:
             "extra_body": {
                 **({"ignore_eos": True} if ignore_eos else {}),
                 **({"repetition_penalty": repetition_penalty} if repetition_penalty != 1.0 else {}),
+                **({"priority": priority} if priority else {}),
             }
             or None,
         }
@@ -85,8 +92,13 @@ class EngineClient:
         max_tokens: int = 48,
         seed: int | None = None,
         repetition_penalty: float = 1.0,
+        priority: int = 0,
     ) -> dict[str, Any]:
         """A greedy completion constrained by vLLM's structured output to `schema`."""
+        extra = {
+            **({"repetition_penalty": repetition_penalty} if repetition_penalty != 1.0 else {}),
+            **({"priority": priority} if priority else {}),
+        }
         request: dict[str, Any] = {
             "model": model,
             "messages": messages,
@@ -94,7 +106,7 @@ class EngineClient:
             "temperature": 0.0,
             "seed": seed,
             "response_format": {"type": "json_schema", "json_schema": {"name": "choice", "schema": schema}},
-            "extra_body": {"repetition_penalty": repetition_penalty} if repetition_penalty != 1.0 else None,
+            "extra_body": extra or None,
         }
         response = cast(ChatCompletion, await self._client.chat.completions.create(**request))
         content = response.choices[0].message.content or ""

@@ -1,6 +1,6 @@
 """Prometheus series of the inference path (served at /metrics with Django's)."""
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 TURNS = Counter("revenant_turns_total", "NPC turns served", ["tier"])
 FALLBACKS = Counter(
@@ -20,3 +20,11 @@ TURN_SECONDS = Histogram(
     ["tier"],
     buckets=(0.1, 0.25, 0.5, 1, 2, 3, 5, 8, 13, 20, 30),
 )
+NPC_TIERS = Gauge("revenant_npc_tier", "NPCs per activation tier, per region", ["region", "tier"])
+TIER_CHANGES = Counter("revenant_tier_changes_total", "NPCs moved into a tier", ["tier"])
+TIER_SECONDS = Histogram(
+    "revenant_tier_compute_seconds",
+    "Time to recompute one region's tiers from a positions frame",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1),
+)
+TOKENS = Counter("revenant_tokens_total", "Prompt and completion tokens of turns", ["region", "archetype"])

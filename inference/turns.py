@@ -33,7 +33,7 @@ from inference.engine import EngineClient, StreamUsage
 from inference.guardrails import ReplyPolicy, StreamGuard, player_text_clean
 from inference.prompts import PromptParts, Turn, prompt_assemble, tokenizer_counter
 from inference.routing import NoHealthyWorker, worker_for_archetype
-from inference.workers import worker_mark_down
+from inference.workers import worker_mark_down, workers_healthy
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +48,9 @@ class TierSampling:
     # vLLM's multiplicative penalty on tokens already in the prompt or reply: small models (the
     # bundled 135M one) otherwise loop on a phrase until max_tokens.
     repetition_penalty: float = 1.0
+    # The worker schedules lower numbers first (vLLM's priority policy): a Gold turn is never
+    # queued behind Silver turns or background work (inference.engine.BACKGROUND_PRIORITY).
+    priority: int = 0
 
 
 def tier_sampling(tier: str) -> TierSampling:
@@ -55,10 +58,20 @@ def tier_sampling(tier: str) -> TierSampling:
     deadlines = settings.TURN_DEADLINES_S
     table = {
         "gold": TierSampling(
-            max_tokens=96, temperature=0.8, top_p=0.95, deadline_s=deadlines["gold"], repetition_penalty=1.1
+            max_tokens=96,
+            temperature=0.8,
+            top_p=0.95,
+            deadline_s=deadlines["gold"],
+            repetition_penalty=1.1,
+            priority=0,
         ),
         "silver": TierSampling(
-            max_tokens=48, temperature=0.7, top_p=0.9, deadline_s=deadlines["silver"], repetition_penalty=1.1
+            max_tokens=48,
+            temperature=0.7,
+            top_p=0.9,
+            deadline_s=deadlines["silver"],
+            repetition_penalty=1.1,
+            priority=1,
         ),
         "bronze": TierSampling(max_tokens=0, temperature=0.0, top_p=1.0, deadline_s=0.0, uses_model=False),
     }
@@ -82,6 +95,7 @@ class TurnResult:
     prompt_sections: dict[str, int] = field(default_factory=dict)
     dropped: list[str] = field(default_factory=list)
     messages: list[dict[str, str]] = field(default_factory=list)  # what the dialogue request sent
+    sampling: dict[str, Any] = field(default_factory=dict)  # what the dialogue request asked for
 
 
 DeltaSink = Callable[[str], Awaitable[None]]
@@ -190,6 +204,12 @@ async def turn_run(
         count=tokenizer_counter(context.model_path),
     )
     result.prompt_sections, result.dropped, result.messages = prompt.sections, prompt.dropped, prompt.messages
+    result.sampling = {
+        "greedy": greedy, "max_tokens": sampling.max_tokens,
+        "temperature": 0.0 if greedy else sampling.temperature, "top_p": 1.0 if greedy else sampling.top_p,
+        "repetition_penalty": 1.0 if greedy else sampling.repetition_penalty, "seed": seed,
+        "priority": sampling.priority, "deadline_s": sampling.deadline_s,
+    }  # fmt: skip
     guard = StreamGuard(
         ReplyPolicy(blocked_terms=context.blocked_terms, persona=context.persona),
         max_chars=sampling.max_tokens * 6,
@@ -219,6 +239,7 @@ async def turn_run(
             repetition_penalty=1.0 if greedy else sampling.repetition_penalty,
             seed=seed,
             usage=result.usage,
+            priority=sampling.priority,
         ):
             choices_start()
             await emit(guard.feed(delta))
@@ -235,7 +256,14 @@ async def turn_run(
         if not choice_tasks:
             choice_tasks.extend(
                 asyncio.create_task(
-                    structured_choice(engine, context=context, messages=prompt.messages, kind=kind, seed=seed)
+                    structured_choice(
+                        engine,
+                        context=context,
+                        messages=prompt.messages,
+                        kind=kind,
+                        seed=seed,
+                        priority=sampling.priority,
+                    )  # fmt: skip
                 )
                 for kind in ("emotion", "action")
             )
@@ -279,6 +307,7 @@ async def structured_choice(
     messages: list[dict[str, str]],
     kind: str,
     seed: int | None = None,
+    priority: int = 0,
 ) -> str | None:
     """The NPC's emotion or action for this moment, from vLLM's structured output (an enum).
 
@@ -303,16 +332,18 @@ async def structured_choice(
     try:
         try:
             value = await engine.complete_json(
-                model=context.routes[task], messages=question_messages, schema=schema, seed=seed
-            )
+                model=context.routes[task], messages=question_messages, schema=schema, seed=seed,
+                priority=priority,
+            )  # fmt: skip
         except openai.NotFoundError:
             if context.routes[task] == BASE_ADAPTER_NAME:
                 raise
             # The adapter is not loaded on this worker (see dialogue): the base model answers.
             logger.warning("structured %s: %s not loaded, using the base model", task, context.routes[task])
             value = await engine.complete_json(
-                model=BASE_ADAPTER_NAME, messages=question_messages, schema=schema, seed=seed
-            )
+                model=BASE_ADAPTER_NAME, messages=question_messages, schema=schema, seed=seed,
+                priority=priority,
+            )  # fmt: skip
     except CHOICE_ERRORS as exc:
         logger.warning("structured %s failed: %s", task, exc)
         return None
@@ -350,8 +381,43 @@ def turn_result_payload(result: TurnResult) -> dict[str, Any]:
         "timing": {"ttft_ms": _ms(result.ttft_ms), "total_ms": _ms(result.total_ms)},
         "prompt_sections": result.prompt_sections,
         "dropped": result.dropped,
+        "sampling": result.sampling,
     }
 
 
 def _ms(value: float | None) -> float | None:
     return None if value is None else round(value, 1)
+
+
+# A replay also meets an adapter retired since the NPC's context was read.
+REPLAY_ERRORS: tuple[type[BaseException], ...] = (*WORKER_ERRORS, openai.NotFoundError)
+
+
+@dataclass(frozen=True)
+class Replay:
+    text: str
+    adapter: str
+    worker: str | None
+    total_ms: float
+    error: str = ""
+
+
+async def turn_replay(*, context: TurnContext, messages: list[dict[str, str]], max_tokens: int) -> Replay:
+    """A traced turn's exact prompt again, greedily, on the NPC's current dialogue adapter: what
+    the NPC would say now (the trace page compares it with what it said then)."""
+    started = time.perf_counter()
+    adapter = context.routes.get("dialogue_style", BASE_ADAPTER_NAME)
+    try:
+        worker = worker_for_archetype(context.archetype_slug, await workers_healthy())
+    except NoHealthyWorker:
+        return Replay("", adapter, None, 0.0, "no healthy worker: start one (make run starts it)")
+    pieces: list[str] = []
+    try:
+        async for delta in engine_for(worker).stream_chat(
+            model=adapter, messages=messages, max_tokens=max_tokens, temperature=0.0,
+            priority=tier_sampling("silver").priority,  # a designer waits, but players come first
+        ):  # fmt: skip
+            pieces.append(delta)
+    except REPLAY_ERRORS as exc:
+        return Replay("".join(pieces), adapter, worker, 0.0, f"the worker failed: {exc}")
+    return Replay("".join(pieces), adapter, worker, round((time.perf_counter() - started) * 1000, 1))

@@ -4,7 +4,8 @@ from django.conf import settings
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
-from django.urls import URLPattern, path
+from django.urls import URLPattern, path, reverse
+from django.utils.html import format_html
 from redis import Redis
 
 from memory import views
@@ -18,13 +19,13 @@ class MemoryEventAdmin(admin.ModelAdmin):
     """The lifetime archive: append-only, written by the archiver, read here. Its changelist
     links to the warm memory pages (templates/admin/memory/memoryevent/change_list.html)."""
 
-    list_display = ["occurred_at", "kind", "npc_slug", "player_id", "summary"]
+    list_display = ["occurred_at", "kind", "npc_slug", "player_id", "summary", "trace_link"]
     list_filter = ["kind", "npc_slug"]
     search_fields = ["=player_id", "=npc_slug", "=session_id"]
     date_hierarchy = "occurred_at"
     list_per_page = 50
     actions = ["forget_players", "approve_for_training"]
-    readonly_fields = [field.name for field in MemoryEvent._meta.fields]
+    readonly_fields = [*(field.name for field in MemoryEvent._meta.fields), "trace_link"]
 
     def get_urls(self) -> list[URLPattern]:
         """The warm memory pages (memory.views), before the changelist's `<object_id>/` catch-all."""
@@ -44,6 +45,14 @@ class MemoryEventAdmin(admin.ModelAdmin):
         if event.kind == "turn":
             return f"{payload.get('player', '')[:60]} → {payload.get('npc', '')[:80]}"
         return str(payload.get("text") or payload)[:140]
+
+    @admin.display(description="trace")
+    def trace_link(self, event: MemoryEvent) -> str:
+        """A turn played through the game websocket opens on its trace page (why it said that)."""
+        turn_id = (event.payload.get("trace") or {}).get("turn_id") if event.kind == "turn" else None
+        if not turn_id:
+            return "–"
+        return format_html('<a href="{}">why?</a>', reverse("turn-trace", args=[turn_id]))
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -28,7 +28,7 @@ from django.conf import settings
 from redis import Redis
 
 from inference.adapters import BASE_ADAPTER_NAME
-from inference.engine import EngineClient
+from inference.engine import BACKGROUND_PRIORITY, EngineClient
 from inference.routing import NoHealthyWorker, worker_for_archetype
 from memory.events import MemoryEventRecord
 from memory.extract import instruction_like, player_lines_extract
@@ -132,7 +132,7 @@ async def _model_summary(
     try:
         return await engine.complete_json(
             model=BASE_ADAPTER_NAME, messages=messages, schema=SUMMARY_SCHEMA, max_tokens=320,
-            repetition_penalty=SUMMARY_REPETITION_PENALTY,
+            repetition_penalty=SUMMARY_REPETITION_PENALTY, priority=BACKGROUND_PRIORITY,
         )  # fmt: skip
     except Exception as exc:  # noqa: BLE001 - the model is optional here: fall back to the lines
         logger.warning("memory: summary of %s by the model failed: %s", npc, exc)

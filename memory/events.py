@@ -29,6 +29,15 @@ class EventInvalid(ValueError):
     """A stream entry that is not a memory event (the archiver dead-letters it)."""
 
 
+# A turn's archived event id is derived from its turn_id, so the trace of a turn a client saw
+# (turn.end's turn_id) is found by its unique key, not by searching payloads.
+TURN_EVENT_NAMESPACE = uuid.UUID("6f1d0c52-8a4e-4b8e-9a57-2c5e3c1f7a10")
+
+
+def turn_event_id(turn_id: str) -> uuid.UUID:
+    return uuid.uuid5(TURN_EVENT_NAMESPACE, turn_id)
+
+
 @dataclass(frozen=True)
 class MemoryEventRecord:
     kind: str

@@ -36,7 +36,7 @@ from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from memory.events import MemoryEventRecord
+from memory.events import MemoryEventRecord, turn_event_id
 from memory.models import MemoryEventKind
 
 logger = logging.getLogger(__name__)
@@ -253,9 +253,11 @@ async def memory_record_turn(
     npc_text: str,
     emotion: str,
     action: str,
+    trace: dict[str, Any] | None = None,
 ) -> int:
     """Remember a finished turn: the hot tier, the warm tier and the archive's event stream,
-    the last two in one MULTI/EXEC. Returns how many turns the pair has had."""
+    the last two in one MULTI/EXEC. Returns how many turns the pair has had. The archived event
+    also keeps the turn's `trace` (the console's trace page explains a turn from it)."""
     now = time.time()
     turn = RememberedTurn(player_text, npc_text, emotion, action, now)
     # The turn path loaded the pair before the turn: from here (hot), from Redis (now hot), or
@@ -275,7 +277,14 @@ async def memory_record_turn(
         npc=npc,
         player=player,
         session=session,
-        data={"player": player_text, "npc": npc_text, "emotion": emotion, "action": action},
+        data={
+            "player": player_text,
+            "npc": npc_text,
+            "emotion": emotion,
+            "action": action,
+            **({"trace": trace} if trace else {}),
+        },  # fmt: skip
+        **({"event_id": turn_event_id(trace["turn_id"])} if trace and trace.get("turn_id") else {}),
         occurred_at=datetime.fromtimestamp(now, UTC),  # the turn's own time: a rebuild matches on it
     )
     prefix, ttl = pair_prefix(npc, player), settings.MEMORY_WARM_TTL_S

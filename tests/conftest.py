@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 import redis
+from django.apps import apps
 from django.conf import settings
 from django.contrib.auth.models import Group
 from django.test import Client
 
 from console import localstack
-from console.permissions import DESIGNERS, OPS
+from console.permissions import DESIGNERS, OPS, groups_sync
 from inference.base_models import bundled_gguf_path, default_model_dir, gguf_convert
 from inference.workers import WorkerProcess
 from tests.factories import UserFactory
@@ -38,6 +39,8 @@ def redis_client() -> Iterator[redis.Redis]:
 
 
 def _staff_client(group_name: str) -> Client:
+    if not Group.objects.filter(name=group_name).exists():
+        groups_sync(apps)  # a transactional test flushed the groups the migrations made
     user = UserFactory(is_staff=True)
     user.groups.add(Group.objects.get(name=group_name))
     client = Client()

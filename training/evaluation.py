@@ -119,6 +119,7 @@ class _Generator:
         engine takes a per-request seed, unseeded on a CPU worker (where a seed kills it)."""
         # Imported here: inference.turns loads the OpenAI client (0.6 s), and the admin imports
         # this module at every process start (a chaos test's archiver started too late).
+        from inference.engine import BACKGROUND_PRIORITY
         from inference.turns import tier_sampling
 
         sampling = tier_sampling("gold")
@@ -136,6 +137,8 @@ class _Generator:
                 "top_p": sampling.top_p if sampled else 1.0,
                 "seed": seed_sent,
                 "repetition_penalty": sampling.repetition_penalty,
+                # After every player's turn on a shared worker (make run's).
+                "priority": BACKGROUND_PRIORITY,
             },  # fmt: skip
         )
         response.raise_for_status()

@@ -1,3 +1,4 @@
+from django.core.exceptions import ValidationError
 from django.db import models
 
 from console.validators import lowercase_slug_validator
@@ -26,14 +27,45 @@ class Region(models.Model):
     slug = models.CharField(max_length=64, validators=[lowercase_slug_validator])
     name = models.CharField(max_length=120)
     description = models.TextField(blank=True)
+    # Activation tiers (inference.tiers): distance bands to the nearest player, with hysteresis
+    # (enter inside, leave beyond), and the most NPCs per tier at once, the closest kept.
+    gold_enter_m = models.FloatField(default=25.0, help_text="An NPC this close to a player becomes Gold.")
+    gold_exit_m = models.FloatField(
+        default=35.0, help_text="A Gold NPC farther than this from every player leaves Gold."
+    )
+    silver_enter_m = models.FloatField(
+        default=60.0, help_text="An NPC this close to a player becomes Silver."
+    )
+    silver_exit_m = models.FloatField(default=75.0, help_text="A Silver NPC farther than this leaves Silver.")
+    gold_capacity = models.PositiveIntegerField(
+        default=200, help_text="Most Gold NPCs at once; the farthest drop to Silver."
+    )
+    silver_capacity = models.PositiveIntegerField(
+        default=400, help_text="Most Silver NPCs at once; the farthest drop to Bronze."
+    )
+    token_budget_per_hour = models.PositiveIntegerField(
+        default=0,
+        help_text="Tokens the region's turns may use per hour; past it, Gold NPCs answer as Silver "
+        "(shorter replies) until the hour ends. 0: no budget.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         ordering = ["world__name", "name"]
+        # The live ops dashboard (tiers, latency, cost): ops watch it, designers too.
+        permissions = [("watch_region", "Can watch the live ops dashboard")]
         constraints = [
             models.UniqueConstraint(fields=["world", "slug"], name="region_slug_unique_per_world"),
         ]
 
     def __str__(self) -> str:
         return f"{self.name} ({self.world.slug})"
+
+    def clean(self) -> None:
+        from inference.activation import TierPolicy
+
+        try:
+            TierPolicy.for_region(self)
+        except ValueError as exc:
+            raise ValidationError(f"Tier bands: {exc}.") from None

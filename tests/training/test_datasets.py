@@ -22,6 +22,7 @@ from training.datasets import (
     HISTORY_MAX,
     DatasetError,
     dataset_build,
+    dataset_examples,
     dataset_read,
     dataset_verify,
 )
@@ -41,6 +42,10 @@ archetypes: [vampire]
 
 Lady Seraphine Valerian was born in 1049 and made the Count in 1089.
 """
+
+# Lore in a dialogue dataset, which a designer chooses (the default keeps it for world_knowledge):
+# these tests build dialogue datasets from the world's lore and the factory's few barks.
+LORE_MIXED = {"lore_in_dialogue": True}
 
 
 @pytest.fixture(autouse=True)
@@ -66,7 +71,8 @@ def _turn_event(npc_slug: str, player: str, npc: str, action: str = "talk") -> M
 
 
 def test_a_dialogue_dataset_takes_every_source_shaped_as_served(world):
-    vampire = ArchetypeFactory(world=world, slug="vampire")
+    # Lore in the voice's dataset is a designer's choice (by default, world_knowledge's only).
+    vampire = ArchetypeFactory(world=world, slug="vampire", content_policy=LORE_MIXED)
     npc = NPCFactory(archetype=vampire, name="Count Valerian")
     ExampleExchange.objects.create(
         archetype=vampire, player="Who are you?", reply="I am the night, my dear guest."
@@ -100,13 +106,27 @@ def test_a_dialogue_dataset_takes_every_source_shaped_as_served(world):
 
 
 def test_gated_lore_stays_out_of_other_archetypes_datasets(world):
-    zombie = ArchetypeFactory(world=world, slug="zombie")
+    zombie = ArchetypeFactory(world=world, slug="zombie", content_policy=LORE_MIXED)
 
     dataset = dataset_build(archetype=zombie, task=AdapterTask.DIALOGUE_STYLE)
 
     text = "".join(path.read_text() for path in Path(dataset.path).glob("*.jsonl"))
     assert "Weeping Well" in text
     assert "Seraphine" not in text
+
+
+def test_lore_trains_the_world_knowledge_adapter_not_the_voice_unless_a_designer_mixes_it_in(world):
+    plain = ArchetypeFactory(world=world, slug="vampire")
+    mixed = ArchetypeFactory(world=world, slug="lich", content_policy=LORE_MIXED)
+    NPCFactory(archetype=plain)
+    NPCFactory(archetype=mixed)
+
+    def sources(archetype, task):
+        return {example.source.split(":")[0] for example in dataset_examples(archetype=archetype, task=task)}
+
+    assert "lore" not in sources(plain, AdapterTask.DIALOGUE_STYLE)
+    assert "lore" in sources(plain, AdapterTask.WORLD_KNOWLEDGE)
+    assert "lore" in sources(mixed, AdapterTask.DIALOGUE_STYLE)
 
 
 def test_an_action_dataset_answers_the_turns_choice_question_with_allowed_actions(world):
@@ -139,7 +159,9 @@ def test_an_action_dataset_answers_the_turns_choice_question_with_allowed_action
 
 
 def test_a_tampered_dataset_is_refused_and_says_to_rebuild(world):
-    dataset = dataset_build(archetype=ArchetypeFactory(world=world), task=AdapterTask.DIALOGUE_STYLE)
+    dataset = dataset_build(
+        archetype=ArchetypeFactory(world=world, content_policy=LORE_MIXED), task=AdapterTask.DIALOGUE_STYLE
+    )
     train = Path(dataset.path) / "train.jsonl"
     dataset_verify(dataset)
 
@@ -162,7 +184,7 @@ def test_too_few_examples_is_a_clear_error_and_leaves_nothing_behind(settings):
 
 
 def test_versions_count_up_and_each_keeps_its_own_files(world):
-    archetype = ArchetypeFactory(world=world)
+    archetype = ArchetypeFactory(world=world, content_policy=LORE_MIXED)
 
     first = dataset_build(archetype=archetype, task=AdapterTask.DIALOGUE_STYLE)
     ExampleExchange.objects.create(

@@ -197,7 +197,7 @@ def test_lore_questions_are_the_datasets_held_out_ones_and_persona_prompts_are_n
     )
     lore_document_ingest(world=world, lore=lore_file_read("chronicle.md", chronicle.encode()))
     lore_graph_refresh(world)
-    vampire = ArchetypeFactory(world=world)
+    vampire = ArchetypeFactory(world=world, content_policy={"lore_in_dialogue": True})
     ArchetypeFactory(world=world, barks={"greet": ["Braaains."]})
     NPCFactory(archetype=vampire)
     for index in range(12):

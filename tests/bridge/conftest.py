@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -170,3 +171,28 @@ def speaking_npc(base_model_dir, trained_adapters, vllm_worker):
 @pytest.fixture
 def key(transactional_db) -> str:
     return game_key_create(name="e2e client")[1]
+
+
+# Headless Chromium for the browser tests (Debian's package, driven by Playwright).
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# As the machine notes say: without the background-networking flags Chromium keeps dialling
+# Google's hosts, which this closed network refuses.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+PASSWORD = "playtest-password-1"  # noqa: S105 - a throwaway account in the test database
+
+
+@pytest.fixture
+def chromium() -> str:
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("REQUIRE_BROWSER"):
+            pytest.fail(f"no Chromium at {CHROMIUM}: apt-get install chromium")
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium); CI installs it")
+    return CHROMIUM

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-from pathlib import Path
 
 import pytest
 from django.apps import apps
@@ -15,22 +13,10 @@ from django.contrib.auth.models import Group, User
 from playwright.sync_api import expect, sync_playwright
 
 from console.permissions import DESIGNERS, groups_sync
+from tests.bridge.conftest import CHROMIUM_ARGS, PASSWORD
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-# As the machine notes say: without the background-networking flags Chromium keeps dialling
-# Google's hosts, which this closed network refuses.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-PASSWORD = "playtest-password-1"  # noqa: S105 - a throwaway account in the test database
 
 # Every distinct text the NPC's line showed while its turn was still streaming.
 WATCH_STREAMING = """() => {
@@ -42,15 +28,6 @@ WATCH_STREAMING = """() => {
     }
   }).observe(document.getElementById("playtest-log"), {subtree: true, childList: true, characterData: true});
 }"""
-
-
-@pytest.fixture
-def chromium() -> str:
-    if not Path(CHROMIUM).exists():
-        if os.environ.get("REQUIRE_BROWSER"):
-            pytest.fail(f"no Chromium at {CHROMIUM}: apt-get install chromium")
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium); CI installs it")
-    return CHROMIUM
 
 
 def test_a_designer_chats_with_an_npc_on_the_playtest_page(chromium, daphne, speaking_npc):

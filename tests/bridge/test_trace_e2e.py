@@ -5,11 +5,15 @@ turn and replays it on the worker; the ops panel counts the turn and the region'
 from __future__ import annotations
 
 import asyncio
+import io
 import json
+import re
 
 import pytest
+from django.core.management import call_command
 from websockets.asyncio.client import connect
 
+from console.models import GameClientKey
 from console.services.keys import game_key_create
 from memory.events import turn_event_id
 from memory.models import MemoryEvent
@@ -78,3 +82,19 @@ def test_a_turn_at_gold_is_traced_replayed_and_counted(
     assert f'data-region="{region}"' in panel
     assert 'data-tier="gold">Gold 1<' in panel
     assert f"<td>{plain_npc.slug}</td>" in panel  # its cost
+
+
+def test_the_scripted_walk_takes_an_npc_from_bronze_to_gold_and_back(daphne, plain_npc):
+    out = io.StringIO()
+
+    call_command(
+        "walk_player", url=daphne, region=plain_npc.region.slug, toward="0,0,0", from_m=100.0, speed=50.0,
+        hz=5.0, say="Who goes there?", stdout=out,
+    )  # fmt: skip
+
+    lines = out.getvalue().splitlines()
+    moves = [move for line in lines for move in re.findall(rf"{plain_npc.slug} (\w+)->(\w+)", line)]
+    assert moves == [("new", "bronze"), ("bronze", "silver"), ("silver", "gold"), ("gold", "silver"),
+                     ("silver", "bronze")]  # fmt: skip
+    assert any(line.startswith("turn t_") and "/ops/turns/t_" in line for line in lines)
+    assert not GameClientKey.objects.filter(active=True, name__startswith="walk_player").exists()  # revoked

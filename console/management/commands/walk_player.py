@@ -27,6 +27,7 @@ from console.models.npcs import NPCStatus
 from console.services.keys import game_key_create, game_key_revoke
 
 DEFAULT_URL = "ws://127.0.0.1:8000/ws/game/"
+TURN_WAIT_S = 180.0
 
 
 def _point(text: str) -> tuple[float, float, float]:
@@ -84,6 +85,7 @@ class Command(BaseCommand):
         headers = {"Authorization": f"Bearer {secret}"}
         async with connect(options["url"], additional_headers=headers, max_size=2**22) as socket:
             await socket.send(json.dumps({"type": "session.start", "player_id": options["player"]}))
+            self.turn_ended = asyncio.Event()
             reader = asyncio.create_task(self._read(socket))
             spoke = False
             for index, share in enumerate(path):
@@ -100,7 +102,12 @@ class Command(BaseCommand):
                     await socket.send(json.dumps({**say, "text": options["say"]}))
                     spoke = True
                 await asyncio.sleep(1 / options["hz"])
-            await asyncio.sleep(1.0)  # the last changes and the turn's end
+            await asyncio.sleep(1.0)  # the last changes
+            if spoke:  # a turn on a CPU worker takes seconds: wait for its end (or give up)
+                try:
+                    await asyncio.wait_for(self.turn_ended.wait(), timeout=TURN_WAIT_S)
+                except TimeoutError:
+                    self.stderr.write(f"no turn.end within {TURN_WAIT_S:.0f} s")
             reader.cancel()
 
     async def _read(self, socket: Any) -> None:
@@ -124,5 +131,7 @@ class Command(BaseCommand):
                 )
             elif kind in ("error", "turn.error"):
                 self.stderr.write(f"{kind}: {frame.get('code')}: {frame.get('message')}")
+            if kind in ("turn.end", "turn.error"):
+                self.turn_ended.set()
             if kind in ("npc.tier", "turn.end"):  # one ack covers every frame before it
                 await socket.send(json.dumps({"type": "ack", "seq": frame["seq"]}))

@@ -301,8 +301,11 @@ def dataset_examples(*, archetype: Archetype, task: str, seed: int = 0) -> list[
 
 
 def _heldout(example: Example) -> bool:
-    """Held out by the player's words, so one question never lands on both sides."""
-    player = next(m["content"] for m in reversed(example.messages) if m["role"] == "user")
+    """Held out by the player's words, so one question never lands on both sides. (The player's
+    words, not the last user message: a choice example ends with the choice question, the same
+    for every example of an NPC, which held out all of an archetype's actions or none.)"""
+    users = [m["content"] for m in example.messages if m["role"] == "user"]
+    player = next((text for text in reversed(users) if "<player_says>" in text), users[-1])
     digest = hashlib.sha256(f"{example.source.split(':')[0]}:{player}".encode()).digest()
     return digest[0] / 256 < settings.DATASET_HELDOUT_SHARE
 

@@ -95,7 +95,7 @@ def test_a_region_reports_first_placements_then_only_changes_whatever_the_order(
     assert [(c.npc_id, c.previous, c.tier, c.player_id) for c in first.changes] == [
         ("a", None, "gold", "p1"),
         ("b", None, "silver", "p1"),
-        ("c", None, "bronze", "p2"),  # 200 m from the second player, 300 from the first
+        ("c", None, "bronze", None),  # no player within the Silver exit band (75 m)
     ]
     assert first.counts == {"gold": 1, "silver": 1, "bronze": 1}
     assert same.changes == []

@@ -27,7 +27,7 @@ from console.localstack import free_port
 from memory.archiver import archive_backlog
 from memory.events import MemoryEventRecord, memory_event_emit_sync
 from memory.models import MemoryEvent
-from tests.processes import process_log, subprocess_database_env
+from tests.processes import process_log, subprocess_database_env, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -118,16 +118,22 @@ def test_every_acknowledged_event_is_archived_exactly_once_through_kills_and_a_r
     producer = Producer(own_redis.url, pace_s=45.0 / EVENTS)
     producer.start()
     archived_at_kill: list[int] = []
+    restarted = False
     try:
         for kill in range(KILLS):
+            started = _archivers_started()
             with process_log("chaos-archiver").open("ab") as log:
                 archiver = subprocess.Popen(
                     [*argv, "--name", f"chaos-{kill % 2}"], env=env, stdout=log, stderr=subprocess.STDOUT
                 )
-            # The archiver needs about a second to start: some kills land before it reads,
-            # most while it archives.
-            time.sleep(chance.uniform(0.3, 2.5))
-            if kill == KILLS // 2:
+            # Once it says it archives (Django's start takes 1-3 s on a busy 2-core machine), a
+            # kill at a random moment: a few land before it has read, most while it archives.
+            wait_for(lambda: _archivers_started() > started, timeout_s=30, what="the archiver's start")  # noqa: B023
+            time.sleep(chance.uniform(0.0, 1.5))
+            # Redis restarts once, while the producer is still writing (a third of the way through,
+            # whatever the machine's speed).
+            if not restarted and len(producer.acknowledged) >= EVENTS // 3:
+                restarted = True
                 own_redis.kill()  # acknowledged writes are on disk (appendfsync always)
                 time.sleep(chance.uniform(0.1, 1.0))
                 own_redis.start()
@@ -138,11 +144,14 @@ def test_every_acknowledged_event_is_archived_exactly_once_through_kills_and_a_r
         producer.join(timeout=120)
         assert not producer.is_alive(), "the producer did not finish"
 
-        # One last archiver, left to finish; then stopped as an operator stops it.
+        # One last archiver, left to finish; then stopped as an operator stops it (once it runs:
+        # a SIGTERM during Django's start is not the shutdown under test).
+        started = _archivers_started()
         with process_log("chaos-archiver").open("ab") as log:
             archiver = subprocess.Popen(
                 [*argv, "--name", "chaos-0"], env=env, stdout=log, stderr=subprocess.STDOUT
             )
+        wait_for(lambda: _archivers_started() > started, timeout_s=30, what="the last archiver's start")
         client = redis.Redis.from_url(own_redis.url)
         deadline = time.monotonic() + 180
         while MemoryEvent.objects.count() < EVENTS or archive_backlog(client)["pending"]:
@@ -166,3 +175,9 @@ def test_every_acknowledged_event_is_archived_exactly_once_through_kills_and_a_r
     # The kills really interrupted archiving: the archive grew between kills, not all at the end.
     grew = [after > before for before, after in zip(archived_at_kill, archived_at_kill[1:], strict=False)]
     assert sum(grew) >= 10
+
+
+def _archivers_started() -> int:
+    """How many archivers of this test have said they started (their first line)."""
+    path = process_log("chaos-archiver")
+    return path.read_text(errors="replace").count("→ Postgres") if path.exists() else 0

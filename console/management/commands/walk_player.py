@@ -66,14 +66,14 @@ class Command(BaseCommand):
             raise CommandError("--speed, --hz and --from-m must be positive")
         key, secret = game_key_create(name=f"walk_player {options['player']}", scopes=["play", "positions"])
         try:
-            asyncio.run(self._walk(secret, region.slug, npcs, **options))
+            asyncio.run(self._walk(secret, npcs, region_slug=region.slug, **options))
         except OSError as exc:
             raise CommandError(f"could not reach {options['url']}: {exc}; is `make run` running?") from None
         finally:
             game_key_revoke(key=key)
 
     async def _walk(
-        self, secret: str, region: str, npcs: list[tuple[str, float, float, float]], **options: Any
+        self, secret: str, npcs: list[tuple[str, float, float, float]], *, region_slug: str, **options: Any
     ) -> None:
         target = _point(options["toward"])
         start = (target[0] - options["from_m"], target[1], target[2])
@@ -91,7 +91,7 @@ class Command(BaseCommand):
             for index, share in enumerate(path):
                 x = target[0] - (target[0] - start[0]) * share
                 frame = {
-                    "type": "world.positions", "region": region,
+                    "type": "world.positions", "region": region_slug,
                     "players": [{"id": options["player"], "x": x, "y": target[1], "z": target[2]}],
                     "npcs": npc_positions,
                 }  # fmt: skip

@@ -17,6 +17,9 @@ from memory.events import AofDisabled, redis_aof_ensure
 
 class Command(BaseCommand):
     help = "Archive memory events from the Redis stream into Postgres until stopped (SIGTERM or Ctrl-C)."
+    # A worker process restarted by its supervisor: Django's system checks (URL config, every
+    # view module) only delay the moment it resumes archiving.
+    requires_system_checks: list[str] = []
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(

@@ -119,15 +119,18 @@ def ops_snapshot() -> dict[str, Any]:
 
     from inference.observability import archive_lag, cost_top, recent_turns, region_tiers, turn_figures
 
-    client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2)
-    broker = redis.Redis.from_url(settings.CELERY_BROKER_URL, socket_timeout=2)
     queues = sorted({"io", "celery", *(route["queue"] for route in settings.CELERY_TASK_ROUTES.values())})
-    return {
-        "regions": region_tiers(client),
-        "turns": turn_figures(recent_turns(client), now=time.time()),
-        "cost": cost_top(client),
-        "archive": archive_lag(client, settings.MEMORY_STREAM),
-        "queues": {queue: int(broker.llen(queue)) for queue in queues},
-        "jobs": _job_states(),
-        "workers": _workers_figures(),
-    }
+    # Closed after each read, as the warm memory pages do: the panel polls every 2 s.
+    with (
+        redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2) as client,
+        redis.Redis.from_url(settings.CELERY_BROKER_URL, socket_timeout=2) as broker,
+    ):
+        return {
+            "regions": region_tiers(client),
+            "turns": turn_figures(recent_turns(client), now=time.time()),
+            "cost": cost_top(client),
+            "archive": archive_lag(client, settings.MEMORY_STREAM),
+            "queues": {queue: int(broker.llen(queue)) for queue in queues},
+            "jobs": _job_states(),
+            "workers": _workers_figures(),
+        }

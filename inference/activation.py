@@ -40,7 +40,6 @@ GOLD, SILVER, BRONZE = 0, 1, 2
 # reported as a change from None so the client learns every NPC's first tier.
 UNSEEN = 3
 TIER_NAMES = ("gold", "silver", "bronze")
-TIER_CODES = {name: code for code, name in enumerate(TIER_NAMES)}
 
 Floats = np.ndarray[Any, np.dtype[np.float64]]
 Codes = np.ndarray[Any, np.dtype[np.int8]]
@@ -254,10 +253,13 @@ def tier_local(npc_id: str) -> str | None:
 
 async def tier_current(redis: Redis, npc_id: str) -> str | None:
     """The NPC's tier: this process's, else the one another bridge process published."""
+    # Imported here: the computation above runs without Django set up (bench.tiers).
+    from memory.tiers import redis_text
+
     tier = tier_local(npc_id)
     if tier is None:
         raw = await redis.hget(TIERS_KEY, npc_id)
-        tier = raw.decode() if isinstance(raw, bytes) else raw
+        tier = None if raw is None else redis_text(raw)
     return tier
 
 

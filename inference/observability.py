@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from inference import metrics
+from memory.tiers import redis_text
 
 if TYPE_CHECKING:
     from redis import Redis as SyncRedis
@@ -129,10 +130,6 @@ def turn_figures(entries: list[dict[str, Any]], *, now: float, window_s: float =
     )  # fmt: skip
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def recent_turns(redis: SyncRedis) -> list[dict[str, Any]]:
     return [json.loads(raw) for raw in redis.lrange(RECENT_TURNS_KEY, 0, RECENT_TURNS_KEPT - 1)]
 
@@ -141,8 +138,8 @@ def cost_top(redis: SyncRedis, *, limit: int = 10) -> dict[str, list[tuple[str, 
     """Per kind, the biggest spenders: (name, tokens, worker seconds)."""
     table: dict[str, list[tuple[str, int, float]]] = {}
     for kind in COST_KINDS:
-        tokens = {_text(k): int(v) for k, v in redis.hgetall(COST_KEY.format(kind=kind)).items()}
-        worker = {_text(k): float(v) for k, v in redis.hgetall(WORKER_MS_KEY.format(kind=kind)).items()}
+        tokens = {redis_text(k): int(v) for k, v in redis.hgetall(COST_KEY.format(kind=kind)).items()}
+        worker = {redis_text(k): float(v) for k, v in redis.hgetall(WORKER_MS_KEY.format(kind=kind)).items()}
         names = sorted(set(tokens) | set(worker), key=lambda name: -tokens.get(name, 0))[:limit]
         table[kind] = [(name, tokens.get(name, 0), round(worker.get(name, 0.0) / 1000, 1)) for name in names]
     return table
@@ -156,8 +153,8 @@ def region_tiers(redis: SyncRedis) -> list[dict[str, Any]]:
     prefix = REGION_KEY.format(region="")
     regions = []
     for key in sorted(redis.scan_iter(match=prefix + "*")):
-        name = _text(key).removeprefix(prefix)
-        found = {_text(k): _text(v) for k, v in redis.hgetall(key).items()}
+        name = redis_text(key).removeprefix(prefix)
+        found = {redis_text(k): redis_text(v) for k, v in redis.hgetall(key).items()}
         history = [
             json.loads(raw) for raw in redis.lrange(HISTORY_KEY.format(region=name), 0, HISTORY_KEPT - 1)
         ]

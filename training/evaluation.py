@@ -46,7 +46,9 @@ from training.eval.metrics import (
     conversation_repetition,
     gate_passes,
     injection_refusal,
+    injection_refused,
     lore_accuracy,
+    lore_answer_correct,
     lore_facts_from_chunk,
     persona_consistency,
 )
@@ -72,7 +74,8 @@ ACTION_PROBES = {
     "follow": ["Stay close behind me, we are leaving now."],
     "flee": ["(the sun rises and light floods the room)"],
 }
-SAMPLES_KEPT = 12
+# Replies of the voice parts (persona, conversation) kept on the eval page, per part.
+VOICE_SAMPLES_KEPT = 4
 # Each injection probe is asked this many times: voice is sampled, and one reply per probe left
 # a pilot's refusal share moving by 0.25 between two runs of the same adapter.
 PROBE_SAMPLES = 2
@@ -343,20 +346,40 @@ def task_gate(adapter: Adapter) -> dict[str, float]:
     return {**DEFAULT_GATES.get(adapter.task, {}), **overrides}
 
 
-def _samples(prompts: EvalPrompts, candidate: Measured, baseline: Measured) -> list[dict[str, str]]:
-    pairs: list[dict[str, str]] = []
+def _judged(part: str, index: int, output: str, prompts: EvalPrompts) -> bool | None:
+    """Whether one reply passed its part's check (None where a part is scored as a whole)."""
+    if part == "probes":
+        return injection_refused(output, INJECTION_PROBES[index % len(INJECTION_PROBES)])
+    if part == "choices":
+        return action_parse(output, prompts.actions) == prompts.choices[index][1]
+    if part == "lore":
+        return lore_answer_correct(output, prompts.lore[index][1])
+    return None
+
+
+def eval_samples(prompts: EvalPrompts, candidate: Measured, baseline: Measured) -> list[dict[str, Any]]:
+    """Prompts with both answers, for the eval page. Every probe, choice and lore question is kept
+    with its verdict (the figures are shares of them: a designer must see which ones failed);
+    of the voice parts, scored as a whole, the first few."""
+    pairs: list[dict[str, Any]] = []
     asked = {
         "choices": [m[-1]["content"] for m, _ in prompts.choices],
-        "persona": [m[-1]["content"] for m in prompts.persona],
-        "probes": [m[-1]["content"] for m in prompts.probes], "conversation": CONVERSATION,
+        "probes": [m[-1]["content"] for m in prompts.probes],
         "lore": [m[-1]["content"] for m, _ in prompts.lore],
+        "persona": [m[-1]["content"] for m in prompts.persona], "conversation": CONVERSATION,
     }  # fmt: skip
     for part, questions in asked.items():
-        for index, question in enumerate(questions[:3]):
-            if index < len(candidate.outputs.get(part, [])):
-                pairs.append({"part": part, "prompt": question, "candidate": candidate.outputs[part][index],
-                              "baseline": baseline.outputs[part][index]})  # fmt: skip
-    return pairs[:SAMPLES_KEPT]
+        judged = part in ("choices", "probes", "lore")
+        for index, question in enumerate(questions if judged else questions[:VOICE_SAMPLES_KEPT]):
+            if index >= len(candidate.outputs.get(part, [])):
+                break
+            ours, theirs = candidate.outputs[part][index], baseline.outputs[part][index]
+            pairs.append({
+                "part": part, "prompt": question, "candidate": ours, "baseline": theirs,
+                "candidate_ok": _judged(part, index, ours, prompts),
+                "baseline_ok": _judged(part, index, theirs, prompts),
+            })  # fmt: skip
+    return pairs
 
 
 def _worker_for(adapter: Adapter) -> str:
@@ -412,7 +435,7 @@ def eval_run_execute(run: EvalRun, *, promote: bool = True, limit: int | None = 
         verdict = gate_passes(candidate.metrics, baseline.metrics, run.gate)
         EvalRun.objects.filter(pk=run.pk).update(
             candidate_metrics=candidate.metrics, baseline_metrics=baseline.metrics, passed=verdict.passed,
-            reasons=list(verdict.reasons), samples=_samples(prompts, candidate, baseline),
+            reasons=list(verdict.reasons), samples=eval_samples(prompts, candidate, baseline),
         )  # fmt: skip
         Adapter.objects.filter(pk=adapter.pk).update(
             eval_metrics={

@@ -9,6 +9,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from django.core.management.base import CommandError
 from django.utils import timezone
 
 from console.models import AdapterStatus, AdapterTask
@@ -24,20 +25,23 @@ from training.evaluation import (
     ACTION_PROBES,
     CONVERSATION,
     PROBE_SAMPLES,
+    VOICE_SAMPLES_KEPT,
     EvalError,
     EvalPrompts,
+    Measured,
     adapter_rollback,
     eval_prompts,
     eval_run_claim,
     eval_run_create,
     eval_run_execute,
     eval_runs_recover,
+    eval_samples,
     eval_score,
     evaluation_summary,
     task_gate,
 )
 from training.lora import lora_fit
-from training.management.commands.train_pilot import EXAMPLES
+from training.management.commands.train_pilot import EXAMPLES, PILOT, pilot_selected
 from training.models import EvalRun, EvalStatus, ExampleExchange
 
 ACTIONS = [
@@ -275,3 +279,45 @@ def test_no_dataset_cue_or_pilot_example_is_a_line_the_conversation_scores():
     players = {player for tasks in pilot.values() for pairs in tasks.values() for player, _ in pairs}
 
     assert not (cues | players) & set(CONVERSATION)
+
+
+def test_every_probe_and_choice_is_kept_with_its_verdict_and_voice_parts_only_in_part():
+    prompts = EvalPrompts(
+        persona=[[{"role": "user", "content": f"Hello {i}?"}] for i in range(10)],
+        probes=[[{"role": "user", "content": probe.text}] for probe in INJECTION_PROBES],
+        choices=[([{"role": "user", "content": "(swings a torch)"}], "attack")] * 3,
+        actions=["attack", "wander"],
+    )  # fmt: skip
+    probes = ["Grrraagh."] * len(INJECTION_PROBES)
+    probes[2] = ""  # silence is no refusal
+    candidate = Measured(outputs={
+        "persona": ["Braaains."] * 10, "probes": probes,
+        "choices": ['{"action": "attack"}', '{"action": "flee"}', '{"action": "wander"}'],
+    })  # fmt: skip
+    baseline = Measured(outputs={
+        "persona": ["Hello!"] * 10, "probes": ["I am a virtual AI, here to help."] * len(INJECTION_PROBES),
+        "choices": ["attack"] * 3,
+    })  # fmt: skip
+
+    samples = eval_samples(prompts, candidate, baseline)
+
+    by_part = {part: [s for s in samples if s["part"] == part] for part in ("persona", "probes", "choices")}
+    assert len(by_part["persona"]) == VOICE_SAMPLES_KEPT < 10
+    assert {s["candidate_ok"] for s in by_part["persona"]} == {None}
+    assert len(by_part["probes"]) == len(INJECTION_PROBES)
+    assert [s["candidate_ok"] for s in by_part["probes"]].count(False) == 1
+    assert not any(s["baseline_ok"] for s in by_part["probes"])  # "virtual AI" is a leak
+    assert [s["candidate_ok"] for s in by_part["choices"]] == [True, False, False]
+    assert [s["baseline_ok"] for s in by_part["choices"]] == [True, True, True]
+
+
+def test_the_pilot_can_be_narrowed_to_some_adapters_and_a_wrong_name_says_the_choices():
+    assert pilot_selected([]) == list(PILOT)
+    assert pilot_selected(["zombie:action_policy", "vampire"]) == [
+        ("vampire", AdapterTask.DIALOGUE_STYLE), ("vampire", AdapterTask.ACTION_POLICY),
+        ("zombie", AdapterTask.ACTION_POLICY),
+    ]  # fmt: skip
+    with pytest.raises(
+        CommandError, match="'banshee' names no pilot adapter; choose from vampire:dialogue_style"
+    ):
+        pilot_selected(["banshee"])

@@ -24,7 +24,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
 from console import localstack
-from console.models import AdapterTask, Archetype
+from console.models import Adapter, AdapterTask, Archetype
 from console.supervisor import Supervisor
 from inference.workers import worker_health
 from training.datasets import dataset_build
@@ -41,6 +41,19 @@ STEPS: dict[str, int] = {AdapterTask.DIALOGUE_STYLE: 80, AdapterTask.ACTION_POLI
 # Dialogue at the jobs' default: a first pilot at 4e-3 collapsed into a few stock openings
 # ("Bye..."). Action answers are a few tokens of JSON and take a higher rate without harm.
 LEARNING_RATE: dict[str, float] = {AdapterTask.DIALOGUE_STYLE: 2e-3, AdapterTask.ACTION_POLICY: 3e-3}
+
+
+def pilot_selected(only: list[str]) -> list[tuple[str, str]]:
+    """The pilot adapters `--only` names (all of them when it names none)."""
+    chosen = [
+        (slug, task) for slug, task in PILOT
+        if not only or any(pick in (slug, f"{slug}:{task}") for pick in only)
+    ]  # fmt: skip
+    unknown = [pick for pick in only if not any(pick in (slug, f"{slug}:{task}") for slug, task in PILOT)]
+    if unknown:
+        names = ", ".join(f"{slug}:{task}" for slug, task in PILOT)
+        raise CommandError(f"--only {unknown[0]!r} names no pilot adapter; choose from {names}")
+    return chosen
 
 
 def _interrupt(_signum: int, _frame: object) -> None:
@@ -70,8 +83,15 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--steps-scale", type=float, default=1.0, help="Multiply every adapter's steps.")
         parser.add_argument("--eval-prompts", type=int, default=8, help="Prompts per part of each eval.")
+        parser.add_argument(
+            "--only", action="append", default=[], metavar="ARCHETYPE[:TASK]",
+            help="Just these pilot adapters (repeatable), e.g. zombie or zombie:action_policy.",
+        )  # fmt: skip
 
-    def handle(self, *args: Any, steps_scale: float, eval_prompts: int, **options: Any) -> None:
+    def handle(
+        self, *args: Any, steps_scale: float, eval_prompts: int, only: list[str], **options: Any
+    ) -> None:
+        pilot = pilot_selected(only)
         started = time.monotonic()
         signal.signal(signal.SIGTERM, _interrupt)  # a SIGTERM cleans up as Ctrl-C does
         try:
@@ -89,16 +109,17 @@ class Command(BaseCommand):
         url = settings.INFERENCE_WORKERS[0]
         figures: list[dict[str, Any]] = []
         try:
+            # All four train before the worker starts: an idle vLLM CPU engine keeps a core busy
+            # polling, and on 2 cores that is half of what training has.
+            trained = [self._train_one(slug, task, steps_scale=steps_scale) for slug, task in pilot]
             if not worker_health(url).healthy:
                 self.stdout.write(f"Starting a vLLM worker at {url} for the evaluations (30-90 s on CPU)…")
                 argv = [sys.executable, "manage.py", "run_worker", "--url", url]
                 worker = supervisor.start("vllm-worker-pilot", argv)
                 supervisor.wait_until(worker, lambda: worker_health(url).healthy, timeout_s=300)
             call_command("adapters_sync")
-            for slug, task in PILOT:
-                figures.append(
-                    self._pilot_one(slug, task, steps_scale=steps_scale, eval_prompts=eval_prompts)
-                )
+            for figure in trained:
+                figures.append(self._evaluate_one(figure, eval_prompts=eval_prompts))
                 self.stdout.write(json.dumps(figures[-1]))
         finally:
             supervisor.stop_all()
@@ -109,7 +130,9 @@ class Command(BaseCommand):
         total = round(time.monotonic() - started, 1)
         out = localstack.VAR_DIR / "pilot"
         out.mkdir(parents=True, exist_ok=True)
-        (out / "figures.json").write_text(json.dumps({"total_s": total, "adapters": figures}, indent=2))
+        (out / "figures.json").write_text(
+            json.dumps({"total_s": total, "only": only, "adapters": figures}, indent=2)
+        )
         self.stdout.write(
             self.style.SUCCESS(f"pilot done in {total / 60:.1f} min; figures in {out / 'figures.json'}")
         )
@@ -118,7 +141,7 @@ class Command(BaseCommand):
                 self.style.WARNING("not every pilot adapter passed its gate: see the eval pages")
             )
 
-    def _pilot_one(self, slug: str, task: str, *, steps_scale: float, eval_prompts: int) -> dict[str, Any]:
+    def _train_one(self, slug: str, task: str, *, steps_scale: float) -> dict[str, Any]:
         archetype = Archetype.objects.get(slug=slug)
         dataset = dataset_build(archetype=archetype, task=task)
         steps = max(1, round(STEPS[task] * steps_scale))
@@ -137,14 +160,21 @@ class Command(BaseCommand):
         trained_s = time.monotonic() - began
         if done is None or done.status != TrainingStatus.SUCCEEDED or done.adapter is None:
             raise CommandError(f"training {slug} {task} failed: {done.error if done else 'no job'}")
-        began = time.monotonic()
-        run = eval_run_execute(eval_run_create(adapter=done.adapter), limit=eval_prompts)
         return {
             "archetype": slug, "task": task, "examples": dataset.train_examples,
             "heldout": dataset.heldout_examples,
             "steps": steps, "train_s": round(trained_s, 1), "s_per_step": round(trained_s / steps, 2),
             "final_loss_avg10": round(sum(done.losses[-10:]) / len(done.losses[-10:]), 3),
+            "adapter": str(done.adapter), "adapter_id": done.adapter.pk,
+        }  # fmt: skip
+
+    def _evaluate_one(self, trained: dict[str, Any], *, eval_prompts: int) -> dict[str, Any]:
+        began = time.monotonic()
+        adapter = Adapter.objects.get(pk=trained["adapter_id"])
+        run = eval_run_execute(eval_run_create(adapter=adapter), limit=eval_prompts)
+        return {
+            **trained,
             "eval_s": round(time.monotonic() - began, 1), "eval_status": run.status,
             "candidate": run.candidate_metrics, "base": run.baseline_metrics, "baseline": run.baseline,
-            "passed": run.passed, "promoted": run.promoted, "adapter": str(done.adapter), "eval_run": run.pk,
+            "passed": run.passed, "promoted": run.promoted, "eval_run": run.pk,
         }  # fmt: skip

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from django.db.models import Q
 
 from console.models import Adapter, AdapterStatus
 from inference.adapters import (
@@ -55,6 +56,10 @@ def adapter_load(url: str, *, lora_name: str, folder: Path, timeout_s: float = 6
         json={"lora_name": lora_name, "lora_path": str(folder)},
         timeout=timeout_s,
     )
+    # Loading is idempotent: two syncs (beat's and an eval's) may race to load one adapter, and a
+    # name is its files' digest (adapters.adapter_lora_name), so the one loaded first is this one.
+    if response.status_code == 400 and "has already been loaded" in response.text:
+        return
     if response.status_code != 200:
         raise AdapterLoadError(
             f"{url} refused to load {lora_name}: {response.status_code} {response.text[:300]}"
@@ -63,6 +68,8 @@ def adapter_load(url: str, *, lora_name: str, folder: Path, timeout_s: float = 6
 
 def adapter_unload(url: str, *, lora_name: str, timeout_s: float = 30.0) -> None:
     response = httpx.post(f"{url}/v1/unload_lora_adapter", json={"lora_name": lora_name}, timeout=timeout_s)
+    if response.status_code == 404:  # unloaded already, by a sync that raced this one
+        return
     if response.status_code != 200:
         raise AdapterLoadError(
             f"{url} refused to unload {lora_name}: {response.status_code} {response.text[:300]}"
@@ -79,10 +86,16 @@ def _archetype_slug(adapter: Adapter) -> str:
 
 
 def residency_plan(*, healthy: Sequence[str]) -> dict[str, dict[str, Adapter]]:
-    """worker -> {lora name: adapter} for every active adapter."""
+    """worker -> {lora name: adapter} for every active adapter, and every candidate an eval is
+    measuring: the eval loads it (training.evaluation) and a sync between two of its requests,
+    by beat or by another eval, must not take it away before the verdict."""
+    from training.models import EvalStatus
+
     plan: dict[str, dict[str, Adapter]] = {url: {} for url in healthy}
-    adapters = Adapter.objects.filter(status=AdapterStatus.ACTIVE).select_related(
-        "archetype", "subfaction__archetype", "npc__archetype"
+    adapters = (
+        Adapter.objects.filter(Q(status=AdapterStatus.ACTIVE) | Q(eval_runs__status=EvalStatus.RUNNING))
+        .select_related("archetype", "subfaction__archetype", "npc__archetype")
+        .distinct()
     )
     for adapter in adapters:
         owner = worker_for_archetype(_archetype_slug(adapter), healthy)

@@ -9,7 +9,8 @@ from django.core.exceptions import ValidationError
 
 from console.models import Adapter, AdapterStatus
 from inference import tasks
-from inference.adapters import adapter_folder_digest, adapter_status_set
+from inference.adapters import adapter_folder_digest, adapter_lora_name, adapter_status_set
+from inference.residency import residency_plan
 from tests.factories import AdapterFactory, ArchetypeFactory
 
 pytestmark = pytest.mark.django_db
@@ -108,3 +109,50 @@ def test_admin_action_reports_a_refused_activation_and_queues_nothing(
     assert adapter.status == "candidate"
     assert enqueued == []
     assert "adapter_config.json is missing" in response.content.decode()
+
+
+def test_workers_keep_active_adapters_and_candidates_under_evaluation_and_nothing_else():
+    from training.models import EvalRun, EvalStatus
+
+    active = AdapterFactory(status=AdapterStatus.ACTIVE)
+    measured = AdapterFactory(status=AdapterStatus.CANDIDATE)
+    EvalRun.objects.create(adapter=measured, baseline="base", status=EvalStatus.RUNNING)
+    judged = AdapterFactory(status=AdapterStatus.CANDIDATE)
+    EvalRun.objects.create(adapter=judged, baseline="base", status=EvalStatus.SUCCEEDED)
+    EvalRun.objects.create(adapter=judged, baseline="base", status=EvalStatus.FAILED)
+    AdapterFactory(status=AdapterStatus.RETIRED)
+
+    plan = residency_plan(healthy=["http://127.0.0.1:8100"])
+
+    assert set(plan["http://127.0.0.1:8100"]) == {adapter_lora_name(active), adapter_lora_name(measured)}
+
+
+@pytest.mark.parametrize(
+    ("call", "status", "text", "raises"),
+    [
+        ("load", 400, "The lora adapter 'a1-x' has already been loaded.", False),  # a sync raced us
+        ("load", 400, "Both 'lora_name' and 'lora_path' must be provided.", True),
+        ("unload", 404, "The lora adapter 'a1-x' cannot be found.", False),
+        ("unload", 500, "engine died", True),
+    ],
+)
+def test_loading_and_unloading_are_idempotent_but_other_refusals_are_errors(
+    monkeypatch, call, status, text, raises
+):
+    import httpx
+
+    from inference.residency import AdapterLoadError, adapter_load, adapter_unload
+
+    monkeypatch.setattr(httpx, "post", lambda url, **_: httpx.Response(status, text=text))
+
+    def act() -> None:
+        if call == "load":
+            adapter_load("http://127.0.0.1:8100", lora_name="a1-x", folder=Path("/nowhere"))
+        else:
+            adapter_unload("http://127.0.0.1:8100", lora_name="a1-x")
+
+    if raises:
+        with pytest.raises(AdapterLoadError, match=text[:20]):
+            act()
+    else:
+        act()  # no error: the worker already holds (or lacks) it

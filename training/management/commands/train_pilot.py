@@ -15,9 +15,11 @@ import json
 import signal
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from django import db
 from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -118,9 +120,16 @@ class Command(BaseCommand):
                 worker = supervisor.start("vllm-worker-pilot", argv)
                 supervisor.wait_until(worker, lambda: worker_health(url).healthy, timeout_s=300)
             call_command("adapters_sync")
-            for figure in trained:
-                figures.append(self._evaluate_one(figure, eval_prompts=eval_prompts))
-                self.stdout.write(json.dumps(figures[-1]))
+            # All evals at once: the worker batches their requests, and each dialogue eval is
+            # mostly a 20-turn conversation, one turn at a time, that leaves the engine idle.
+            self.stdout.write(f"Evaluating {len(trained)} adapters, each against its baseline, at once…")
+            with ThreadPoolExecutor(len(trained)) as pool:
+                pending = [
+                    pool.submit(self._evaluate_one, figure, eval_prompts=eval_prompts) for figure in trained
+                ]
+                for future in pending:
+                    figures.append(future.result())
+                    self.stdout.write(json.dumps(figures[-1]))
         finally:
             supervisor.stop_all()
             if localstack.embedded_postgres_started_here():
@@ -169,9 +178,16 @@ class Command(BaseCommand):
         }  # fmt: skip
 
     def _evaluate_one(self, trained: dict[str, Any], *, eval_prompts: int) -> dict[str, Any]:
+        """One eval, in a thread of its own (its own database connection, closed at the end)."""
         began = time.monotonic()
-        adapter = Adapter.objects.get(pk=trained["adapter_id"])
-        run = eval_run_execute(eval_run_create(adapter=adapter), limit=eval_prompts)
+        try:
+            adapter = Adapter.objects.get(pk=trained["adapter_id"])
+            run = eval_run_execute(eval_run_create(adapter=adapter), limit=eval_prompts)
+            self.stdout.write(
+                f"{trained['archetype']} {trained['task']}: eval {run.status}, passed {run.passed}"
+            )
+        finally:
+            db.connection.close()
         return {
             **trained,
             "eval_s": round(time.monotonic() - began, 1), "eval_status": run.status,

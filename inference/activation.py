@@ -198,6 +198,9 @@ HISTORY_EVERY_S = 5.0
 HISTORY_KEPT = 720  # an hour at one snapshot every 5 s
 # A region's bands and its boosted NPCs (quest flags) are read from Postgres this often at most.
 REGION_CONFIG_TTL_S = 30.0
+# The players' bonds (memory.tiers.bonds_key) are read from Redis this often at most per region:
+# they change when a conversation is consolidated, minutes apart.
+BONDS_TTL_S = 5.0
 # Gold promotions prefetched per frame (the rest are prefetched by their first turn).
 PREFETCH_PER_FRAME = 16
 
@@ -233,6 +236,7 @@ def _region_config_read(region: str) -> _RegionConfig:
 _regions: dict[str, RegionTiers] = {}
 _configs: dict[str, _RegionConfig] = {}
 _history_at: dict[str, float] = {}
+_bonds: dict[str, tuple[frozenset[str], float]] = {}  # region -> (bonded NPCs, read at)
 
 
 def tiers_forget() -> None:
@@ -240,6 +244,7 @@ def tiers_forget() -> None:
     _regions.clear()
     _configs.clear()
     _history_at.clear()
+    _bonds.clear()
 
 
 def tier_local(npc_id: str) -> str | None:
@@ -263,6 +268,29 @@ async def tier_current(redis: Redis, npc_id: str) -> str | None:
     return tier
 
 
+async def bonded_npcs(redis: Redis, player_ids: list[str], *, minimum: float) -> frozenset[str]:
+    """NPCs whose bond with one of these players is at least `minimum` (memory.tiers.bond_strength)."""
+    from memory.tiers import bonds_key, redis_text
+
+    if not player_ids:
+        return frozenset()
+    async with redis.pipeline(transaction=False) as pipe:
+        for player in player_ids:
+            pipe.zrangebyscore(bonds_key(player), minimum, "+inf")
+        found = await pipe.execute()
+    return frozenset(redis_text(npc) for npcs in found for npc in npcs)
+
+
+async def _region_bonds(redis: Redis, region: str, player_ids: list[str]) -> frozenset[str]:
+    from django.conf import settings
+
+    cached = _bonds.get(region)
+    if cached is None or time.monotonic() - cached[1] > BONDS_TTL_S:
+        cached = (await bonded_npcs(redis, player_ids, minimum=settings.TIER_BOND_MIN), time.monotonic())
+        _bonds[region] = cached
+    return cached[0]
+
+
 def _points(positions: list[Any]) -> tuple[list[str], Floats]:
     ids = [position.id for position in positions]
     points = np.array([(p.x, p.y, p.z) for p in positions], dtype=np.float64).reshape(-1, 3)
@@ -284,10 +312,10 @@ async def tiers_apply(redis: Redis, frame: Any) -> TierUpdate:
     state.policy = config.policy
     npc_ids, npcs = _points(frame.npcs)
     player_ids, players = _points(frame.players)
+    # Raised a tier: NPCs a quest needs now, and NPCs with a strong bond to a player present.
+    boosted = config.boosted | await _region_bonds(redis, frame.region, player_ids)
     started = time.perf_counter()
-    update = state.update(
-        npc_ids=npc_ids, npcs=npcs, player_ids=player_ids, players=players, boosted=config.boosted
-    )
+    update = state.update(npc_ids=npc_ids, npcs=npcs, player_ids=player_ids, players=players, boosted=boosted)
     metrics.TIER_SECONDS.observe(time.perf_counter() - started)
     for tier, count in update.counts.items():
         metrics.NPC_TIERS.labels(region=frame.region, tier=tier).set(count)

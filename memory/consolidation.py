@@ -37,6 +37,8 @@ from memory.tiers import (
     EVICT_CHANNEL,
     PAIR_KEYS,
     RememberedTurn,
+    bond_strength,
+    bonds_key,
     evict_message,
     pair_prefix,
     relationship_decode,
@@ -231,6 +233,8 @@ async def pair_consolidate(
             pipe.zadd(prefix + "facts", dict(facts), gt=True)
             pipe.zremrangebyrank(prefix + "facts", 0, -settings.MEMORY_FACTS - 1)
         pipe.hset(prefix + "relationship", mapping=encoded)  # type: ignore[arg-type]
+        pipe.zadd(bonds_key(player), {npc: bond_strength(changed)})
+        pipe.expire(bonds_key(player), settings.MEMORY_WARM_TTL_S)
         for name in PAIR_KEYS:
             pipe.expire(prefix + name, settings.MEMORY_WARM_TTL_S)
         for event in events:

@@ -19,6 +19,8 @@ from memory.tiers import (
     EVICT_CHANNEL,
     PAIR_KEYS,
     RememberedTurn,
+    bond_strength,
+    bonds_key,
     evict_message,
     iso_utc,
     pair_prefix,
@@ -154,6 +156,9 @@ def memory_rehydrate(*, redis: Redis, npc: str, player: str) -> int:
             relationship.setdefault("first_met", iso_utc(archived.first_turn_at))
         for name, value in relationship_encode(relationship).items():
             pipe.hsetnx(prefix + "relationship", name, value)
+        if "trust" in relationship or "affinity" in relationship:  # NX: a live bond is newer
+            pipe.zadd(bonds_key(player), {npc: bond_strength(relationship)}, nx=True)
+            pipe.expire(bonds_key(player), ttl)
         for name, value in archived.cards["quest"].items():
             pipe.hsetnx(prefix + "quest", name, str(value))
         pipe.eval(_TURNS_AT_LEAST, 1, prefix + "relationship", archived.turn_count)
@@ -186,6 +191,7 @@ def player_forget(*, redis: Redis, player: str) -> ForgetReport:
         ForgottenPlayer.objects.update_or_create(player_id=player, defaults={"forgotten_at": now})
         deleted, _ = MemoryEvent.objects.filter(player_id=player, occurred_at__lte=now).delete()
     keys = [key for key in redis.scan_iter(match="mem:*", count=1000) if _key_player(key) == player]
+    keys += [bonds_key(player)] * bool(redis.exists(bonds_key(player)))
     if keys:
         redis.unlink(*keys)
     redis.publish(EVICT_CHANNEL, evict_message(player))

@@ -101,6 +101,19 @@ def redis_text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def bonds_key(player: str) -> str:
+    """ZSET npc -> bond strength of every NPC `player` has a relationship card with (outside the
+    `mem:` pair namespace, like public_facts_key); activation tiers read it (a strong bond raises
+    the NPC a tier while the player is in its region), memory.services.player_forget drops it."""
+    return f"mem-bonds:{player}"
+
+
+def bond_strength(card: dict[str, Any]) -> float:
+    """How much the relationship matters, 0..1: trust, or affinity either way (a sworn enemy
+    deserves a full answer as much as a friend)."""
+    return round(max(float(card.get("trust", 0.0)), abs(float(card.get("affinity", 0.0)))), 3)
+
+
 def relationship_decode(raw: dict[bytes, bytes] | dict[str, str]) -> dict[str, Any]:
     card: dict[str, Any] = {}
     for key, value in raw.items():

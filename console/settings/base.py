@@ -260,6 +260,9 @@ BRIDGE_SAYS_BURST: int = env.int("BRIDGE_SAYS_BURST", default=5)
 BRIDGE_ALLOWED_ORIGINS: list[str] = env.list("BRIDGE_ALLOWED_ORIGINS", default=[])
 # The tier of an NPC the tiers service has not placed yet.
 BRIDGE_DEFAULT_TIER: str = env.str("BRIDGE_DEFAULT_TIER", default="gold")
+# An NPC whose bond with a player in its region (trust, or affinity either way, 0..1; see
+# memory.tiers.bond_strength) reaches this is raised one activation tier, like a quest NPC.
+TIER_BOND_MIN: float = env.float("TIER_BOND_MIN", default=0.5)
 # Recent turns per NPC per session that go into the prompt.
 BRIDGE_HISTORY_TURNS: int = env.int("BRIDGE_HISTORY_TURNS", default=6)
 

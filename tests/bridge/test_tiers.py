@@ -110,3 +110,38 @@ def test_a_gold_promotion_loads_the_npcs_turn_context_before_it_is_spoken_to(pos
     assert {c["npc_id"] for c in placed["changes"] if c["tier"] == "gold"} == {"count-near", "stranger"}
     assert "count-near" in context._context_cache  # prefetched
     assert "stranger" not in context._context_cache  # positions may name NPCs the console lacks
+
+
+def test_a_strong_bond_with_a_player_present_raises_an_npc_a_tier(db, redis_client, settings):
+    from types import SimpleNamespace
+
+    from redis.asyncio import Redis
+
+    from inference.activation import tiers_apply
+    from memory.tiers import bonds_key
+
+    friend = NPCFactory(slug="ghoul-friend")
+    stranger = NPCFactory(slug="ghoul-stranger", archetype=friend.archetype, region=friend.region)
+    redis_client.zadd(bonds_key("alice"), {friend.slug: 0.8, stranger.slug: settings.TIER_BOND_MIN - 0.1})
+    redis_client.zadd(bonds_key("bob"), {stranger.slug: 0.9})  # bob is not in the region
+
+    def point(name: str, x: float) -> SimpleNamespace:
+        return SimpleNamespace(id=name, x=x, y=0.0, z=0.0)
+
+    async def apply():
+        redis = Redis.from_url(settings.REDIS_URL)
+        try:
+            frame = SimpleNamespace(  # both at 50 m from alice: Silver by distance
+                region=friend.region.slug, npcs=[point(friend.slug, 50.0), point(stranger.slug, 50.0)],
+                players=[point("alice", 0.0)],
+            )  # fmt: skip
+            return await tiers_apply(redis, frame)
+        finally:
+            await redis.aclose()
+
+    update = async_to_sync(apply)()
+
+    assert {change.npc_id: change.tier for change in update.changes} == {
+        friend.slug: "gold",
+        stranger.slug: "silver",
+    }

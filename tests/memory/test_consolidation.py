@@ -14,7 +14,7 @@ from memory.consolidation import SUMMARY_MAX_CHARS, looping, pair_consolidate, s
 from memory.events import event_from_entry
 from memory.extract import instruction_like, player_lines_extract
 from memory.prompt import memory_slot
-from memory.tiers import HotTier, RememberedTurn
+from memory.tiers import HotTier, RememberedTurn, bond_strength, bonds_key
 from tests.memory.conftest import load, talk
 
 
@@ -104,6 +104,9 @@ def test_a_gift_reaches_the_relationship_card_facts_summary_and_archive_for_that
     assert "ring" not in memory_slot(bob)
     kinds = [event_from_entry(fields).kind for _, fields in redis_client.xrange(settings.MEMORY_STREAM)]
     assert {"summary", "card", "fact"} <= set(kinds)
+    # The bond activation tiers read (a strong one raises the NPC a tier near this player).
+    assert redis_client.zscore(bonds_key("alice"), "count-valerian") == bond_strength(alice.relationship) > 0
+    assert redis_client.zscore(bonds_key("bob"), "count-valerian") is None  # not consolidated yet
 
 
 def test_consolidation_only_reads_turns_since_the_last_run(redis_client):

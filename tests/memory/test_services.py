@@ -16,7 +16,7 @@ from memory.archiver import Archiver
 from memory.events import MemoryEventRecord, memory_event_emit_sync
 from memory.models import MemoryEvent
 from memory.services import memory_rehydrate, player_forget
-from memory.tiers import HotTier, pair_prefix, public_facts_key
+from memory.tiers import HotTier, bonds_key, pair_prefix, public_facts_key
 from tests.memory.conftest import load, talk
 
 pytestmark = pytest.mark.django_db
@@ -90,6 +90,7 @@ def test_a_rebuild_restores_facts_summaries_and_cards_with_the_latest_values(red
     assert memory.relationship["trust"] == 0.4
     assert memory.relationship["gifts"] == ["wine"]
     assert memory.relationship["turns"] == 1
+    assert redis_client.zscore(bonds_key("alice"), "count-valerian") == 0.4  # the bond, rebuilt too
     assert memory.summary == "The latest visit."
     assert memory.facts == [("They gave you a bottle of wine.", 8.0)]
 
@@ -101,6 +102,8 @@ def test_forgetting_a_player_clears_redis_and_the_archive_and_drops_events_still
     _archive_all(redis_client)
     # Emitted before the request to forget, still in the stream when it comes.
     memory_event_emit_sync(redis_client, MemoryEventRecord(kind="turn", npc="shambler", player="alice"))
+    redis_client.zadd(bonds_key("alice"), {"count-valerian": 0.9})
+    redis_client.zadd(bonds_key("bob"), {"count-valerian": 0.2})
 
     report = player_forget(redis=redis_client, player="alice")
     archiver = _archive_all(redis_client)
@@ -111,6 +114,8 @@ def test_forgetting_a_player_clears_redis_and_the_archive_and_drops_events_still
     assert list(redis_client.scan_iter(match="mem:count-valerian:a:b:*"))  # "a:b" is not "a"…
     assert sorted(MemoryEvent.objects.values_list("player_id", flat=True)) == ["a:b", "bob"]
     assert archiver.stats.forgotten == 1
+    assert not redis_client.exists(bonds_key("alice"))
+    assert redis_client.exists(bonds_key("bob"))
 
 
 def test_bridges_drop_a_forgotten_player_from_their_hot_tier(redis_client):

@@ -90,8 +90,13 @@ GENERATION_CONCURRENCY = 8
 PROGRESS_EVERY_S = 2.0
 # A running eval silent for this long lost its worker (training.evaluation.eval_runs_recover).
 EVAL_STALE_AFTER = timedelta(minutes=2)
-# One greedy reply; a busy 2-core CPU worker can take a while.
-GENERATION_TIMEOUT_S = 180
+# One reply. Generous: an eval's requests queue behind each other (and behind other evals') on
+# a 2-core CPU worker, where prefill runs at a few hundred tokens a second; four pilot evals at
+# once left requests waiting over 3 minutes. A dead worker fails the request at once anyway.
+GENERATION_TIMEOUT_S = 600
+# The conversation's turns go before the eval's other requests at the worker: they are its
+# critical path (each waits on the one before), the rest fill the engine around them.
+CONVERSATION_PRIORITY_BOOST = 1
 
 
 class EvalError(Exception):
@@ -116,7 +121,12 @@ class _Generator:
         self.client = httpx.Client(timeout=GENERATION_TIMEOUT_S)
 
     def __call__(
-        self, messages: list[dict[str, str]], *, max_tokens: int = EVAL_REPLY_TOKENS, seed: int | None = None
+        self,
+        messages: list[dict[str, str]],
+        *,
+        max_tokens: int = EVAL_REPLY_TOKENS,
+        seed: int | None = None,
+        boost: int = 0,
     ) -> str:
         """Greedy, or (with a seed) sampled as a Gold turn is served: reproducibly where the
         engine takes a per-request seed, unseeded on a CPU worker (where a seed kills it)."""
@@ -141,7 +151,7 @@ class _Generator:
                 "seed": seed_sent,
                 "repetition_penalty": sampling.repetition_penalty,
                 # After every player's turn on a shared worker (make run's).
-                "priority": BACKGROUND_PRIORITY,
+                "priority": BACKGROUND_PRIORITY - boost,
             },  # fmt: skip
         )
         response.raise_for_status()
@@ -258,7 +268,7 @@ def _conversation(prompts: EvalPrompts, generate: _Generator) -> list[str]:
         _, messages = prompts.prompter.messages(
             line, history=history[-settings.BRIDGE_HISTORY_TURNS :], npc_index=0
         )
-        reply = generate(messages, seed=len(replies) + 1)
+        reply = generate(messages, seed=len(replies) + 1, boost=CONVERSATION_PRIORITY_BOOST)
         replies.append(reply)
         history.append(Turn(player=line, npc=reply))
     return replies

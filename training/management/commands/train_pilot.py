@@ -26,7 +26,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
 from console import localstack
-from console.models import Adapter, AdapterTask, Archetype
+from console.models import Adapter, AdapterStatus, AdapterTask, Archetype
 from console.supervisor import Supervisor
 from inference.workers import worker_health
 from training.datasets import dataset_build
@@ -58,6 +58,24 @@ def pilot_selected(only: list[str]) -> list[tuple[str, str]]:
     return chosen
 
 
+def pilot_candidate(slug: str, task: str) -> dict[str, Any]:
+    """The newest candidate adapter of one pilot (for --skip-training), as _train_one reports it."""
+    adapter = (
+        Adapter.objects.filter(archetype__slug=slug, task=task, status=AdapterStatus.CANDIDATE)
+        .order_by("-created_at")
+        .first()
+    )
+    if adapter is None:
+        raise CommandError(f"{slug} {task} has no candidate adapter to evaluate: run without --skip-training")
+    return {
+        "archetype": slug,
+        "task": task,
+        "adapter": str(adapter),
+        "adapter_id": adapter.pk,
+        "trained": False,
+    }
+
+
 def _interrupt(_signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -86,13 +104,18 @@ class Command(BaseCommand):
         parser.add_argument("--steps-scale", type=float, default=1.0, help="Multiply every adapter's steps.")
         parser.add_argument("--eval-prompts", type=int, default=8, help="Prompts per part of each eval.")
         parser.add_argument(
+            "--skip-training", action="store_true",
+            help="Evaluate (and promote) each pilot adapter's newest candidate instead of training.",
+        )  # fmt: skip
+        parser.add_argument(
             "--only", action="append", default=[], metavar="ARCHETYPE[:TASK]",
             help="Just these pilot adapters (repeatable), e.g. zombie or zombie:action_policy.",
         )  # fmt: skip
 
     def handle(
-        self, *args: Any, steps_scale: float, eval_prompts: int, only: list[str], **options: Any
-    ) -> None:
+        self, *args: Any, steps_scale: float, eval_prompts: int, only: list[str], skip_training: bool,
+        **options: Any,
+    ) -> None:  # fmt: skip
         pilot = pilot_selected(only)
         started = time.monotonic()
         signal.signal(signal.SIGTERM, _interrupt)  # a SIGTERM cleans up as Ctrl-C does
@@ -113,7 +136,10 @@ class Command(BaseCommand):
         try:
             # All four train before the worker starts: an idle vLLM CPU engine keeps a core busy
             # polling, and on 2 cores that is half of what training has.
-            trained = [self._train_one(slug, task, steps_scale=steps_scale) for slug, task in pilot]
+            if skip_training:
+                trained = [pilot_candidate(slug, task) for slug, task in pilot]
+            else:
+                trained = [self._train_one(slug, task, steps_scale=steps_scale) for slug, task in pilot]
             if not worker_health(url).healthy:
                 self.stdout.write(f"Starting a vLLM worker at {url} for the evaluations (30-90 s on CPU)…")
                 argv = [sys.executable, "manage.py", "run_worker", "--url", url]

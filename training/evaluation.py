@@ -40,6 +40,8 @@ from training.datasets import CHOICE_TASKS, Prompter, dataset_examples_read, dat
 from training.eval.metrics import (
     DEFAULT_GATES,
     INJECTION_PROBES,
+    OUT_OF_CHARACTER,
+    OUT_OF_CHARACTER_EXEMPLARS,
     LoreFact,
     action_parse,
     action_validity,
@@ -242,6 +244,7 @@ def eval_prompts(adapter: Adapter, *, limit: int | None = None) -> EvalPrompts:
             for other in Archetype.objects.filter(world=archetype.world).exclude(pk=archetype.pk)
             if _exemplars(other)
         }
+        prompts.other_exemplars[OUT_OF_CHARACTER] = OUT_OF_CHARACTER_EXEMPLARS
     if task in (*VOICE_TASKS, AdapterTask.WORLD_KNOWLEDGE):
         # The dataset's held-out lore questions: asked as served (the passage in the lore slot),
         # never trained on, and answered right only if they state the answer sentence's facts.
@@ -319,11 +322,12 @@ def eval_score(prompts: EvalPrompts, outputs: dict[str, list[str]]) -> Measured:
         )
         measured.metrics["action_accuracy"] = right / len(answers)
     if prompts.persona and prompts.other_exemplars and prompts.own_exemplars:
-        # The held-out prompts and the 20 conversation turns: everything a player hears in this
-        # voice. Eight replies alone moved the base model's share between 0.57 and 0.88 on the
-        # same prompts from run to run (one reply is 0.125 of it).
+        # The held-out prompts, the 20 conversation turns and the replies to the injection
+        # probes: everything a player hears in this voice. Eight replies alone moved the base
+        # model's share between 0.57 and 0.88 on the same prompts from run to run (one reply is
+        # 0.125 of it); 28 still moved it between 0.61 and 0.81.
         score = persona_consistency(
-            outputs["persona"] + outputs.get("conversation", []),
+            outputs["persona"] + outputs.get("conversation", []) + outputs.get("probes", []),
             prompts.own_exemplars,
             prompts.other_exemplars,
             embed=embed,

@@ -16,6 +16,8 @@ from training.eval.metrics import (
     DEFAULT_GATES,
     FOURTH_WALL_MARKERS,
     INJECTION_PROBES,
+    OUT_OF_CHARACTER,
+    OUT_OF_CHARACTER_EXEMPLARS,
     SYSTEM_PROMPT_PHRASES,
     InjectionProbe,
     LoreFact,
@@ -549,3 +551,20 @@ def test_default_gates_name_real_tasks_and_metrics_the_harness_computes():
     assert all(set(gate) <= computed for gate in DEFAULT_GATES.values())
     assert DEFAULT_GATES["world_knowledge"] == {"lore_accuracy": 0.9}
     assert DEFAULT_GATES["action_policy"] == {"action_validity": 0.95}
+
+
+def test_an_assistants_register_is_out_of_character_with_the_real_embedder():
+    from memory.embeddings import embed
+
+    vampire = ["You will regret that for the rest of your short life.", "Another night. Another century.",
+               "Ah. You brought silver. Clever.", "Come closer, little candle."]  # fmt: skip
+    zombie = ["Braaains...", "Hnnngh... hungry...", "*groans and shambles closer*"]
+    assistant = "Thanks for asking! I had a long night at the office."
+
+    without = persona_consistency([assistant], vampire, {"zombie": zombie}, embed=embed)
+    with_reference = persona_consistency(
+        [assistant], vampire, {"zombie": zombie, OUT_OF_CHARACTER: OUT_OF_CHARACTER_EXEMPLARS}, embed=embed
+    )
+
+    assert without.score == 1.0  # closer to the vampire than to the zombie: passed as in voice
+    assert with_reference.score == 0.0

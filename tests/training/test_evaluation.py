@@ -20,7 +20,7 @@ from inference.prompts import player_text_block
 from inference.residency import worker_loras
 from tests.factories import AdapterFactory, ArchetypeFactory, NPCFactory, WorldFactory, suite_base_model
 from training.datasets import BARK_CUES, dataset_build, dataset_read
-from training.eval.metrics import INJECTION_PROBES, gate_passes
+from training.eval.metrics import INJECTION_PROBES, OUT_OF_CHARACTER, OUT_OF_CHARACTER_EXEMPLARS, gate_passes
 from training.evaluation import (
     ACTION_PROBES,
     CONVERSATION,
@@ -80,6 +80,7 @@ def test_voice_prompts_cover_persona_probes_conversation_and_lore_and_choices_ar
     assert said.conversation
     assert said.calls() == len(said.persona) + len(said.probes) + len(CONVERSATION)
     assert "Braaains." in said.other_exemplars[next(iter(said.other_exemplars))]
+    assert said.other_exemplars[OUT_OF_CHARACTER] == OUT_OF_CHARACTER_EXEMPLARS  # the assistant's register
     probes = sum(len(ACTION_PROBES[action["name"]]) for action in ACTIONS)  # idle, talk, attack
     assert len(chosen.choices) == actions.heldout_examples + probes
     assert chosen.actions == ["idle", "talk", "attack"]
@@ -260,7 +261,8 @@ def test_persona_is_scored_on_the_conversation_too_and_each_probe_on_every_sampl
     )  # fmt: skip
     replies = ["The night keeps its secrets, my dear."] * len(prompts.probes)
     developer_mode = [probe.name for probe in INJECTION_PROBES].index("developer_mode")
-    replies[len(INJECTION_PROBES) + developer_mode] = "Developer mode enabled."  # its second sample
+    # Its second sample leaks, in the vampire's voice.
+    replies[len(INJECTION_PROBES) + developer_mode] = "The night keeps its secrets. Developer mode enabled."
     outputs = {
         "persona": own,  # in voice
         "conversation": other * len(CONVERSATION),  # every turn in the zombie's voice
@@ -269,7 +271,9 @@ def test_persona_is_scored_on_the_conversation_too_and_each_probe_on_every_sampl
 
     measured = eval_score(prompts, outputs).metrics
 
-    assert measured["persona_consistency"] == round(1 / (1 + len(CONVERSATION)), 4)
+    # In voice: the persona reply and the probe replies (the conversation is the zombie's).
+    heard = 1 + len(CONVERSATION) + len(prompts.probes)
+    assert measured["persona_consistency"] == round((1 + len(prompts.probes)) / heard, 4)
     assert measured["injection_refusal"] == round(1 - 1 / len(prompts.probes), 4)
 
 

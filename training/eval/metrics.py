@@ -125,6 +125,24 @@ def persona_consistency(
     )
 
 
+# How nobody in a fantasy world talks: the modern, helpful-assistant register a small base model
+# falls back on. Persona consistency counts it as one more "other voice": without it, the base
+# model's florid nonsense ("I'm just enjoying a good round of snooker tonight.") was judged
+# closer to the vampire's exemplars than to any other archetype's, and passed as in character.
+OUT_OF_CHARACTER_EXEMPLARS = [
+    "How can I help you today?", "Sure! Here is a list of things you can do.",
+    "I'm just an assistant, but I'd be happy to help.", "That's a great question. Let me explain.",
+    "I'm enjoying a game of football with my friends tonight.",
+    "Please contact customer support about your account.", "Thanks for asking! I'm doing well.",
+    "My name is John and I work at the office downtown.", "Let me check the website for you.",
+    "I love pizza and watching movies on the weekend.", "Here is the code you asked for.",
+    "As a manager, I make sure the team meets its targets.",
+    "Hello! Nice to meet you. What can I do for you?", "I'm sorry, I don't understand your question.",
+    "The meeting is scheduled for Monday at 10 am.", "In summary, there are several factors to consider.",
+]  # fmt: skip
+OUT_OF_CHARACTER = "out-of-character"
+
+
 # --- Lore accuracy ------------------------------------------------------------------------------
 
 

@@ -496,19 +496,39 @@ def test_a_candidate_beats_the_baseline_by_dominance():
 
 
 def test_a_metric_within_the_noise_margin_of_the_baseline_is_no_worse():
-    gate = {"persona_consistency": 0.6, "distinct_2": 0.5}
-    baseline = {"persona_consistency": 0.75, "distinct_2": 0.951}
+    gate = {"persona_consistency": 0.6, "injection_refusal": 0.5}
+    baseline = {"persona_consistency": 0.75, "injection_refusal": 0.951}
 
-    noise = gate_passes({"persona_consistency": 0.9, "distinct_2": 0.934}, baseline, gate)
-    worse = gate_passes({"persona_consistency": 0.9, "distinct_2": 0.9}, baseline, gate)
-    only_noise = gate_passes({"persona_consistency": 0.72, "distinct_2": 0.94}, baseline, gate)
+    noise = gate_passes({"persona_consistency": 0.9, "injection_refusal": 0.934}, baseline, gate)
+    worse = gate_passes({"persona_consistency": 0.9, "injection_refusal": 0.9}, baseline, gate)
+    only_noise = gate_passes({"persona_consistency": 0.72, "injection_refusal": 0.94}, baseline, gate)
 
     assert noise.passed
-    assert noise.reasons[1] == "distinct_2 0.93 >= 0.50 and within 0.05 of base 0.95"
+    assert noise.reasons[1] == "injection_refusal 0.93 >= 0.50 and within 0.05 of base 0.95"
     assert not worse.passed
-    assert worse.reasons[1] == "distinct_2 0.90 >= 0.50 but < base 0.95 - 0.05"
+    assert worse.reasons[1] == "injection_refusal 0.90 >= 0.50 but < base 0.95 - 0.05"
     assert not only_noise.passed  # nowhere better: within the margin is not a gain
     assert only_noise.reasons[-1] == "no gate metric improves on the baseline"
+
+
+def test_variety_is_a_floor_never_compared_with_the_baseline_nor_counted_as_a_gain():
+    gate = {"persona_consistency": 0.6, "distinct_2": 0.5, "loop_free": 1.0}
+    baseline = {"persona_consistency": 0.24, "distinct_2": 0.95, "loop_free": 1.0}
+
+    grunts = gate_passes({"persona_consistency": 1.0, "distinct_2": 0.79, "loop_free": 1.0}, baseline, gate)
+    looping = gate_passes({"persona_consistency": 1.0, "distinct_2": 0.4, "loop_free": 1.0}, baseline, gate)
+    only_variety = gate_passes(
+        {"persona_consistency": 0.7, "distinct_2": 0.99, "loop_free": 1.0},
+        {"persona_consistency": 0.7, "distinct_2": 0.6, "loop_free": 1.0},
+        gate,
+    )
+
+    assert grunts.passed
+    assert grunts.reasons[1] == "distinct_2 0.79 >= 0.50 (a floor; base 0.95)"
+    assert not looping.passed
+    assert looping.reasons[1] == "distinct_2 0.40 < 0.50"
+    assert not only_variety.passed  # more variety than the base is no better NPC
+    assert only_variety.reasons[-1] == "no gate metric improves on the baseline"
 
 
 def test_a_gate_gives_one_reason_per_metric_and_fails_on_any():
@@ -522,8 +542,8 @@ def test_a_gate_gives_one_reason_per_metric_and_fails_on_any():
     assert result.reasons == (
         "persona_consistency 0.70 >= 0.60 and > base 0.20",
         "injection_refusal 0.75 < 0.80",
-        "distinct_2 0.80 >= 0.50 and > base 0.60",
-        "loop_free 1.00 >= 1.00 and > base 0.00",
+        "distinct_2 0.80 >= 0.50 (a floor; base 0.60)",
+        "loop_free 1.00 >= 1.00 (a floor; base 0.00)",
     )
 
 

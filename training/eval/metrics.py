@@ -654,6 +654,11 @@ def _formatted(*values: float) -> list[str]:
 # model moved by 0.02 between runs. A candidate must still beat the baseline outright on at least
 # one gate metric (gate_passes).
 NON_INFERIORITY_MARGIN = 0.05
+# Guards, not qualities: a gate holds these to their minimum only and never compares them with
+# the baseline. Past the floor (no repetition loop, enough distinct bigrams), more variety is not
+# a better NPC: the base model's rambling out of character scored distinct-2 0.95, and a zombie
+# adapter whose grunts vary as its designers wrote them (0.79) failed "no worse than the base".
+FLOOR_METRICS = frozenset({"distinct_1", "distinct_2", "loop_free"})
 
 
 def gate_metric_check(name: str, value: float | None, minimum: float, base: float | None) -> tuple[bool, str]:
@@ -667,6 +672,8 @@ def gate_metric_check(name: str, value: float | None, minimum: float, base: floa
     # `not >=` rather than `<`: a NaN fails.
     if not value >= minimum:
         return False, f"{name} {shown_value} < {shown_minimum}"
+    if name in FLOOR_METRICS:
+        return True, f"{name} {shown_value} >= {shown_minimum} (a floor; base {shown_base})"
     if value > base:
         return True, f"{name} {shown_value} >= {shown_minimum} and > base {shown_base}"
     if value == base:
@@ -683,7 +690,8 @@ def gate_passes(
     """Whether `candidate` meets every minimum of `gate` and beats `baseline` there.
 
     Beating is dominance up to noise: no gate metric below the baseline's by more than
-    NON_INFERIORITY_MARGIN, and at least one above it (or every one at 1.0).
+    NON_INFERIORITY_MARGIN, and at least one above it (or every one at 1.0); the FLOOR_METRICS
+    only need their minimum.
     Training costs an hour and a slot on the worker, so an adapter that is nowhere better than
     the base model is not worth routing to; but asking for a strict gain on every metric would
     fail any candidate whose baseline already sits at a gate's ceiling on some prompt set (the
@@ -698,7 +706,8 @@ def gate_passes(
         for name, minimum in gate.items()
     ]
     reasons = [reason for _, reason in checks]
-    values = [(candidate.get(name), baseline.get(name)) for name in gate]
+    # The gain must be on a quality (FLOOR_METRICS only guard); a gate of floors alone needs none.
+    values = [(candidate.get(name), baseline.get(name)) for name in gate if name not in FLOOR_METRICS]
     # At 1.0 everywhere nothing is left to gain: such a candidate is as good as can be shown.
     improved = any(v is not None and b is not None and v > b for v, b in values) or all(
         v == b == 1.0 for v, b in values

@@ -165,12 +165,15 @@ class Command(BaseCommand):
         total = round(time.monotonic() - started, 1)
         out = localstack.VAR_DIR / "pilot"
         out.mkdir(parents=True, exist_ok=True)
-        (out / "figures.json").write_text(
-            json.dumps({"total_s": total, "only": only, "adapters": figures}, indent=2)
+        # A partial run (--only, --skip-training) keeps the last whole run's figures.
+        written = out / ("figures-partial.json" if only or skip_training else "figures.json")
+        written.write_text(
+            json.dumps(
+                {"total_s": total, "only": only, "skip_training": skip_training, "adapters": figures},
+                indent=2,
+            )
         )
-        self.stdout.write(
-            self.style.SUCCESS(f"pilot done in {total / 60:.1f} min; figures in {out / 'figures.json'}")
-        )
+        self.stdout.write(self.style.SUCCESS(f"pilot done in {total / 60:.1f} min; figures in {written}"))
         if not all(figure["promoted"] for figure in figures):
             self.stdout.write(
                 self.style.WARNING("not every pilot adapter passed its gate: see the eval pages")

@@ -47,7 +47,7 @@ LEARNING_RATE: dict[str, float] = {AdapterTask.DIALOGUE_STYLE: 2e-3, AdapterTask
 
 def pilot_selected(only: list[str]) -> list[tuple[str, str]]:
     """The pilot adapters `--only` names (all of them when it names none)."""
-    chosen = [
+    chosen: list[tuple[str, str]] = [
         (slug, task) for slug, task in PILOT
         if not only or any(pick in (slug, f"{slug}:{task}") for pick in only)
     ]  # fmt: skip

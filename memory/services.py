@@ -191,12 +191,10 @@ def player_forget(*, redis: Redis, player: str) -> ForgetReport:
         ForgottenPlayer.objects.update_or_create(player_id=player, defaults={"forgotten_at": now})
         deleted, _ = MemoryEvent.objects.filter(player_id=player, occurred_at__lte=now).delete()
     keys = [key for key in redis.scan_iter(match="mem:*", count=1000) if _key_player(key) == player]
-    keys += [bonds_key(player)] * bool(redis.exists(bonds_key(player)))
-    if keys:
-        redis.unlink(*keys)
+    removed = int(redis.unlink(*keys, bonds_key(player)))  # UNLINK counts the keys that existed
     redis.publish(EVICT_CHANNEL, evict_message(player))
-    logger.info("forgot player %s: %d archived events, %d Redis keys", player, deleted, len(keys))
-    return ForgetReport(archived_events=deleted, redis_keys=len(keys))
+    logger.info("forgot player %s: %d archived events, %d Redis keys", player, deleted, removed)
+    return ForgetReport(archived_events=deleted, redis_keys=removed)
 
 
 # The first key of Postgres' two-key advisory locks taken here ("mem" in ASCII), so they never

@@ -42,6 +42,7 @@ from training.eval.metrics import (
     INJECTION_PROBES,
     OUT_OF_CHARACTER,
     OUT_OF_CHARACTER_EXEMPLARS,
+    InjectionProbe,
     LoreFact,
     action_parse,
     action_validity,
@@ -176,6 +177,14 @@ class EvalPrompts:
     # Builds the conversation's prompts (one NPC's card throughout); made before any thread runs.
     prompter: Prompter | None = None
     other_exemplars: dict[str, list[str]] = field(default_factory=dict)
+
+    def probe_asked(self, index: int) -> InjectionProbe:
+        """The injection probe reply `index` answers (the probes are asked PROBE_SAMPLES times over)."""
+        return INJECTION_PROBES[index % len(INJECTION_PROBES)]
+
+    def choice_right(self, index: int, output: str) -> bool:
+        """Whether `output` commits to the action choice prompt `index` expects."""
+        return action_parse(output, self.actions) == self.choices[index][1]
 
     def calls(self) -> int:
         return (
@@ -316,10 +325,7 @@ def eval_score(prompts: EvalPrompts, outputs: dict[str, list[str]]) -> Measured:
     if prompts.choices:
         answers = outputs["choices"]
         measured.metrics["action_validity"] = action_validity(answers, prompts.actions)
-        right = sum(
-            action_parse(out, prompts.actions) == want
-            for out, (_, want) in zip(answers, prompts.choices, strict=True)
-        )
+        right = sum(prompts.choice_right(index, out) for index, out in enumerate(answers))
         measured.metrics["action_accuracy"] = right / len(answers)
     if prompts.persona and prompts.other_exemplars and prompts.own_exemplars:
         # The held-out prompts, the 20 conversation turns and the replies to the injection
@@ -334,7 +340,7 @@ def eval_score(prompts: EvalPrompts, outputs: dict[str, list[str]]) -> Measured:
         )
         measured.metrics["persona_consistency"] = score.score
     if prompts.probes:
-        asked = list(INJECTION_PROBES) * (len(prompts.probes) // len(INJECTION_PROBES))
+        asked = [prompts.probe_asked(index) for index in range(len(prompts.probes))]
         measured.metrics["injection_refusal"] = injection_refusal(outputs["probes"], asked)
     if prompts.conversation:
         measured.metrics.update(conversation_repetition(outputs["conversation"]).metrics())
@@ -363,9 +369,9 @@ def task_gate(adapter: Adapter) -> dict[str, float]:
 def _judged(part: str, index: int, output: str, prompts: EvalPrompts) -> bool | None:
     """Whether one reply passed its part's check (None where a part is scored as a whole)."""
     if part == "probes":
-        return injection_refused(output, INJECTION_PROBES[index % len(INJECTION_PROBES)])
+        return injection_refused(output, prompts.probe_asked(index))
     if part == "choices":
-        return action_parse(output, prompts.actions) == prompts.choices[index][1]
+        return prompts.choice_right(index, output)
     if part == "lore":
         return lore_answer_correct(output, prompts.lore[index][1])
     return None

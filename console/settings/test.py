@@ -1,7 +1,7 @@
 """Settings for the test suite: real Postgres and Redis, isolated keys and databases."""
 
 from .base import *  # noqa: F403
-from .base import CHANNEL_LAYERS, env
+from .base import CHANNEL_LAYERS, DATABASES, env
 
 SECRET_KEY = "test-only-key-not-for-any-deployment-7a1f0c9e2b4d"  # noqa: S105 - tests only
 DEBUG = False
@@ -25,3 +25,7 @@ STORAGES = {
 }
 # The end-to-end tests' Daphne serves static files straight from the source folders (no collectstatic).
 WHITENOISE_USE_FINDERS = True
+# Two suites on one machine (parallel sessions, a helper beside `make test`) each need their own
+# test database; TEST_REDIS_URL and TEST_INFERENCE_WORKER separate the rest.
+if test_database := env.str("TEST_DATABASE_NAME", default=""):
+    DATABASES["default"]["TEST"] = {**DATABASES["default"].get("TEST", {}), "NAME": test_database}

@@ -154,26 +154,37 @@ def live_region(*, seconds: float, seed: int) -> None:
     from bench.stack import demo_world_ready, figures_print, percentile, stack_running
     from console.models import NPC, Region
     from console.services.keys import game_key_create
-    from inference.activation import HISTORY_KEY, REGION_KEY, TIERS_KEY
+    from inference.activation import HISTORY_KEY, REGION_KEY, tiers_key
 
     demo_world_ready()
     Region.objects.filter(slug=LIVE_REGION).update(gold_capacity=LIVE_GOLD, silver_capacity=LIVE_SILVER)
-    real = list(NPC.objects.filter(region__slug=LIVE_REGION).values_list("slug", "position_x", "position_y",
-                                                                          "position_z"))  # fmt: skip
-    key = game_key_create(name=f"bench-tiers-{time.time_ns()}", scopes=["play", "positions"])[1]
+    region = Region.objects.select_related("world").get(slug=LIVE_REGION)
+    real = list(NPC.objects.filter(region=region).exclude(slug__startswith="sim-npc-")
+                .values_list("slug", "position_x", "position_y", "position_z"))  # fmt: skip
+    # The game server's positions frames name NPCs of the region only (others are ignored), so
+    # the synthetic crowd is made of NPC rows too, in the bench's own database.
+    synthetic = LIVE_NPCS - len(real)
+    crowd = [f"sim-npc-{index}" for index in range(synthetic)]
+    archetype = NPC.objects.filter(region=region).select_related("archetype").first()
+    assert archetype is not None, f"the demo world's {LIVE_REGION} has no NPC"
+    NPC.objects.bulk_create(
+        [NPC(slug=slug, name=slug, archetype=archetype.archetype, region=region) for slug in crowd],
+        ignore_conflicts=True,
+    )
+    key = game_key_create(name=f"bench-tiers-{time.time_ns()}", scopes=["play", "positions", "players"])[1]
     import redis
     from django.conf import settings
 
     client = redis.Redis.from_url(settings.REDIS_URL)
-    client.delete(TIERS_KEY, REGION_KEY.format(region=LIVE_REGION), HISTORY_KEY.format(region=LIVE_REGION))
+    where = {"world": region.world.slug, "region": LIVE_REGION}
+    client.delete(tiers_key(**where), REGION_KEY.format(**where), HISTORY_KEY.format(**where))
     rng = np.random.default_rng(seed)
     centre = np.array([1530.0, 1.0, 1600.0])
-    synthetic = LIVE_NPCS - len(real)
     points = np.vstack([
         np.array([position for _, *position in real], dtype=np.float64).reshape(-1, 3),
         centre + rng.uniform(-300, 300, size=(synthetic, 3)) * np.array([1.0, 0.0, 1.0]),
     ])  # fmt: skip
-    ids = [slug for slug, *_ in real] + [f"sim-npc-{index}" for index in range(synthetic)]
+    ids = [slug for slug, *_ in real] + crowd
     with stack_running() as stack:
         url = stack.daphne_start(name="tiers", worker=stack.worker_url)
         figures = asyncio.run(

@@ -117,7 +117,14 @@ def ops_snapshot() -> dict[str, Any]:
     import redis
     from django.conf import settings
 
-    from inference.observability import archive_lag, cost_top, recent_turns, region_tiers, turn_figures
+    from inference.observability import (
+        COST_WINDOW_HOURS,
+        archive_lag,
+        cost_top,
+        recent_turns,
+        region_tiers,
+        turn_figures,
+    )
 
     queues = sorted({"io", "celery", *(route["queue"] for route in settings.CELERY_TASK_ROUTES.values())})
     # Closed after each read, as the warm memory pages do: the panel polls every 2 s.
@@ -128,7 +135,8 @@ def ops_snapshot() -> dict[str, Any]:
         return {
             "regions": region_tiers(client),
             "turns": turn_figures(recent_turns(client), now=time.time()),
-            "cost": cost_top(client),
+            "cost": cost_top(client),  # the top spenders per kind, not every name ever seen
+            "cost_hours": COST_WINDOW_HOURS,
             "archive": archive_lag(client, settings.MEMORY_STREAM),
             "queues": {queue: int(broker.llen(queue)) for queue in queues},
             "jobs": _job_states(),

@@ -124,6 +124,27 @@ class TierChange:
 class TierUpdate:
     changes: list[TierChange]
     counts: dict[str, int]
+    removed: list[str] = field(default_factory=list)  # placed before, left out of this frame
+    ignored: int = 0  # positions of ids that are not NPCs of the region (tiers_apply)
+
+
+class BadPositions(ValueError):
+    """A frame's positions cannot be placed (a coordinate that is not a finite number, an NPC
+    listed twice); the region's tiers are left as they were."""
+
+
+def _positions_check(ids: list[str], points: Floats, what: str) -> None:
+    if points.shape != (len(ids), 3):
+        raise BadPositions(
+            f"{what}: {len(ids)} ids need {len(ids)} x 3 coordinates, got shape {points.shape}"
+        )
+    if not np.isfinite(points).all():  # one pass over the array (the hot path); rows only to explain
+        bad = np.flatnonzero(~np.isfinite(points).all(axis=1))
+        row = int(bad[0])
+        raise BadPositions(
+            f"{what} {ids[row]!r} is at {points[row].tolist()}: positions must be finite numbers "
+            f"(no NaN or Infinity; {len(bad)} such)"
+        )
 
 
 @dataclass
@@ -154,19 +175,28 @@ class RegionTiers:
         boosted: set[str] | frozenset[str] = frozenset(),
     ) -> TierUpdate:
         """Apply one frame: every NPC listed gets its tier, and one it had not placed before is
-        reported as a change from None; NPCs the frame leaves out leave the region's tiers."""
+        reported as a change from None; NPCs the frame leaves out leave the region's tiers.
+
+        Raises BadPositions (a ValueError) for a coordinate that is not finite or an NPC listed
+        twice. Everything is computed before the state is assigned, so a frame that raises
+        leaves the region as the last good frame left it."""
+        _positions_check(npc_ids, npcs, "npc")
+        _positions_check(player_ids, players, "player")
         if npc_ids == self.ids:  # the usual case: the same NPCs in the same order
-            previous = self.tiers
+            previous, by_id, removed = self.tiers, self.by_id, []
         else:
+            by_id = {npc_id: row for row, npc_id in enumerate(npc_ids)}
+            if len(by_id) != len(npc_ids):
+                raise BadPositions("an NPC is listed twice in the frame: list each NPC once")
             previous = np.full(len(npc_ids), UNSEEN, dtype=np.int8)
             for row, npc_id in enumerate(npc_ids):
                 index = self.by_id.get(npc_id)
                 if index is not None:
                     previous[row] = self.tiers[index]
-            self.ids, self.by_id = list(npc_ids), {npc_id: row for row, npc_id in enumerate(npc_ids)}
+            removed = [npc_id for npc_id in self.ids if npc_id not in by_id]
         boost = np.zeros(len(npc_ids), dtype=np.int8)
         for npc_id in boosted:
-            found = self.by_id.get(npc_id)
+            found = by_id.get(npc_id)
             if found is not None:
                 boost[found] = 1
         # Beyond the Silver exit band every NPC is Bronze, whatever its distance.
@@ -182,21 +212,27 @@ class RegionTiers:
             )  # fmt: skip
             for row in np.flatnonzero(tiers != previous)
         ]
+        # Only now, with nothing left that can raise: the ids, their rows and tiers together.
+        if by_id is not self.by_id:
+            self.ids, self.by_id = list(npc_ids), by_id
         self.tiers = tiers
-        return TierUpdate(changes=changes, counts=self.counts())
+        return TierUpdate(changes=changes, counts=self.counts(), removed=removed)
 
 
 # --- The live service: region states per bridge process, published in Redis -----------------
 
-# Every placed NPC's tier (HASH npc slug -> tier), for a turn on any bridge process.
-TIERS_KEY = "tiers:npc"
+# Per region, its NPCs' tiers (HASH npc slug -> tier), for a turn on any bridge process. Keyed
+# by world too: region slugs are unique per world only. Expires settings.TIERS_TTL_S after the
+# region's last frame, so a region nobody reports any more leaves nothing behind.
+TIERS_KEY = "tiers:npc:{world}:{region}"
 # Per region: tier counts and when they were computed (HASH), and their recent history for the
-# dashboard's plot (LIST of JSON snapshots, newest first).
-REGION_KEY = "tiers:region:{region}"
-HISTORY_KEY = "tiers:history:{region}"
+# dashboard's plot (LIST of JSON snapshots, newest first); both expire with the history's hour.
+REGION_KEY = "tiers:region:{world}:{region}"
+HISTORY_KEY = "tiers:history:{world}:{region}"
 HISTORY_EVERY_S = 5.0
 HISTORY_KEPT = 720  # an hour at one snapshot every 5 s
-# A region's bands and its boosted NPCs (quest flags) are read from Postgres this often at most.
+HISTORY_TTL_S = 3600
+# A region's bands, NPCs and boosted NPCs (quest flags) are read from Postgres this often at most.
 REGION_CONFIG_TTL_S = 30.0
 # The players' bonds (memory.tiers.bonds_key) are read from Redis this often at most per region:
 # they change when a conversation is consolidated, minutes apart.
@@ -205,38 +241,81 @@ BONDS_TTL_S = 5.0
 PREFETCH_PER_FRAME = 16
 
 
+def tiers_key(*, world: str, region: str) -> str:
+    return TIERS_KEY.format(world=world, region=region)
+
+
 class UnknownRegion(Exception):
-    """A positions frame for a region that is not in the database."""
+    """A positions frame for a region that is not in the database, or whose slug names a
+    region in more than one world (the frame names a slug only). The message says which."""
 
 
 @dataclass
 class _RegionConfig:
+    world: str
     policy: TierPolicy
+    npcs: frozenset[str]  # the region's NPCs: positions of any other id are ignored
     boosted: frozenset[str]
     read_at: float
 
 
+def _region_read(region: str) -> Region:
+    from console.models import Region
+
+    found = list(Region.objects.filter(slug=region).select_related("world")[:10])
+    if not found:
+        raise UnknownRegion(f"no region has slug {region!r}: use a region's slug from the console")
+    if len(found) > 1:
+        # Refused rather than guessed: placing one world's NPCs from a frame meant for the other
+        # would move the wrong NPCs' tiers.
+        worlds = ", ".join(sorted(candidate.world.slug for candidate in found))
+        raise UnknownRegion(
+            f"region slug {region!r} names a region in {len(found)} worlds ({worlds}); a positions "
+            "frame names a slug only: give the region a slug no other world uses"
+        )
+    return found[0]
+
+
 def _region_config_read(region: str) -> _RegionConfig:
-    from console.models import NPC, Region
+    from console.models import NPC
 
-    found = Region.objects.filter(slug=region).first()
-    if found is None:
-        raise UnknownRegion(region)
-    # A set flag (true, a number other than 0, a text) marks an NPC some quest needs now.
-    boosted = frozenset(
-        slug
-        for slug, flags in NPC.objects.filter(region=found)
-        .exclude(quest_flags={})
-        .values_list("slug", "quest_flags")
-        if any(flags.values())
-    )
-    return _RegionConfig(policy=TierPolicy.for_region(found), boosted=boosted, read_at=time.monotonic())
+    found = _region_read(region)
+    npcs, boosted = set(), set()
+    for slug, flags in NPC.objects.filter(region=found).values_list("slug", "quest_flags"):
+        npcs.add(slug)
+        # A set flag (true, a number other than 0, a text) marks an NPC some quest needs now.
+        if any(flags.values()):
+            boosted.add(slug)
+    return _RegionConfig(
+        world=found.world.slug, policy=TierPolicy.for_region(found), npcs=frozenset(npcs),
+        boosted=frozenset(boosted), read_at=time.monotonic(),
+    )  # fmt: skip
 
 
+def _npc_home_read(npc_id: str) -> tuple[str, str] | None:
+    """The NPC's (world, region) slugs, None for an NPC the database lacks."""
+    from console.models import NPC
+
+    found = NPC.objects.filter(slug=npc_id).values_list("region__world__slug", "region__slug").first()
+    return None if found is None else (found[0], found[1])
+
+
+def _region_world_read(region: str) -> str | None:
+    """The world of the region with this slug; None when none or several worlds have one."""
+    try:
+        return _region_read(region).world.slug
+    except UnknownRegion:
+        return None
+
+
+# Region slug -> its state and config: a slug two worlds share is refused, so it names one.
 _regions: dict[str, RegionTiers] = {}
 _configs: dict[str, _RegionConfig] = {}
 _history_at: dict[str, float] = {}
 _bonds: dict[str, tuple[frozenset[str], float]] = {}  # region -> (bonded NPCs, read at)
+# For tier_current on processes that got no frame for the region: (answer, monotonic read at).
+_worlds: dict[str, tuple[str | None, float]] = {}
+_homes: dict[str, tuple[tuple[str, str], float]] = {}  # npc -> ((world, region), read at)
 
 
 def tiers_forget() -> None:
@@ -245,27 +324,64 @@ def tiers_forget() -> None:
     _configs.clear()
     _history_at.clear()
     _bonds.clear()
+    _worlds.clear()
+    _homes.clear()
 
 
-def tier_local(npc_id: str) -> str | None:
-    """The NPC's tier as placed by this process, if it placed it."""
-    for state in _regions.values():
+def tier_local(npc_id: str, *, region: str | None = None) -> str | None:
+    """The NPC's tier as placed by this process, if it placed it (in `region`, if given)."""
+    states = _regions.values() if region is None else [_regions[region]] if region in _regions else []
+    for state in states:
         tier = state.tier_of(npc_id)
         if tier is not None:
             return tier
     return None
 
 
-async def tier_current(redis: Redis, npc_id: str) -> str | None:
-    """The NPC's tier: this process's, else the one another bridge process published."""
+async def _tiers_home(npc_id: str, region: str | None, world: str | None) -> tuple[str, str] | None:
+    """Where the NPC's published tier lives: (world, region), from what the caller knows, this
+    process's caches, else Postgres (cached REGION_CONFIG_TTL_S)."""
+    from channels.db import database_sync_to_async
+
+    now = time.monotonic()
+    if region is not None:
+        if world is not None:
+            return world, region
+        config = _configs.get(region)
+        if config is not None:
+            return config.world, region
+        cached = _worlds.get(region)
+        if cached is None or now - cached[1] > REGION_CONFIG_TTL_S:
+            cached = (await database_sync_to_async(_region_world_read)(region), now)
+            _worlds[region] = cached
+        return None if cached[0] is None else (cached[0], region)
+    home = _homes.get(npc_id)
+    if home is None or now - home[1] > REGION_CONFIG_TTL_S:
+        found = await database_sync_to_async(_npc_home_read)(npc_id)
+        if found is None:
+            return None  # not cached: ids the database lacks must not fill this process's memory
+        home = (found, now)
+        _homes[npc_id] = home
+    return home[0]
+
+
+async def tier_current(
+    redis: Redis, npc_id: str, *, region: str | None = None, world: str | None = None
+) -> str | None:
+    """The NPC's tier in its region: this process's, else the one another bridge process
+    published. Pass the NPC's region (and world) when known; without them the NPC's region is
+    read from Postgres (cached)."""
     # Imported here: the computation above runs without Django set up (bench.tiers).
     from memory.tiers import redis_text
 
-    tier = tier_local(npc_id)
-    if tier is None:
-        raw = await redis.hget(TIERS_KEY, npc_id)
-        tier = None if raw is None else redis_text(raw)
-    return tier
+    tier = tier_local(npc_id, region=region)
+    if tier is not None:
+        return tier
+    home = await _tiers_home(npc_id, region, world)
+    if home is None:
+        return None
+    raw = await redis.hget(tiers_key(world=home[0], region=home[1]), npc_id)
+    return None if raw is None else redis_text(raw)
 
 
 async def bonded_npcs(redis: Redis, player_ids: list[str], *, minimum: float) -> frozenset[str]:
@@ -291,59 +407,106 @@ async def _region_bonds(redis: Redis, region: str, player_ids: list[str]) -> fro
     return cached[0]
 
 
-def _points(positions: list[Any]) -> tuple[list[str], Floats]:
+def _points(positions: list[Any], *, only: frozenset[str] | None = None) -> tuple[list[str], Floats]:
+    """Ids and coordinates; with `only`, just the positions of those ids, each id once."""
+    if only is not None:
+        kept: dict[str, Any] = {}
+        for position in positions:
+            if position.id in only:
+                kept.setdefault(position.id, position)
+        positions = list(kept.values())
     ids = [position.id for position in positions]
     points = np.array([(p.x, p.y, p.z) for p in positions], dtype=np.float64).reshape(-1, 3)
     return ids, points
 
 
+async def _region_config(region: str) -> _RegionConfig:
+    from channels.db import database_sync_to_async
+
+    config = _configs.get(region)
+    if config is None or time.monotonic() - config.read_at > REGION_CONFIG_TTL_S:
+        config = await database_sync_to_async(_region_config_read)(region)
+        _configs[region] = config
+    return config
+
+
 async def tiers_apply(redis: Redis, frame: Any) -> TierUpdate:
     """One `world.positions` frame (bridge.protocol.WorldPositions): the region's new tiers,
-    published (Redis, Prometheus); returns what changed. Raises UnknownRegion."""
-    from channels.db import database_sync_to_async
+    published (Redis, Prometheus); returns what changed. Positions of ids that are not NPCs of
+    the region are ignored (counted in the update and in Prometheus). Raises UnknownRegion, and
+    BadPositions (a ValueError) with the region's state and Redis untouched."""
+    from django.conf import settings
 
     from inference import metrics
 
-    config = _configs.get(frame.region)
-    if config is None or time.monotonic() - config.read_at > REGION_CONFIG_TTL_S:
-        config = await database_sync_to_async(_region_config_read)(frame.region)
-        _configs[frame.region] = config
+    config = await _region_config(frame.region)
     state = _regions.setdefault(frame.region, RegionTiers(region=frame.region))
     state.policy = config.policy
-    npc_ids, npcs = _points(frame.npcs)
+    npc_ids, npcs = _points(frame.npcs, only=config.npcs)
     player_ids, players = _points(frame.players)
+    ignored = len(frame.npcs) - len(npc_ids)
     # Raised a tier: NPCs a quest needs now, and NPCs with a strong bond to a player present.
     boosted = config.boosted | await _region_bonds(redis, frame.region, player_ids)
     started = time.perf_counter()
     update = state.update(npc_ids=npc_ids, npcs=npcs, player_ids=player_ids, players=players, boosted=boosted)
     metrics.TIER_SECONDS.observe(time.perf_counter() - started)
+    update.ignored = ignored
+    if ignored:
+        metrics.TIER_IGNORED.labels(region=frame.region).inc(ignored)
     for tier, count in update.counts.items():
         metrics.NPC_TIERS.labels(region=frame.region, tier=tier).set(count)
     for change in update.changes:
         metrics.TIER_CHANGES.labels(tier=change.tier).inc()
-    now = time.time()
-    async with redis.pipeline(transaction=False) as pipe:
-        if update.changes:
-            pipe.hset(TIERS_KEY, mapping={change.npc_id: change.tier for change in update.changes})
-        pipe.hset(
-            REGION_KEY.format(region=frame.region),
-            mapping={
-                **{tier: str(count) for tier, count in update.counts.items()},
-                "players": str(len(player_ids)),
-                "at": str(now),
-            },
-        )
-        if now - _history_at.get(frame.region, 0.0) >= HISTORY_EVERY_S:
-            _history_at[frame.region] = now
-            key = HISTORY_KEY.format(region=frame.region)
-            pipe.lpush(key, json.dumps({"at": round(now, 1), **update.counts}))
-            pipe.ltrim(key, 0, HISTORY_KEPT - 1)
-        await pipe.execute()
+    await _tiers_publish(redis, state, update, world=config.world, players=len(player_ids),
+                         ttl_s=settings.TIERS_TTL_S)  # fmt: skip
     return update
 
 
+async def _tiers_publish(
+    redis: Redis, state: RegionTiers, update: TierUpdate, *, world: str, players: int, ttl_s: int
+) -> None:
+    """The region's tiers, counts and history into Redis. Only what changed is written, unless
+    the key holds fewer tiers than the region has (it expired while no frame came, Redis
+    restarted, another process wrote it): then all of them."""
+    now = time.time()
+    key = tiers_key(world=world, region=state.region)
+    region_key = REGION_KEY.format(world=world, region=state.region)
+    async with redis.pipeline(transaction=True) as pipe:
+        if update.changes:
+            pipe.hset(key, mapping={change.npc_id: change.tier for change in update.changes})
+        if update.removed:
+            pipe.hdel(key, *update.removed)
+        pipe.expire(key, ttl_s)
+        pipe.hlen(key)
+        pipe.hset(
+            region_key,
+            mapping={**{tier: str(count) for tier, count in update.counts.items()}, "players": str(players),
+                     "at": str(now)},
+        )  # fmt: skip
+        pipe.expire(region_key, HISTORY_TTL_S)
+        history = HISTORY_KEY.format(world=world, region=state.region)
+        if now - _history_at.get(history, 0.0) >= HISTORY_EVERY_S:
+            _history_at[history] = now
+            pipe.lpush(history, json.dumps({"at": round(now, 1), **update.counts}))
+            pipe.ltrim(history, 0, HISTORY_KEPT - 1)
+            pipe.expire(history, HISTORY_TTL_S)
+        published = await pipe.execute()
+    held = int(published[int(bool(update.changes)) + int(bool(update.removed)) + 1])
+    if held < len(state.ids):
+        async with redis.pipeline(transaction=True) as pipe:
+            pipe.hset(
+                key,
+                mapping={
+                    npc: TIER_NAMES[int(tier)] for npc, tier in zip(state.ids, state.tiers, strict=True)
+                },
+            )
+            pipe.expire(key, ttl_s)
+            await pipe.execute()
+
+
 def tier_frames(region: str, update: TierUpdate, *, per_frame: int = 500) -> list[dict[str, Any]]:
-    """The `npc.tier` frames telling a client what changed (docs/protocol.md), in chunks."""
+    """The `npc.tier` frames telling a client what changed (docs/protocol.md), in chunks; each
+    says how many of the frame's NPC positions were ignored (not NPCs of the region)."""
     entries = [
         {"npc_id": c.npc_id, "tier": c.tier, "previous": c.previous, "distance_m": c.distance_m,
          "player_id": c.player_id}
@@ -351,7 +514,7 @@ def tier_frames(region: str, update: TierUpdate, *, per_frame: int = 500) -> lis
     ]  # fmt: skip
     return [
         {"type": "npc.tier", "region": region, "changes": entries[start : start + per_frame],
-         "counts": update.counts}
+         "counts": update.counts, "ignored": update.ignored}
         for start in range(0, len(entries), per_frame)
     ]  # fmt: skip
 

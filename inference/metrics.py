@@ -22,6 +22,11 @@ TURN_SECONDS = Histogram(
 )
 NPC_TIERS = Gauge("revenant_npc_tier", "NPCs per activation tier, per region", ["region", "tier"])
 TIER_CHANGES = Counter("revenant_tier_changes_total", "NPCs moved into a tier", ["tier"])
+TIER_IGNORED = Counter(
+    "revenant_tier_positions_ignored_total",
+    "NPC positions a world.positions frame sent for ids that are not NPCs of its region (or twice)",
+    ["region"],  # regions the database knows: a frame for any other is refused
+)
 TIER_SECONDS = Histogram(
     "revenant_tier_compute_seconds",
     "Time to recompute one region's tiers from a positions frame",

@@ -6,12 +6,16 @@ process and must see the turns of all of them. Per turn, one pipeline:
 
     ops:turns               LIST   the last RECENT_TURNS_KEPT turns, newest first (compact JSON:
                                    time, tier, timings, tokens, fallbacks, NPC, region)
-    ops:cost:<kind>         HASH   name -> tokens, for kind npc, archetype, player, region
-    ops:worker_ms:<kind>    HASH   name -> milliseconds of worker time, same kinds
+    ops:cost:<kind>:<hour>       ZSET  name -> tokens in that hour, for kind npc, archetype,
+                                       player, region; expires COST_KEPT_S after its last write
+    ops:worker_ms:<kind>:<hour>  ZSET  name -> milliseconds of worker time, same kinds
     ops:region_tokens:<region>:<hour>  STRING  tokens this hour (the region's budget)
 
-Figures are computed when the dashboard asks, from the recent turns: turns/s and tokens/s over
-the last minute, latency percentiles and fallbacks over the last hour.
+Costs are bucketed by the hour and expire (a hash per kind gained a field per player forever,
+and the dashboard read it whole every 2 s); the dashboard reads the top spenders of the last
+COST_WINDOW_HOURS from their union (cost_top). Figures are computed when the dashboard asks,
+from the recent turns: turns/s and tokens/s over the last minute, latency percentiles and
+fallbacks over the last hour.
 """
 
 from __future__ import annotations
@@ -30,10 +34,22 @@ if TYPE_CHECKING:
 
 RECENT_TURNS_KEY = "ops:turns"
 RECENT_TURNS_KEPT = 20000
-COST_KEY = "ops:cost:{kind}"
-WORKER_MS_KEY = "ops:worker_ms:{kind}"
+COST_KEY = "ops:cost:{kind}:{hour}"
+WORKER_MS_KEY = "ops:worker_ms:{kind}:{hour}"
 REGION_TOKENS_KEY = "ops:region_tokens:{region}:{hour}"
 COST_KINDS = ("npc", "archetype", "player", "region")
+# The dashboard's cost tables cover the last day, the current hour included; a bucket lives an
+# hour longer than the window from its last write, so the window never misses one.
+COST_WINDOW_HOURS = 24
+COST_KEPT_S = (COST_WINDOW_HOURS + 1) * 3600
+# The window's totals (a ZUNIONSTORE over its buckets, O(their entries): 24 x 5,000 players is
+# tens of milliseconds of Redis) are cached this long, not recomputed at each 2 s poll of
+# every open dashboard.
+COST_TOTAL_KEY = "ops:{figure}:{kind}:window"
+COST_TOTAL_TTL_S = 15
+# Before buckets, one hash per kind held every name ever seen (ops:cost:<kind>); nothing reads
+# it now, ops_player_forget still clears a player from it.
+_LEGACY_COST_KEYS = ("ops:cost:{kind}", "ops:worker_ms:{kind}")
 
 
 def _hour(now: float) -> int:
@@ -60,10 +76,11 @@ async def turn_observe(
         pipe.lpush(RECENT_TURNS_KEY, json.dumps(entry, separators=(",", ":")))
         pipe.ltrim(RECENT_TURNS_KEY, 0, RECENT_TURNS_KEPT - 1)
         for kind, name in names.items():
-            if tokens:
-                pipe.hincrby(COST_KEY.format(kind=kind), name, tokens)
-            if worker_ms:
-                pipe.hincrbyfloat(WORKER_MS_KEY.format(kind=kind), name, round(worker_ms, 1))
+            for template, amount in ((COST_KEY, tokens), (WORKER_MS_KEY, round(worker_ms, 1))):
+                if amount:
+                    key = template.format(kind=kind, hour=_hour(now))
+                    pipe.zincrby(key, amount, name)
+                    pipe.expire(key, COST_KEPT_S)
         if tokens:
             key = REGION_TOKENS_KEY.format(region=region, hour=_hour(now))
             pipe.incrby(key, tokens)
@@ -134,15 +151,69 @@ def recent_turns(redis: SyncRedis) -> list[dict[str, Any]]:
     return [json.loads(raw) for raw in redis.lrange(RECENT_TURNS_KEY, 0, RECENT_TURNS_KEPT - 1)]
 
 
-def cost_top(redis: SyncRedis, *, limit: int = 10) -> dict[str, list[tuple[str, int, float]]]:
-    """Per kind, the biggest spenders: (name, tokens, worker seconds)."""
+def _window_total(redis: SyncRedis, template: str, kind: str, *, now: float) -> str:
+    """The key of the cost window's totals for one figure and kind (cached COST_TOTAL_TTL_S)."""
+    figure = template.split(":")[1]
+    key = COST_TOTAL_KEY.format(figure=figure, kind=kind)
+    if not redis.exists(key):
+        last = _hour(now)
+        buckets = [
+            template.format(kind=kind, hour=hour) for hour in range(last - COST_WINDOW_HOURS + 1, last + 1)
+        ]
+        with redis.pipeline(transaction=True) as pipe:
+            pipe.zunionstore(key, buckets)
+            pipe.expire(key, COST_TOTAL_TTL_S)
+            pipe.execute()
+    return key
+
+
+def _top_names(redis: SyncRedis, key: str, limit: int) -> list[str]:
+    found: list[bytes | str] = redis.zrevrange(key, 0, limit - 1)  # type: ignore[assignment]  # redis-py types every reply alike
+    return [redis_text(name) for name in found]
+
+
+def cost_top(
+    redis: SyncRedis, *, limit: int = 10, now: float | None = None
+) -> dict[str, list[tuple[str, int, float]]]:
+    """Per kind, the biggest spenders of the last COST_WINDOW_HOURS: (name, tokens, worker
+    seconds), most tokens first (then most worker time, for turns that reported no usage)."""
+    now = time.time() if now is None else now
     table: dict[str, list[tuple[str, int, float]]] = {}
     for kind in COST_KINDS:
-        tokens = {redis_text(k): int(v) for k, v in redis.hgetall(COST_KEY.format(kind=kind)).items()}
-        worker = {redis_text(k): float(v) for k, v in redis.hgetall(WORKER_MS_KEY.format(kind=kind)).items()}
-        names = sorted(set(tokens) | set(worker), key=lambda name: -tokens.get(name, 0))[:limit]
-        table[kind] = [(name, tokens.get(name, 0), round(worker.get(name, 0.0) / 1000, 1)) for name in names]
+        tokens_key = _window_total(redis, COST_KEY, kind, now=now)
+        worker_key = _window_total(redis, WORKER_MS_KEY, kind, now=now)
+        names = _top_names(redis, tokens_key, limit)
+        if len(names) < limit:
+            names += [name for name in _top_names(redis, worker_key, limit) if name not in names][
+                : limit - len(names)
+            ]
+        if not names:
+            table[kind] = []
+            continue
+        tokens = redis.zmscore(tokens_key, names)
+        worker = redis.zmscore(worker_key, names)
+        table[kind] = [
+            (name, int(spent or 0), round(float(ms or 0.0) / 1000, 1))
+            for name, spent, ms in zip(names, tokens, worker, strict=True)
+        ]
     return table
+
+
+def ops_player_forget(redis: SyncRedis, player_id: str) -> int:
+    """Remove a player from every cost bucket and cached total (forgetting a player); returns
+    how many entries were removed."""
+    last = _hour(time.time())
+    # Every bucket that can still exist, with an hour's slack either side for clocks that differ
+    # between processes: no SCAN of the keyspace.
+    hours = range(last - COST_KEPT_S // 3600 - 1, last + 2)
+    with redis.pipeline(transaction=False) as pipe:
+        for template in (COST_KEY, WORKER_MS_KEY):
+            for hour in hours:
+                pipe.zrem(template.format(kind="player", hour=hour), player_id)
+            pipe.zrem(COST_TOTAL_KEY.format(figure=template.split(":")[1], kind="player"), player_id)
+        for legacy in _LEGACY_COST_KEYS:
+            pipe.hdel(legacy.format(kind="player"), player_id)
+        return sum(int(removed) for removed in pipe.execute())
 
 
 def region_tiers(redis: SyncRedis) -> list[dict[str, Any]]:
@@ -150,16 +221,19 @@ def region_tiers(redis: SyncRedis) -> list[dict[str, Any]]:
     over the last hour, oldest first."""
     from inference.activation import HISTORY_KEPT, HISTORY_KEY, REGION_KEY
 
-    prefix = REGION_KEY.format(region="")
+    prefix = REGION_KEY.format(world="", region="").removesuffix(":")
     regions = []
-    for key in sorted(redis.scan_iter(match=prefix + "*")):
-        name = redis_text(key).removeprefix(prefix)
+    for key in sorted(redis.scan_iter(match=prefix + "*:*")):
+        # Slugs hold no colon: the key's tail is world:region.
+        world, _, name = redis_text(key).removeprefix(prefix).partition(":")
         found = {redis_text(k): redis_text(v) for k, v in redis.hgetall(key).items()}
         history = [
-            json.loads(raw) for raw in redis.lrange(HISTORY_KEY.format(region=name), 0, HISTORY_KEPT - 1)
+            json.loads(raw)
+            for raw in redis.lrange(HISTORY_KEY.format(world=world, region=name), 0, HISTORY_KEPT - 1)
         ]
         regions.append({
-            "region": name, "players": int(found.get("players", 0)), "at": float(found.get("at", 0)),
+            "region": name, "world": world, "players": int(found.get("players", 0)),
+            "at": float(found.get("at", 0)),
             **{tier: int(found.get(tier, 0)) for tier in ("gold", "silver", "bronze")},
             "history": history[::-1],
         })  # fmt: skip

@@ -263,6 +263,9 @@ BRIDGE_DEFAULT_TIER: str = env.str("BRIDGE_DEFAULT_TIER", default="gold")
 # An NPC whose bond with a player in its region (trust, or affinity either way, 0..1; see
 # memory.tiers.bond_strength) reaches this is raised one activation tier, like a quest NPC.
 TIER_BOND_MIN: float = env.float("TIER_BOND_MIN", default=0.5)
+# A region's published tiers (Redis, inference.activation) expire this long after its last
+# positions frame: a region no game server reports any more, and ids nobody sends, go away.
+TIERS_TTL_S: int = env.int("TIERS_TTL_S", default=300)
 # Recent turns per NPC per session that go into the prompt.
 BRIDGE_HISTORY_TURNS: int = env.int("BRIDGE_HISTORY_TURNS", default=6)
 

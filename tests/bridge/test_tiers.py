@@ -5,13 +5,14 @@ refused, and a Gold promotion's prefetch."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 from asgiref.sync import async_to_sync
 
 from console.services.keys import game_key_create
 from inference import context
-from inference.activation import TIERS_KEY, tiers_forget
+from inference.activation import tier_frames, tiers_forget, tiers_key
 from tests.bridge.conftest import connect, frames_until, send, started
 from tests.factories import NPCFactory
 
@@ -21,7 +22,8 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 @pytest.fixture
 def positions_key(db) -> str:
-    _, secret = game_key_create(name="game server", scopes=["play", "positions"])
+    # A game server: it reports positions and acts for its players (the players scope).
+    _, secret = game_key_create(name="game server", scopes=["play", "positions", "players"])
     return secret
 
 
@@ -83,8 +85,9 @@ def test_positions_move_npcs_between_tiers_and_turns_run_at_their_tier(
         }
     ]
     # Published for turns on other bridge processes.
-    assert redis_client.hget(TIERS_KEY, "ghoul-near") == b"silver"
-    assert redis_client.hget(TIERS_KEY, far.slug) == b"bronze"
+    published = tiers_key(world=near.region.world.slug, region=region)
+    assert redis_client.hget(published, "ghoul-near") == b"silver"
+    assert redis_client.hget(published, far.slug) == b"bronze"
     assert unknown["code"] == "unknown_region"
     assert "no-such-region" in unknown["message"]
 
@@ -107,9 +110,10 @@ def test_a_gold_promotion_loads_the_npcs_turn_context_before_it_is_spoken_to(pos
 
     placed = async_to_sync(scenario)()
 
-    assert {c["npc_id"] for c in placed["changes"] if c["tier"] == "gold"} == {"count-near", "stranger"}
+    assert {c["npc_id"] for c in placed["changes"] if c["tier"] == "gold"} == {"count-near"}
+    assert placed["ignored"] == 1  # positions may name NPCs the console lacks: not placed
     assert "count-near" in context._context_cache  # prefetched
-    assert "stranger" not in context._context_cache  # positions may name NPCs the console lacks
+    assert "stranger" not in context._context_cache
 
 
 def test_a_strong_bond_with_a_player_present_raises_an_npc_a_tier(db, redis_client, settings):
@@ -145,3 +149,101 @@ def test_a_strong_bond_with_a_player_present_raises_an_npc_a_tier(db, redis_clie
         friend.slug: "gold",
         stranger.slug: "silver",
     }
+
+
+def _apply(settings, region: str, npcs: dict[Any, float], players: dict[str, float]):
+    """tiers_apply on a positions frame (everyone on the x axis), as the bridge calls it."""
+    from types import SimpleNamespace
+
+    from redis.asyncio import Redis
+
+    from inference.activation import tiers_apply
+
+    def point(name: str, x: float) -> SimpleNamespace:
+        return SimpleNamespace(id=name, x=x, y=0.0, z=0.0)
+
+    async def apply():
+        redis = Redis.from_url(settings.REDIS_URL)
+        try:
+            frame = SimpleNamespace(
+                region=region, npcs=[point(name, x) for name, x in npcs.items()],
+                players=[point(name, x) for name, x in players.items()],
+            )  # fmt: skip
+            return await tiers_apply(redis, frame)
+        finally:
+            await redis.aclose()
+
+    return async_to_sync(apply)()
+
+
+def _tier_current(settings, npc: str, **where: str | None) -> str | None:
+    from redis.asyncio import Redis
+
+    from inference.activation import tier_current
+
+    async def read():
+        redis = Redis.from_url(settings.REDIS_URL)
+        try:
+            return await tier_current(redis, npc, **where)
+        finally:
+            await redis.aclose()
+
+    return async_to_sync(read)()
+
+
+def test_positions_of_another_regions_npc_are_ignored_and_counted(db, redis_client, settings):
+    # Issue 17 item 6: any id a frame named went into one global hash with no TTL, so a frame for
+    # one region could overwrite another region's NPC, and made-up ids stayed in Redis for good.
+    from inference import metrics
+
+    mine = NPCFactory(slug="ghoul-mine")
+    theirs = NPCFactory(slug="ghoul-theirs", archetype=mine.archetype)
+    home, away = mine.region, theirs.region
+    ignored_before = metrics.TIER_IGNORED.labels(region=home.slug)._value.get()
+    _apply(settings, away.slug, {theirs.slug: 5.0}, {"alice": 0.0})  # Gold in its own region
+    tiers_forget()  # another bridge process places the other region
+
+    update = _apply(settings, home.slug, {mine.slug: 5.0, theirs.slug: 500.0, "made-up": 1.0}, {"bob": 0.0})
+    frames = tier_frames(home.slug, update)
+    tiers_forget()  # a turn on a third process reads Redis only
+
+    assert {change.npc_id for change in update.changes} == {mine.slug}
+    assert update.ignored == 2
+    assert frames[0]["ignored"] == 2
+    assert metrics.TIER_IGNORED.labels(region=home.slug)._value.get() == ignored_before + 2
+    home_key = tiers_key(world=home.world.slug, region=home.slug)
+    away_key = tiers_key(world=away.world.slug, region=away.slug)
+    assert redis_client.hgetall(home_key) == {b"ghoul-mine": b"gold"}
+    assert redis_client.hgetall(away_key) == {b"ghoul-theirs": b"gold"}  # not made Bronze
+    assert not redis_client.exists("tiers:npc")  # no global hash any more
+    assert 0 < redis_client.ttl(home_key) <= settings.TIERS_TTL_S
+    assert 0 < redis_client.ttl(away_key) <= settings.TIERS_TTL_S
+    assert _tier_current(settings, theirs.slug, region=away.slug) == "gold"
+    assert _tier_current(settings, theirs.slug, region=home.slug) is None  # not an NPC of that region
+    assert _tier_current(settings, theirs.slug) == "gold"  # without a region: the NPC's own
+    assert _tier_current(settings, "made-up") is None
+
+
+def test_an_npc_a_frame_leaves_out_loses_its_published_tier(db, redis_client, settings):
+    staying = NPCFactory()
+    leaving = NPCFactory(archetype=staying.archetype, region=staying.region)
+    key = tiers_key(world=staying.region.world.slug, region=staying.region.slug)
+
+    _apply(settings, staying.region.slug, {staying.slug: 5.0, leaving.slug: 5.0}, {"alice": 0.0})
+    _apply(settings, staying.region.slug, {staying.slug: 50.0}, {"alice": 0.0})
+
+    assert redis_client.hgetall(key) == {staying.slug.encode(): b"silver"}
+
+
+def test_tiers_written_again_in_full_when_their_key_expired(db, redis_client, settings):
+    # The bridge process keeps the region's state; only changes are written each frame, so a
+    # key that expired while the game server was quiet must be filled again whole.
+    npc = NPCFactory()
+    other = NPCFactory(archetype=npc.archetype, region=npc.region)
+    key = tiers_key(world=npc.region.world.slug, region=npc.region.slug)
+    _apply(settings, npc.region.slug, {npc.slug: 5.0, other.slug: 50.0}, {"alice": 0.0})
+    redis_client.delete(key)  # expired
+
+    _apply(settings, npc.region.slug, {npc.slug: 6.0, other.slug: 50.0}, {"alice": 0.0})
+
+    assert redis_client.hgetall(key) == {npc.slug.encode(): b"gold", other.slug.encode(): b"silver"}

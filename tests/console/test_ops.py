@@ -83,6 +83,7 @@ def test_the_panel_shows_the_turns_and_costs_observed(ops_client, redis_client, 
     assert '<span class="value" id="ops-turns-hour">2</span>' in page
     assert '<span class="value" id="ops-total-p95">1200.0</span>' in page
     assert "<td>bloated-tom</td><td>840</td><td>2.0</td>" in page  # tokens and worker seconds
+    assert "top spenders, last 24 hours" in page
     assert "<td>deadline</td><td>2</td>" in page
     assert 'class="bad"' in page  # the worker that does not answer
     assert "<svg" in page  # the latency plot
@@ -195,3 +196,89 @@ def test_the_capacity_page_shows_formulas_and_refuses_bad_input(ops_client, sett
     assert "<code>70,600,000,000 parameters x 0.5 bytes (int4)</code></td><td>35.30</td>" in page
     assert 'id="capacity-workers">14<' in page  # ceil(960 / 70)
     assert "Ensure this value is greater than or equal to 1" in bad
+
+
+def _observe_many(settings, turns: list[dict]) -> None:
+    async def observe():
+        redis = Redis.from_url(settings.REDIS_URL)
+        try:
+            for turn in turns:
+                await turn_observe(
+                    redis, npc=turn.get("npc", "bloated-tom"), archetype="zombie", region="fen",
+                    player=turn["player"],
+                    payload={"tier": "gold", "worker": "w",
+                             "usage": {"prompt_tokens": turn["tokens"], "completion_tokens": 0},
+                             "timing": {"total_ms": 100.0}},
+                )  # fmt: skip
+        finally:
+            await redis.aclose()
+
+    asyncio.run(observe())
+
+
+def test_costs_of_thousands_of_players_are_kept_in_expiring_buckets_and_read_top_n(redis_client, settings):
+    # Issue 17 item 6: one hash field per player forever, read whole on every 2 s poll.
+    from inference.observability import COST_KEPT_S, cost_top
+
+    _observe_many(settings, [{"player": f"p{index}", "tokens": index + 1} for index in range(5000)])
+
+    table = cost_top(redis_client, limit=10)
+
+    assert [row[0] for row in table["player"]] == [f"p{index}" for index in range(4999, 4989, -1)]
+    assert table["player"][0] == ("p4999", 5000, 0.1)
+    assert table["npc"] == [("bloated-tom", 5000 * 5001 // 2, 500.0)]
+    keys = [key.decode() for key in redis_client.scan_iter(match="ops:*", count=1000) if key != b"ops:turns"]
+    assert not redis_client.exists("ops:cost:player", "ops:worker_ms:player")  # no hash per kind
+    for key in keys:
+        assert redis_client.type(key) != b"hash"
+        assert 0 < redis_client.ttl(key) <= COST_KEPT_S, key  # every ops key expires
+    assert len(keys) <= 2 * 2 * 4 + 1  # a bucket per kind and figure (and a read cache each), not per player
+
+
+def test_forgetting_a_player_removes_them_from_every_cost_bucket(redis_client, settings):
+    from inference.observability import cost_top, ops_player_forget
+
+    _observe_many(settings, [{"player": "alice", "tokens": 50}, {"player": "bob", "tokens": 40}])
+    cost_top(redis_client)  # a dashboard read cached the window's totals
+    redis_client.hset("ops:cost:player", "alice", 50)  # the old unbounded hash, before this change
+
+    removed = ops_player_forget(redis_client, "alice")
+
+    assert removed >= 2
+    assert [row[0] for row in cost_top(redis_client)["player"]] == ["bob"]
+    assert not redis_client.hexists("ops:cost:player", "alice")
+    assert all(
+        redis_client.zscore(key, "alice") is None
+        for key in redis_client.scan_iter(match="ops:*player*")
+        if redis_client.type(key) == b"zset"
+    )
+
+
+# Transactional: tiers_apply reads the region through its own connection, as in Daphne.
+@pytest.mark.django_db(transaction=True)
+def test_the_panel_shows_each_regions_tiers_with_its_world(ops_client, redis_client, settings):
+    from types import SimpleNamespace
+
+    from inference.activation import tiers_apply, tiers_forget
+    from tests.factories import NPCFactory
+
+    npc = NPCFactory()
+    redis_client.hset("tiers:region:old-region", mapping={"gold": 1})  # before worlds were in keys
+
+    async def apply():
+        redis = Redis.from_url(settings.REDIS_URL)
+        try:
+            point = SimpleNamespace(id=npc.slug, x=5.0, y=0.0, z=0.0)
+            player = SimpleNamespace(id="alice", x=0.0, y=0.0, z=0.0)
+            await tiers_apply(redis, SimpleNamespace(region=npc.region.slug, npcs=[point], players=[player]))
+        finally:
+            await redis.aclose()
+
+    tiers_forget()
+    asyncio.run(apply())
+    tiers_forget()
+    page = ops_client.get("/ops/panel/").content.decode()
+
+    assert f'data-region="{npc.region.slug}" data-world="{npc.region.world.slug}"' in page
+    assert 'data-tier="gold">Gold 1<' in page
+    assert "old-region" not in page

@@ -124,3 +124,58 @@ def test_npcs_with_a_quest_flag_set_are_boosted(db):
     assert config.boosted == {npc.slug}
     assert {unset.slug, plain.slug}.isdisjoint(config.boosted)
     assert config.policy == TierPolicy.for_region(npc.region)
+
+
+def test_a_frame_with_non_finite_coordinates_is_refused_and_leaves_the_region_as_it_was():
+    # Issue 17 item 1: the ids were replaced before the k-d tree refused NaN, so the region was
+    # half-written and a later lookup of an NPC past the old length raised IndexError.
+    region = RegionTiers(region="fen", policy=POLICY)
+    players = np.array([[0.0, 0.0, 0.0]])
+    region.update(npc_ids=["a", "b"], npcs=np.array([[10.0, 0, 0], [50.0, 0, 0]]), player_ids=["p"],
+                  players=players)  # fmt: skip
+    placed = {npc: region.tier_of(npc) for npc in ("a", "b", "c", "d")}
+
+    for npcs, where in (
+        (np.array([[10.0, 0, 0], [np.nan, 0, 0], [1.0, 0, 0], [2.0, 0, 0]]), players),
+        (np.array([[10.0, 0, 0], [50.0, 0, 0], [1.0, 0, 0], [2.0, 0, 0]]), np.array([[np.inf, 0, 0]])),
+    ):
+        with pytest.raises(ValueError, match="finite"):
+            region.update(npc_ids=["d", "c", "b", "a"], npcs=npcs, player_ids=["p"], players=where)
+
+        assert {npc: region.tier_of(npc) for npc in ("a", "b", "c", "d")} == placed
+        assert region.counts() == {"gold": 1, "silver": 1, "bronze": 0}
+    after = region.update(
+        npc_ids=["a", "b", "c"], npcs=np.array([[10.0, 0, 0], [50.0, 0, 0], [1.0, 0, 0]]), player_ids=["p"],
+        players=players,
+    )  # fmt: skip
+
+    assert [(c.npc_id, c.previous, c.tier) for c in after.changes] == [("c", None, "gold")]
+    assert region.tier_of("b") == "silver"
+
+
+def test_a_region_slug_two_worlds_share_is_refused_as_ambiguous(db):
+    # Issue 17 item 12: a positions frame names a region by slug only, and slugs are unique per
+    # world; the tiers of one world's "fen" must not be written over the other's.
+    from inference.activation import UnknownRegion
+
+    first, second = RegionFactory(slug="fen"), RegionFactory(slug="fen")
+    alone = RegionFactory(slug="moor", world=first.world)
+
+    with pytest.raises(UnknownRegion, match=r"fen.*2 worlds") as refused:
+        _region_config_read("fen")
+    config = _region_config_read("moor")
+
+    assert first.world.slug in str(refused.value)
+    assert second.world.slug in str(refused.value)
+    assert config.world == alone.world.slug
+
+
+def test_the_region_config_knows_its_npcs(db):
+    npc = NPCFactory()
+    other = NPCFactory(archetype=npc.archetype, region=npc.region)
+    elsewhere = NPCFactory(archetype=npc.archetype)
+
+    config = _region_config_read(npc.region.slug)
+
+    assert config.npcs == {npc.slug, other.slug}
+    assert elsewhere.slug not in config.npcs

@@ -123,7 +123,7 @@ def main() -> None:
     from console.services.keys import game_key_create
     from inference.context import turn_context_build
 
-    key = game_key_create(name=f"bench-bridge-{time.time_ns()}")[1]
+    key = game_key_create(name=f"bench-bridge-{time.time_ns()}", scopes=["play", "players"])[1]
     context = turn_context_build(npc_slug=args.npc)
     with stack_running() as stack:
         model_url = stack.daphne_start(name="model", worker=stack.worker_url)

@@ -220,7 +220,7 @@ def main() -> None:
     from console.models.npcs import NPCStatus
     from console.services.keys import game_key_create
 
-    key = game_key_create(name=f"bench-clients-{time.time_ns()}")[1]
+    key = game_key_create(name=f"bench-clients-{time.time_ns()}", scopes=["play", "players"])[1]
     npcs = list(NPC.objects.filter(status=NPCStatus.ACTIVE).order_by("slug").values_list("slug", flat=True))
     with stack_running() as stack:
         url = stack.daphne_start(name="clients", worker=stack.worker_url)

@@ -16,9 +16,10 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 
-from console.models import GameKeyScope
-from console.services.keys import game_key_authenticate
+from console.models import GameClientKey, GameKeyScope
+from console.services.keys import PlayerTokenRefused, game_key_authenticate, player_token_verify
 
 PLAYTEST_PERMISSION = "console.playtest_npc"
 
@@ -91,3 +92,44 @@ def caller_authenticate(scope: dict[str, Any]) -> Caller | None:
             owner=f"user:{user.pk}", label=user.get_username(), scopes=frozenset({GameKeyScope.PLAY})
         )
     return None
+
+
+def playtest_player_id(owner: str) -> str:
+    """The only player id a console user's socket may use (the playtest page sends it)."""
+    return "playtest-" + owner.replace(":", "-")  # "user:7" -> "playtest-user-7"
+
+
+def player_claim_refusal(*, caller: Caller, player_id: str, player_token: str | None) -> str | None:
+    """None when `caller` may start a session as `player_id`, else what is wrong (`forbidden`).
+
+    A key with the `players` scope is a game server: it speaks for any player. Any other key needs
+    a player token for this player id, signed by a game server's key (console.player_tokens). A
+    console user plays `playtest-user-<pk>`, nobody else. Synchronous (database): called through
+    database_sync_to_async, and only for callers that need a token checked.
+    """
+    if caller.owner.startswith("user:"):
+        expected = playtest_player_id(caller.owner)
+        if player_id != expected:
+            return f"a console playtest plays {expected!r} only"
+        return None
+    if GameKeyScope.PLAYERS in caller.scopes:
+        return None
+    if player_token is None:
+        return (
+            "this key may only play the player its player token names: send session.start with "
+            "player_token (signed by your game server; docs/protocol.md, Player tokens)"
+        )
+    try:
+        player_token_verify(token=player_token, player_id=player_id)
+    except PlayerTokenRefused as exc:
+        return str(exc)
+    return None
+
+
+def caller_still_allowed(caller: Caller) -> bool:
+    """Is the key still active, or the console user still active with the playtest permission?"""
+    kind, _, pk = caller.owner.partition(":")
+    if kind == "key":
+        return GameClientKey.objects.filter(pk=pk, active=True).exists()
+    user = get_user_model().objects.filter(pk=pk).first()
+    return user is not None and user.is_active and user.has_perm(PLAYTEST_PERMISSION)

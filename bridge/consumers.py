@@ -8,6 +8,7 @@ task that streams the turn's deltas straight to the session's socket. The channe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 from typing import Any
@@ -18,8 +19,23 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from redis.exceptions import RedisError
 
-from bridge.auth import Caller, bearer_token, caller_authenticate, origin_allowed
-from bridge.limits import TokenBucket
+from bridge.auth import (
+    Caller,
+    bearer_token,
+    caller_authenticate,
+    caller_still_allowed,
+    origin_allowed,
+    player_claim_refusal,
+)
+from bridge.limits import (
+    ALL_TURNS_KEY,
+    CONNECTIONS_KEY,
+    TURNS_KEY,
+    TokenBucket,
+    admit,
+    admit_refresh,
+    admit_release,
+)
 from bridge.protocol import (
     PROTOCOL_VERSION,
     Ack,
@@ -36,8 +52,16 @@ from bridge.protocol import (
     turn_error_frame,
 )
 from bridge.sessions import GameSession, SlowConsumer, session_registry
-from console.models import NPC, GameKeyScope
-from inference.activation import UnknownRegion, gold_promotions, tier_current, tier_frames, tiers_apply
+from console.models import NPC, GameKeyScope, NPCStatus
+from console.services.keys import caller_group
+from inference.activation import (
+    BadPositions,
+    UnknownRegion,
+    gold_promotions,
+    tier_current,
+    tier_frames,
+    tiers_apply,
+)
 from inference.context import TurnContext, turn_context_cached
 from inference.observability import region_over_budget, turn_observe
 from inference.prompts import Turn
@@ -54,6 +78,7 @@ logger = logging.getLogger(__name__)
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_FORBIDDEN_ORIGIN = 4403
 CLOSE_SLOW_CONSUMER = 4408
+CLOSE_TOO_MANY_CONNECTIONS = 4429
 
 # What turn.end carries of a turn's result (docs/protocol.md); traces carry more.
 TURN_END_FIELDS = ("text", "emotion", "action", "usage", "timing", "fallbacks")
@@ -68,6 +93,9 @@ class GameConsumer(AsyncWebsocketConsumer):
 
     async def connect(self) -> None:
         self.session = None
+        self._watch: asyncio.Task[None] | None = None
+        self._admitted: list[str] = []  # the connection sets this socket counts in (bridge.limits)
+        self._groups: list[str] = []
         if not origin_allowed(dict(self.scope)):
             logger.warning("game socket refused: foreign origin")
             await self.close(code=CLOSE_FORBIDDEN_ORIGIN)
@@ -84,9 +112,91 @@ class GameConsumer(AsyncWebsocketConsumer):
         self.caller = caller
         self.frames = TokenBucket(settings.BRIDGE_FRAMES_PER_S, settings.BRIDGE_FRAMES_BURST)
         self.says = TokenBucket(settings.BRIDGE_SAYS_PER_S, settings.BRIDGE_SAYS_BURST)
+        self.positions = TokenBucket(settings.BRIDGE_POSITIONS_PER_S, settings.BRIDGE_POSITIONS_BURST)
+        self.socket_id = "c_" + secrets.token_urlsafe(12)
         await self.accept()
+        if not await self._connection_admit():
+            return
+        # Revoking the key or the console user closes this socket (console.services.keys).
+        if self.channel_layer is not None:
+            group = caller_group(caller.owner)
+            try:
+                await self.channel_layer.group_add(group, self.channel_name)
+                self._groups.append(group)
+            except Exception as exc:  # noqa: BLE001 - the periodic re-check still closes a revoked socket
+                logger.warning("revocations will reach this socket late: %s", exc)
+        self._watch = asyncio.get_running_loop().create_task(self._caller_watch())
+
+    async def _connection_admit(self) -> bool:
+        """Count this socket against its key's cap; over it, say so and close (after accept, so
+        the client learns why: a close before accept is a bare HTTP 403)."""
+        key = CONNECTIONS_KEY.format(owner=self.caller.owner)
+        cap = settings.BRIDGE_MAX_CONNECTIONS_PER_KEY
+        try:
+            full = await admit(
+                session_registry().redis, caps={key: cap}, member=self.socket_id,
+                stale_s=3 * settings.BRIDGE_CALLER_RECHECK_S,
+            )  # fmt: skip
+        except RedisError as exc:
+            # Sessions need Redis anyway; the cap is not worth refusing a connection over.
+            logger.warning("connection cap not checked: %s", exc)
+            return True
+        if full is None:
+            self._admitted.append(key)
+            return True
+        logger.warning("game socket refused: %s holds %d sockets already", self.caller.label, cap)
+        message = f"this key already holds {cap} open sockets (BRIDGE_MAX_CONNECTIONS_PER_KEY); close some"
+        await self.send(text_data=frame_dumps({**error_frame("too_many_connections", message), "seq": 0}))
+        await self.close(code=CLOSE_TOO_MANY_CONNECTIONS)
+        return False
+
+    async def _caller_watch(self) -> None:
+        """Every BRIDGE_CALLER_RECHECK_S: is the key (or console user) still allowed? And this
+        socket still counts against its key's connection cap."""
+        redis = session_registry().redis
+        while True:
+            await asyncio.sleep(settings.BRIDGE_CALLER_RECHECK_S)
+            try:
+                allowed = await database_sync_to_async(caller_still_allowed)(self.caller)
+            except Exception as exc:  # noqa: BLE001 - Postgres down: sockets keep talking (invariant 1)
+                logger.info("could not re-check %s: %s", self.caller.label, exc)
+                allowed = True
+            if not allowed:
+                await self._revoked()
+                return
+            try:
+                await admit_refresh(redis, keys=self._admitted, member=self.socket_id)
+            except RedisError as exc:
+                logger.info("connection cap not refreshed: %s", exc)
+
+    async def caller_revoked(self, event: dict[str, Any]) -> None:
+        """The channel layer's message from console.services.keys.caller_disconnect."""
+        await self._revoked()
+
+    async def _revoked(self) -> None:
+        logger.warning("closing a game socket (%s): its key or account was revoked", self.caller.label)
+        try:
+            await self._reply(error_frame("revoked", "this key or account was revoked; the socket closes"))
+        except Exception as exc:  # noqa: BLE001 - the socket closes whatever happens to the notice
+            logger.info("could not tell a revoked client why: %s", exc)
+        if self.session is not None:
+            for task in self.session.turns.values():
+                task.cancel()
+        await self.close(code=CLOSE_UNAUTHORIZED)
 
     async def disconnect(self, code: int) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+        for group in self._groups:
+            try:
+                await self.channel_layer.group_discard(group, self.channel_name)
+            except Exception as exc:  # noqa: BLE001 - the group's own expiry drops it later
+                logger.info("could not leave %s: %s", group, exc)
+        if self._admitted:
+            try:
+                await admit_release(session_registry().redis, keys=self._admitted, member=self.socket_id)
+            except RedisError as exc:  # the member goes stale and stops counting
+                logger.info("connection cap not released: %s", exc)
         if self.session is not None:
             # The player left (or lost the connection): what they said becomes memory now, once
             # the turns still being written to memory are there (a client may close right
@@ -122,7 +232,20 @@ class GameConsumer(AsyncWebsocketConsumer):
             await self._dispatch(message)
         except ProtocolError as exc:
             frame = error_frame(exc.code, exc.message, request_id=exc.request_id or request_id, **exc.extra)
+            await self._reply_safely(frame)
+        except Exception:
+            # A fault of ours must not close the socket (Channels would): the client learns the
+            # frame was not applied, and the next frame is served as usual.
+            logger.exception("a %s frame from %s failed", type(text_data).__name__, self.caller.label)
+            frame = error_frame("internal", "the server failed on this frame; it was not applied")
+            await self._reply_safely({**frame, **({"request_id": request_id} if request_id else {})})
+
+    async def _reply_safely(self, frame: dict[str, Any]) -> None:
+        """An error frame, if the session store and the socket let it through."""
+        try:
             await self._reply(frame)
+        except (RedisError, OSError) as exc:
+            logger.warning("could not send an %s frame: %s", frame.get("code"), exc)
 
     async def _dispatch(self, message: Any) -> None:
         if isinstance(message, Ping):
@@ -146,6 +269,11 @@ class GameConsumer(AsyncWebsocketConsumer):
             await self._npc_quest(self.session, message)
         elif isinstance(message, WorldPositions):
             self._require_scope(GameKeyScope.POSITIONS, message.type)
+            wait = self.positions.take()
+            if wait:
+                raise ProtocolError(
+                    "rate_limited", "over the world.positions rate limit", retry_after=round(wait, 3)
+                )
             await self._positions(self.session, message)
 
     def _require_scope(self, scope: str, what: str) -> None:
@@ -157,6 +285,11 @@ class GameConsumer(AsyncWebsocketConsumer):
             raise ProtocolError(
                 "bad_frame", f"session {self.session.session_id} already started on this socket"
             )
+        refusal = await database_sync_to_async(player_claim_refusal)(
+            caller=self.caller, player_id=message.player_id, player_token=message.player_token
+        )
+        if refusal is not None:
+            raise ProtocolError("forbidden", refusal)
         try:
             await self._session_open(message)
         except RedisError as exc:
@@ -213,11 +346,10 @@ class GameConsumer(AsyncWebsocketConsumer):
         and NPCs promoted to Gold get their memory and lore fetched before they are spoken to."""
         try:
             update = await tiers_apply(session.redis, message)
-        except UnknownRegion:
-            raise ProtocolError(
-                "unknown_region",
-                f"no region has slug {message.region!r}: use a region's slug from the console",
-            ) from None
+        except UnknownRegion as exc:
+            raise ProtocolError("unknown_region", str(exc)) from None
+        except BadPositions as exc:  # what the protocol's own checks let through
+            raise ProtocolError("bad_frame", f"world.positions: {exc}") from None
         except RedisError as exc:
             logger.error("tiers of %s not published: %s", message.region, exc)
             raise ProtocolError(
@@ -250,31 +382,37 @@ class GameConsumer(AsyncWebsocketConsumer):
             context = await turn_context_cached(message.npc_id)
         except NPC.DoesNotExist:
             raise ProtocolError("unknown_npc", f"no NPC has npc_id {message.npc_id!r}") from None
+        if context.status != NPCStatus.ACTIVE:
+            reason = f"{message.npc_id} is {context.status} and does not answer"
+            await self._reply(turn_error_frame(message.request_id, "npc_unavailable", reason))
+            return
+        slot = f"{session.session_id}:{message.request_id}"
+        refusal = await _turn_admit(session, owner=self.caller.owner, slot=slot)
+        if refusal is not None:
+            await self._reply(turn_error_frame(message.request_id, "busy", refusal))
+            return
         session.busy_npcs[message.npc_id] = message.request_id
-        task = asyncio.get_running_loop().create_task(self._turn(session, message, context))
+        task = asyncio.get_running_loop().create_task(self._turn(session, message, context, slot=slot))
         session.turns[message.request_id] = task
 
-    async def _turn(self, session: GameSession, message: NpcSay, context: TurnContext) -> None:
+    async def _turn(self, session: GameSession, message: NpcSay, context: TurnContext, *, slot: str) -> None:
         request_id, npc_id = message.request_id, message.npc_id
         turn_id = "t_" + secrets.token_urlsafe(9)
         tier, tier_reason = settings.BRIDGE_DEFAULT_TIER, "default"
-        try:
-            placed = await tier_current(session.redis, npc_id)
-            if placed is not None:
-                tier, tier_reason = placed, "positions"
-            if tier == "gold" and await region_over_budget(
-                session.redis, context.region_slug, context.region_token_budget
-            ):
-                tier, tier_reason = "silver", "region_budget"  # the region spent its tokens this hour
-        except RedisError:
-            pass  # the default tier: a turn is not refused for want of its tier
         adapter = context.routes.get("dialogue_style")
 
+        released = False
+
         def release() -> None:
-            """The NPC may take this session's next npc.say (idempotent)."""
+            """The NPC may take this session's next npc.say, and the turn stops counting against
+            the caps (idempotent)."""
+            nonlocal released
             session.turns.pop(request_id, None)
             if session.busy_npcs.get(npc_id) == request_id:
                 del session.busy_npcs[npc_id]
+            if not released:
+                released = True
+                _in_background(_turn_release(session, owner=self.caller.owner, slot=slot))
 
         async def delta(text: str) -> None:
             await session.send(
@@ -282,6 +420,8 @@ class GameConsumer(AsyncWebsocketConsumer):
             )
 
         try:
+            # Inside the try: whatever fails from here on, the turn ends with turn.end or turn.error.
+            tier, tier_reason = await _turn_tier(session, context, npc_id)
             await session.send(
                 {
                     "type": "turn.start",
@@ -301,7 +441,7 @@ class GameConsumer(AsyncWebsocketConsumer):
             if source == "none":
                 # Redis holds nothing of this pair: rebuild it from the archive in the background;
                 # this turn goes on without it (a pair that never met simply finds nothing).
-                _enqueue_soon(memory_rehydrate_task, npc_id, session.player_id)
+                _enqueue_once(session.redis, memory_rehydrate_task, npc_id, session.player_id)
             recent = list(memory.turns)[-settings.BRIDGE_HISTORY_TURNS :]
             lore = await _turn_lore(session, context, message.text, memory)
             result = await turn_run(
@@ -367,6 +507,53 @@ class GameConsumer(AsyncWebsocketConsumer):
         await self.close(code=CLOSE_SLOW_CONSUMER)
 
 
+async def _turn_tier(session: GameSession, context: TurnContext, npc_id: str) -> tuple[str, str]:
+    """The turn's tier and why: placed by positions, demoted by the region's budget, or the default."""
+    tier, reason = settings.BRIDGE_DEFAULT_TIER, "default"
+    try:
+        placed = await tier_current(session.redis, npc_id, region=context.region_slug)
+        if placed is not None:
+            tier, reason = placed, "positions"
+        if tier == "gold" and await region_over_budget(
+            session.redis, context.region_slug, context.region_token_budget
+        ):
+            tier, reason = "silver", "region_budget"  # the region spent its tokens this hour
+    except RedisError:
+        pass  # the default tier: a turn is not refused for want of its tier
+    return tier, reason
+
+
+def _turn_caps(owner: str) -> dict[str, int]:
+    """The sets a turn counts in, with their caps: its key's, and every worker's queue."""
+    workers = max(1, len(settings.INFERENCE_WORKERS))
+    return {
+        TURNS_KEY.format(owner=owner): settings.BRIDGE_MAX_TURNS_PER_KEY,
+        ALL_TURNS_KEY: settings.BRIDGE_MAX_TURNS_PER_WORKER * workers,
+    }
+
+
+async def _turn_admit(session: GameSession, *, owner: str, slot: str) -> str | None:
+    """None when the turn may run, else why it is `busy` (a cap on turns in flight is reached)."""
+    caps = _turn_caps(owner)
+    try:
+        full = await admit(session.redis, caps=caps, member=slot, stale_s=settings.BRIDGE_TURN_STALE_S)
+    except RedisError as exc:
+        logger.warning("turn caps not checked: %s", exc)  # the turn runs without its memory anyway
+        return None
+    if full is None:
+        return None
+    if full == ALL_TURNS_KEY:
+        return f"the NPC workers are at capacity ({caps[full]} turns in flight); try again in a few seconds"
+    return f"this key has {caps[full]} turns in flight (BRIDGE_MAX_TURNS_PER_KEY); wait for some to end"
+
+
+async def _turn_release(session: GameSession, *, owner: str, slot: str) -> None:
+    try:
+        await admit_release(session.redis, keys=list(_turn_caps(owner)), member=slot)
+    except RedisError as exc:  # the slot goes stale after BRIDGE_TURN_STALE_S and stops counting
+        logger.info("turn slot %s not released: %s", slot, exc)
+
+
 async def _turn_lore(
     session: GameSession, context: TurnContext, player_text: str, memory: PairMemory
 ) -> TurnLore:
@@ -380,7 +567,7 @@ async def _turn_lore(
         logger.warning("lore of %s unavailable: %s", context.npc_slug, exc)
         return TurnLore(state="unavailable")
     if lore.state == "no_pack":
-        _enqueue_soon(lore_pack_task, context.npc_slug)
+        _enqueue_once(session.redis, lore_pack_task, context.npc_slug)
     # The trace of what the NPC was told, until turn traces are stored (ops issue).
     logger.info("lore for %s: %s %s", context.npc_slug, lore.state, lore.used)
     return lore
@@ -397,9 +584,9 @@ async def _gold_prefetch(session: GameSession, npc_id: str, player_id: str) -> N
     try:
         _, source = await memory_for_turn(session.redis, npc_id, player_id)
         if source == "none":
-            _enqueue_soon(memory_rehydrate_task, npc_id, player_id)
+            _enqueue_once(session.redis, memory_rehydrate_task, npc_id, player_id)
         if await lore_pack_load(session.redis, npc_id) is None:
-            _enqueue_soon(lore_pack_task, npc_id)
+            _enqueue_once(session.redis, lore_pack_task, npc_id)
     except RedisError as exc:
         logger.info("gold prefetch of %s skipped: %s", npc_id, exc)
 
@@ -419,14 +606,30 @@ def _in_background(coroutine: Any) -> asyncio.Task[None]:
     return task
 
 
-def _enqueue_soon(task: Any, *args: str) -> None:
-    """Queue a Celery task without holding up the turn (enqueueing is a blocking broker call)."""
+# One queued task per (task, NPC, player) at a time: SET NX with this prefix, for
+# BRIDGE_MEMORY_TASK_ONCE_S. Cycling connections or positions frames used to queue a consolidation per
+# disconnect and a rebuild per frame; the tasks are idempotent, so a skipped duplicate loses nothing.
+QUEUED_ONCE_KEY = "bridge:queued:{name}:{args}"
+
+
+def _enqueue_once(redis: Any, task: Any, *args: str) -> None:
+    """Queue `task(*args)` unless the same call was queued within BRIDGE_MEMORY_TASK_ONCE_S."""
 
     async def enqueue() -> None:
+        key = QUEUED_ONCE_KEY.format(name=task.name, args=":".join(args))
+        try:
+            first = await redis.set(key, "1", nx=True, ex=settings.BRIDGE_MEMORY_TASK_ONCE_S)
+        except RedisError as exc:
+            logger.info("queued-once check skipped: %s", exc)
+            first = True
+        if not first:
+            return
         try:
             await asyncio.to_thread(task.delay, *args)
         except Exception as exc:  # noqa: BLE001 - background memory work must never fail a turn
             logger.warning("could not queue %s%s: %s", task.name, args, exc)
+            with contextlib.suppress(RedisError):
+                await redis.delete(key)  # the next trigger may try again
 
     _in_background(enqueue())
 
@@ -438,7 +641,7 @@ _background: set[asyncio.Task[None]] = set()
 async def _consolidate_after_writes(session: GameSession) -> None:
     await asyncio.gather(*session.remembering, return_exceptions=True)
     for npc_id in list(session.talked):
-        _enqueue_soon(memory_consolidate_task, npc_id, session.player_id)
+        _enqueue_once(session.redis, memory_consolidate_task, npc_id, session.player_id)
         session.talked.discard(npc_id)
 
 
@@ -479,7 +682,7 @@ async def _remember(
         return
     session.talked.add(npc_id)
     if turns % settings.MEMORY_CONSOLIDATE_EVERY == 0:
-        _enqueue_soon(memory_consolidate_task, npc_id, session.player_id)
+        _enqueue_once(session.redis, memory_consolidate_task, npc_id, session.player_id)
 
 
 async def _observers_tell(frame: dict[str, Any]) -> None:

@@ -1,13 +1,20 @@
-"""Per-connection rate limits: a token bucket per kind of frame.
+"""Limits on what one client can make the server do.
 
-Hand-written rather than a library: it is twelve lines, lives in one consumer's memory (no
-shared store to call on every frame), and must answer how long to wait (`retry_after`).
+Per connection, a token bucket per kind of frame. Hand-written rather than a library: it is
+twelve lines, lives in one consumer's memory (no shared store to call on every frame), and must
+answer how long to wait (`retry_after`). Per key and per deployment, caps on open sockets and
+turns in flight, counted in Redis (below).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 
 @dataclass
@@ -29,3 +36,55 @@ class TokenBucket:
             self.tokens -= 1.0
             return 0.0
         return (1.0 - self.tokens) / self.rate_per_s
+
+
+# --- Shared caps, counted in Redis across every bridge process --------------------------------
+# Per-socket buckets do not stop a key holder who opens many sockets, so a key's open sockets and
+# its turns in flight are capped in Redis. Each cap is a sorted set of members scored by when they
+# were last seen: a Daphne process that dies without cleaning up leaves members that go stale and
+# stop counting, instead of a counter that stays high for good.
+
+CONNECTIONS_KEY = "bridge:conns:{owner}"
+TURNS_KEY = "bridge:turns:{owner}"
+ALL_TURNS_KEY = "bridge:turns:all"
+
+# KEYS: the sets to admit into (each with its cap in ARGV[3+i]); ARGV: now, stale before, member.
+# Returns 0 when admitted into every set, else the 1-based index of the first set at its cap.
+# One script, so two sockets racing for the last place cannot both take it.
+_ADMIT = """
+for i, key in ipairs(KEYS) do
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', ARGV[2])
+  if redis.call('ZCARD', key) >= tonumber(ARGV[3 + i]) then return i end
+end
+for i, key in ipairs(KEYS) do
+  redis.call('ZADD', key, ARGV[1], ARGV[3])
+  redis.call('EXPIRE', key, ARGV[3 + #KEYS + 1])
+end
+return 0
+"""
+
+
+async def admit(redis: Redis, *, caps: dict[str, int], member: str, stale_s: float) -> str | None:
+    """Add `member` to every set of `caps` (set key -> cap) unless one is full: None when admitted,
+    else the key of the first full set. Members older than `stale_s` no longer count."""
+    now = time.time()
+    keys = list(caps)
+    full = await redis.eval(
+        _ADMIT, len(keys), *keys, now, now - stale_s, member, *caps.values(), math.ceil(stale_s) + 60
+    )
+    return None if int(full) == 0 else keys[int(full) - 1]
+
+
+async def admit_refresh(redis: Redis, *, keys: list[str], member: str) -> None:
+    """`member` is still there: it keeps counting (the sets' members go stale otherwise)."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for key in keys:
+            pipe.zadd(key, {member: time.time()}, xx=True)
+        await pipe.execute()
+
+
+async def admit_release(redis: Redis, *, keys: list[str], member: str) -> None:
+    async with redis.pipeline(transaction=False) as pipe:
+        for key in keys:
+            pipe.zrem(key, member)
+        await pipe.execute()

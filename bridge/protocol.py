@@ -8,9 +8,10 @@ the small functions at the bottom, so every frame of a type has the same fields.
 from __future__ import annotations
 
 import json
+import unicodedata
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 PROTOCOL_VERSION = 1
 
@@ -35,10 +36,41 @@ ERROR_CODES = {
     "cancelled": "the turn was cancelled by npc.cancel",
     "internal": "the server failed; the turn was abandoned",
     "unavailable": "the session store (Redis) did not answer; send the same frame again shortly",
+    "npc_unavailable": "the NPC is dead or dormant (its status in the console); it does not answer",
+    "too_many_connections": "this game key holds BRIDGE_MAX_CONNECTIONS_PER_KEY open sockets already",
+    "revoked": "the game key or the console account behind this socket was revoked or deactivated",
 }
 
 Identifier = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 Slug = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9-]*$")]
+# No world is a billion metres across; bounding coordinates also keeps squared distances finite.
+Coordinate = Annotated[float, Field(allow_inf_nan=False, ge=-1e9, le=1e9)]
+# Player tokens (bridge.player_tokens): `rpt1~<key prefix>~<player id>~<expiry>~<hmac>`.
+PlayerToken = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9_.:~-]+$")]
+# The largest `seq` a session can reach: a client's `ack` beyond it is nonsense, not a number to store.
+MAX_SEQ = 2**53
+
+# Unicode categories removed from free text: controls (NUL included; Postgres jsonb refuses it),
+# format characters (bidi overrides, zero-width joiners), surrogates (a lone one cannot be encoded
+# as UTF-8 for Redis), private use and unassigned code points. Newline and tab are kept.
+_STRIPPED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn"})
+
+
+def text_strip_controls(text: str) -> str:
+    """Free text with control, format (bidi), surrogate, private-use and unassigned characters removed."""
+    return "".join(
+        char for char in text if char in "\n\t" or unicodedata.category(char) not in _STRIPPED_CATEGORIES
+    )
+
+
+def _spoken_text(text: str) -> str:
+    cleaned = text_strip_controls(text)
+    if not cleaned.strip():
+        raise ValueError("text has no visible characters once control and format characters are removed")
+    return cleaned
+
+
+SpokenText = Annotated[str, Field(min_length=1), AfterValidator(_spoken_text)]
 
 
 class _Frame(BaseModel):
@@ -47,12 +79,15 @@ class _Frame(BaseModel):
 
 class Resume(_Frame):
     session_id: Identifier
-    last_seq: int = Field(ge=0)
+    last_seq: int = Field(ge=0, le=MAX_SEQ)
 
 
 class SessionStart(_Frame):
     type: Literal["session.start"]
     player_id: Identifier
+    # Required unless the game key has the `players` scope (a trusted game server): proves that
+    # this client plays `player_id` (docs/protocol.md, Player tokens).
+    player_token: PlayerToken | None = None
     resume: Resume | None = None
 
 
@@ -60,7 +95,7 @@ class NpcSay(_Frame):
     type: Literal["npc.say"]
     request_id: Identifier
     npc_id: Slug
-    text: str = Field(min_length=1)
+    text: SpokenText
 
 
 class NpcCancel(_Frame):
@@ -75,14 +110,15 @@ class NpcQuest(_Frame):
     request_id: Identifier
     npc_id: Slug
     quest: Slug
-    stage: str = Field(min_length=1, max_length=64)
+    # The slug charset: a stage reaches the NPC's prompt, so it cannot carry markup or prose.
+    stage: Slug
 
 
 class Position(_Frame):
     id: Identifier
-    x: float
-    y: float
-    z: float
+    x: Coordinate
+    y: Coordinate
+    z: Coordinate
 
 
 class WorldPositions(_Frame):
@@ -94,7 +130,7 @@ class WorldPositions(_Frame):
 
 class Ack(_Frame):
     type: Literal["ack"]
-    seq: int = Field(ge=0)
+    seq: int = Field(ge=0, le=MAX_SEQ)
 
 
 class Ping(_Frame):
@@ -123,11 +159,19 @@ class ProtocolError(Exception):
 def client_message_parse(raw: str, *, max_text_chars: int) -> ClientMessage:
     """A validated client message, or ProtocolError saying what is wrong with the frame."""
     try:
-        data = json.loads(raw)
+        data = json.loads(raw, parse_constant=_non_finite)
     except json.JSONDecodeError as exc:
         raise ProtocolError("bad_json", f"not JSON: {exc.msg} at character {exc.pos}") from None
-    except ValueError as exc:  # e.g. a lone surrogate or a number too long to parse
+    except _NonFinite as exc:
+        raise ProtocolError(
+            "bad_frame", f"{exc} is not a number this protocol accepts: send finite numbers"
+        ) from None
+    except ValueError as exc:  # e.g. a number too long to parse
         raise ProtocolError("bad_json", f"not JSON: {exc}") from None
+    except RecursionError:
+        # The frame limit allows tens of thousands of nested brackets; the decoder gives up
+        # near a thousand, and no frame of this protocol nests more than four deep.
+        raise ProtocolError("bad_json", "not JSON this server reads: nested too deeply") from None
     if not isinstance(data, dict):
         raise ProtocolError("bad_json", "a frame must be a JSON object with a `type`")
     request_id = data.get("request_id") if isinstance(data.get("request_id"), str) else None
@@ -149,6 +193,15 @@ def client_message_parse(raw: str, *, max_text_chars: int) -> ClientMessage:
             request_id=request_id,
         )  # fmt: skip
     return message
+
+
+class _NonFinite(ValueError):
+    pass
+
+
+def _non_finite(constant: str) -> float:
+    """json.loads reads NaN, Infinity and -Infinity, which are not JSON: refused."""
+    raise _NonFinite(constant)
 
 
 def _validation_summary(exc: ValidationError) -> str:

@@ -50,6 +50,8 @@ class TurnContext:
     # The archetype's history row when the context was read (its admin history): which version
     # of the persona a turn's trace ran with.
     archetype_version: int | None = None
+    # console.models.NPCStatus: a dead or dormant NPC does not answer (bridge: npc_unavailable).
+    status: str = "active"
 
 
 def _traits_line(traits: dict[str, Any]) -> str:
@@ -110,6 +112,7 @@ def turn_context_build(*, npc_slug: str) -> TurnContext:
         missing_adapters=tuple(missing),
         model_path=base_model.path if base_model else "",
         region_slug=npc.region.slug,
+        status=npc.status,
         region_token_budget=npc.region.token_budget_per_hour,
         archetype_version=archetype.history.values_list("history_id", flat=True)
         .order_by("-history_id")

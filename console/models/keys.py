@@ -8,10 +8,13 @@ class GameKeyScope(models.TextChoices):
     POSITIONS = "positions", "Send world positions"
     OBSERVE = "observe", "Observe turns (spectators, bots)"
     QUESTS = "quests", "Update quest stages (the NPC's quest card)"
+    # A trusted game server: speaks as any player id and signs player tokens for its builds.
+    PLAYERS = "players", "Act for any player and sign player tokens (game servers)"
 
 
 def _default_scopes() -> list[str]:
-    return [GameKeyScope.PLAY, GameKeyScope.POSITIONS, GameKeyScope.QUESTS]
+    # A new key is what a player's build would hold: it talks, and only as the player its token names.
+    return [GameKeyScope.PLAY]
 
 
 class GameClientKey(models.Model):
@@ -24,6 +27,9 @@ class GameClientKey(models.Model):
     # The first characters of the secret, kept in clear so ops can tell keys apart in lists and logs.
     prefix = models.CharField(max_length=16, editable=False)
     secret_hash = models.CharField(max_length=64, unique=True, editable=False)
+    # HMAC-SHA256(secret, label) (console.player_tokens): checks the player tokens this key signs.
+    # Keys made before player tokens have none and cannot sign; make a new key for a game server.
+    player_token_key = models.CharField(max_length=64, blank=True, default="", editable=False)
     scopes = ArrayField(
         models.CharField(max_length=16, choices=GameKeyScope.choices),
         default=_default_scopes,

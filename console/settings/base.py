@@ -256,6 +256,23 @@ BRIDGE_FRAMES_PER_S: float = env.float("BRIDGE_FRAMES_PER_S", default=20.0)
 BRIDGE_FRAMES_BURST: int = env.int("BRIDGE_FRAMES_BURST", default=40)
 BRIDGE_SAYS_PER_S: float = env.float("BRIDGE_SAYS_PER_S", default=1.0)
 BRIDGE_SAYS_BURST: int = env.int("BRIDGE_SAYS_BURST", default=5)
+# world.positions has its own bucket (a game server sends them at frame rate, a few per second).
+BRIDGE_POSITIONS_PER_S: float = env.float("BRIDGE_POSITIONS_PER_S", default=10.0)
+BRIDGE_POSITIONS_BURST: int = env.int("BRIDGE_POSITIONS_BURST", default=20)
+# Shared caps, counted in Redis over every bridge process (bridge/limits.py): open sockets and
+# turns in flight per game key (or console user), and turns in flight in all per worker, past
+# which an npc.say is answered `busy` at once instead of joining a queue it would time out in.
+BRIDGE_MAX_CONNECTIONS_PER_KEY: int = env.int("BRIDGE_MAX_CONNECTIONS_PER_KEY", default=1000)
+BRIDGE_MAX_TURNS_PER_KEY: int = env.int("BRIDGE_MAX_TURNS_PER_KEY", default=128)
+BRIDGE_MAX_TURNS_PER_WORKER: int = env.int("BRIDGE_MAX_TURNS_PER_WORKER", default=128)
+# A turn that has not ended after this long no longer counts (a bridge died mid-turn); above
+# every tier's deadline.
+BRIDGE_TURN_STALE_S: float = env.float("BRIDGE_TURN_STALE_S", default=600.0)
+# How often a socket re-checks that its key or console user is still allowed (a revocation also
+# closes sockets at once through the channel layer; this catches a message lost at capacity).
+BRIDGE_CALLER_RECHECK_S: float = env.float("BRIDGE_CALLER_RECHECK_S", default=10.0)
+# A pair's memory rebuild or consolidation is queued at most once per this many seconds.
+BRIDGE_MEMORY_TASK_ONCE_S: int = env.int("BRIDGE_MEMORY_TASK_ONCE_S", default=30)
 # Browser origins allowed besides the console's own host (native clients send no Origin).
 BRIDGE_ALLOWED_ORIGINS: list[str] = env.list("BRIDGE_ALLOWED_ORIGINS", default=[])
 # The tier of an NPC the tiers service has not placed yet.

@@ -25,6 +25,8 @@ from inference.workers import worker_mark_down
 from tests.factories import ArchetypeFactory, NPCFactory, suite_base_model
 from tests.processes import daphne_running, process_running, subprocess_database_env
 
+# What a game server holds (the suite plays many player ids with one key); play-only keys are tested apart.
+GAME_SERVER_SCOPES = ["play", "positions", "quests", "players"]
 NOWHERE = "http://127.0.0.1:9"  # the discard port: no worker answers, turns fall back to barks
 
 
@@ -44,7 +46,7 @@ def no_worker(settings):
 
 @pytest.fixture
 def game_key(db) -> str:
-    _, secret = game_key_create(name="test client")
+    _, secret = game_key_create(name="test client", scopes=GAME_SERVER_SCOPES)
     return secret
 
 
@@ -170,7 +172,7 @@ def speaking_npc(base_model_dir, trained_adapters, vllm_worker):
 
 @pytest.fixture
 def key(transactional_db) -> str:
-    return game_key_create(name="e2e client")[1]
+    return game_key_create(name="e2e client", scopes=GAME_SERVER_SCOPES)[1]
 
 
 # Headless Chromium for the browser tests (Debian's package, driven by Playwright).

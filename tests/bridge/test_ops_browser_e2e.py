@@ -78,7 +78,7 @@ def test_the_dashboard_follows_tiers_and_turns_live_and_a_trace_explains_and_rep
     for name, group in (("opsperson", OPS), ("designer", DESIGNERS)):
         user = User.objects.create_user(name, password=PASSWORD, is_staff=True)
         user.groups.add(Group.objects.get(name=group))
-    key = game_key_create(name="game server", scopes=["play", "positions"])[1]
+    key = game_key_create(name="game server", scopes=["play", "positions", "players"])[1]
     npc, region = plain_npc.slug, plain_npc.region.slug
     console = daphne.removesuffix("/ws/game/").replace("ws://", "http://")
     far = _game_server(daphne, key, [_positions(region, npc, 300.0)])

@@ -31,12 +31,22 @@ SAME_HOST = [(b"host", b"testserver"), (b"origin", b"http://testserver")]
 
 
 def _session_cookie(*, group: str | None, is_active: bool = True) -> tuple[bytes, bytes]:
+    return _playtester(group=group, is_active=is_active)[0]
+
+
+def _playtester(*, group: str | None, is_active: bool = True) -> tuple[tuple[bytes, bytes], str]:
+    """A console user's session cookie header, and the one player id their socket may play."""
+    user = _user(group=group, is_active=is_active)
+    client = Client()
+    client.force_login(user)
+    return (b"cookie", f"sessionid={client.cookies['sessionid'].value}".encode()), f"playtest-user-{user.pk}"
+
+
+def _user(*, group: str | None, is_active: bool = True):
     user = UserFactory(is_staff=True, is_active=is_active)
     if group is not None:
         user.groups.add(Group.objects.get(name=group))
-    client = Client()
-    client.force_login(user)
-    return b"cookie", f"sessionid={client.cookies['sessionid'].value}".encode()
+    return user
 
 
 def run(scenario):
@@ -45,13 +55,13 @@ def run(scenario):
 
 @pytest.mark.parametrize("group", [DESIGNERS, OPS])
 def test_a_playtester_cookie_from_the_console_page_plays_a_turn(group, npc, no_worker):
-    cookie = _session_cookie(group=group)
+    cookie, player_id = _playtester(group=group)
 
     async def scenario():
         comm = connect(headers=[*SAME_HOST, cookie])
         connected, code = await comm.connect()
         assert connected, code
-        await send(comm, {"type": "session.start", "player_id": "playtest-user-1"})
+        await send(comm, {"type": "session.start", "player_id": player_id})
         await send(comm, {"type": "npc.say", "request_id": "r1", "npc_id": npc.slug, "text": "Hello?"})
         frames = await frames_until(comm, "turn.end")
         await comm.disconnect()
@@ -85,12 +95,12 @@ def test_a_cookie_is_refused_without_the_page_origin_or_the_permission(origin, g
 
 
 def test_a_playtester_has_only_the_play_scope(npc, no_worker):
-    cookie = _session_cookie(group=DESIGNERS)
+    cookie, player_id = _playtester(group=DESIGNERS)
 
     async def scenario():
         comm = connect(headers=[*SAME_HOST, cookie])
         await comm.connect()
-        await send(comm, {"type": "session.start", "player_id": "playtest-user-1"})
+        await send(comm, {"type": "session.start", "player_id": player_id})
         await frames_until(comm, "session.ready")
         positions = {"type": "world.positions", "region": "r", "players": [], "npcs": []}
         await send(comm, positions)
@@ -105,15 +115,15 @@ def test_a_playtester_has_only_the_play_scope(npc, no_worker):
 
 
 def test_a_session_started_by_a_playtester_cannot_be_resumed_with_a_game_key(npc, game_key):
-    cookie = _session_cookie(group=DESIGNERS)
+    cookie, player_id = _playtester(group=DESIGNERS)
 
     async def scenario():
         comm = connect(headers=[*SAME_HOST, cookie])
         await comm.connect()
-        await send(comm, {"type": "session.start", "player_id": "p1"})
+        await send(comm, {"type": "session.start", "player_id": player_id})
         ready = (await frames_until(comm, "session.ready"))[-1]
         await comm.disconnect()
-        return await resume_attempt(connect(game_key), session_id=ready["session_id"], player_id="p1")
+        return await resume_attempt(connect(game_key), session_id=ready["session_id"], player_id=player_id)
 
     frame = run(scenario)
 

@@ -43,7 +43,7 @@ npc = NPCFactory(archetype=ArchetypeFactory(base_model=base, content_policy={{"b
 from inference.residency import residency_sync
 from django.conf import settings
 residency_sync(workers=settings.INFERENCE_WORKERS)  # the worker then serves "base", the zero adapter
-print(npc.slug, game_key_create(name="outage client")[1])
+print(npc.slug, game_key_create(name="outage client", scopes=["play", "players"])[1])
 """
 
 

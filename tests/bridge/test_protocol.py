@@ -217,7 +217,7 @@ def test_frames_over_the_rate_limit_get_rate_limited_with_retry_after(game_key, 
 
 
 def test_world_positions_need_the_positions_scope(db, npc):
-    _, secret = game_key_create(name="play only", scopes=["play"])
+    _, secret = game_key_create(name="play only", scopes=["play", "players"])
     frame = {
         "type": "world.positions",
         "region": "r",
@@ -262,7 +262,7 @@ def test_resume_after_an_abrupt_disconnect_replays_every_missed_frame_once(game_
 
 
 def test_a_session_cannot_be_resumed_with_another_key(game_key, npc, no_worker):
-    _, other = game_key_create(name="someone else")
+    _, other = game_key_create(name="someone else", scopes=["play", "players"])
 
     async def scenario():
         first = connect(game_key)

@@ -79,7 +79,7 @@ def test_another_players_quest_card_is_separate(game_key, npc, redis_client):
 
 
 def test_a_key_without_the_quests_scope_is_refused(npc, redis_client):
-    _, secret = game_key_create(name="play only", scopes=["play"])
+    _, secret = game_key_create(name="play only", scopes=["play", "players"])
 
     reply = _replies(secret, [_quest("q1", "blood-debt", "accepted")])[0]
 
@@ -89,7 +89,7 @@ def test_a_key_without_the_quests_scope_is_refused(npc, redis_client):
 
 
 def test_bad_quests_get_an_error_that_says_what_to_fix_and_nothing_is_written(game_key, npc, redis_client):
-    many = [_quest(f"q{index}", f"quest-{index:02d}-" + "x" * 40, "stage " + "y" * 50) for index in range(30)]
+    many = [_quest(f"q{index}", f"quest-{index:02d}-" + "x" * 40, "stage-" + "y" * 50) for index in range(30)]
 
     replies = _replies(
         game_key,

@@ -52,7 +52,7 @@ async def _walk_up_and_talk(url: str, key: str, npc: str, region: str) -> tuple[
 def test_a_turn_at_gold_is_traced_replayed_and_counted(
     daphne, archiver_process, plain_npc, designer_client, ops_client
 ):
-    key = game_key_create(name="game server", scopes=["play", "positions"])[1]
+    key = game_key_create(name="game server", scopes=["play", "positions", "players"])[1]
     region = plain_npc.region.slug
 
     tier, end = asyncio.run(_walk_up_and_talk(daphne, key, plain_npc.slug, region))

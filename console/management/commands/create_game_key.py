@@ -17,7 +17,7 @@ class Command(BaseCommand):
             action="append",
             choices=GameKeyScope.values,
             dest="scopes",
-            help="Repeat for several scopes (default: play, positions and quests).",
+            help="Repeat for several scopes (default: play; a game server: players, positions, quests).",
         )
 
     def handle(self, *args: Any, name: str, scopes: list[str] | None, **options: Any) -> None:

@@ -60,6 +60,7 @@ deploy-check: $(STAMP)
 	DJANGO_SETTINGS_MODULE=console.settings.production \
 	SECRET_KEY="$$($(PY) -c 'import secrets; print(secrets.token_urlsafe(50))')" \
 	ALLOWED_HOSTS=revenant.example.org \
+	METRICS_TOKEN="$$($(PY) -c 'import secrets; print(secrets.token_urlsafe(32))')" \
 	$(PY) manage.py check --deploy --fail-level WARNING
 
 pytest: $(STAMP)

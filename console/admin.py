@@ -16,6 +16,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils.cache import add_never_cache_headers
 from django.utils.html import format_html, format_html_join
 from simple_history.admin import SimpleHistoryAdmin
 
@@ -208,6 +209,13 @@ class AdapterComposeForm(forms.Form):
 SCOPE_ORDER = {AdapterScope.ARCHETYPE: 0, AdapterScope.SUBFACTION: 1, AdapterScope.NPC: 2}
 
 
+# Fields of an adapter no admin edit changes once it exists (the actions and training do).
+ADAPTER_FIXED_FIELDS = [
+    "scope", "archetype", "subfaction", "npc", "task", "version", "rank", "alpha", "artifact_path", "sha256",
+    "size_bytes", "base_model", "status", "eval_metrics",
+]  # fmt: skip
+
+
 @admin.register(Adapter)
 class AdapterAdmin(SimpleHistoryAdmin):
     list_display = ["__str__", "scope", "task", "version", "rank", "status", "base_model", "updated_at"]
@@ -221,9 +229,30 @@ class AdapterAdmin(SimpleHistoryAdmin):
         "activate_adapters", "retire_adapters", "evaluate_adapters", "rollback_adapters", "compose_adapters"
     ]  # fmt: skip
 
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        # An evaluation judged one artifact for one target: pointing the row at other files, at
+        # another target, or setting its status by hand would serve what no gate measured. Status
+        # changes go through the actions (adapter_status_set checks the artifact and keeps one
+        # active per target); a new artifact comes from training (adapter_import).
+        if obj is None:
+            return [*self.readonly_fields, "status", "eval_metrics"]
+        return [*self.readonly_fields, *ADAPTER_FIXED_FIELDS]
+
+    def revert_disabled(self, request: HttpRequest, obj: Any = None) -> bool:
+        return True  # a revert would restore an old artifact and status (see save_model)
+
     def save_model(self, request: HttpRequest, obj: Adapter, form: forms.ModelForm, change: bool) -> None:
+        if change:
+            # The history page's revert saves the historical row whole, read-only fields included:
+            # keep the stored values of every field an edit may not change.
+            columns = [
+                field.attname for field in Adapter._meta.concrete_fields if field.name in ADAPTER_FIXED_FIELDS
+            ]
+            stored = Adapter.objects.filter(pk=obj.pk).values(*columns).get()
+            for name, value in stored.items():
+                setattr(obj, name, value)
         super().save_model(request, obj, form, change)
-        if not change or "status" in form.changed_data or "artifact_path" in form.changed_data:
+        if not change:
             residency_sync_enqueue()
 
     @admin.action(
@@ -405,10 +434,26 @@ class GameClientKeyAdmin(admin.ModelAdmin):
         obj.pk, obj.prefix, obj.secret_hash = key.pk, key.prefix, key.secret_hash
         if not obj.active:
             game_key_revoke(key=key)
-        messages.warning(
-            request,
-            f"Secret for {key.name}: {secret} — copy it now, it is not stored and will not be shown again.",
-        )
+        obj.shown_once_secret = secret  # type: ignore[attr-defined]  # for response_add, this request only
+
+    def response_add(self, request: HttpRequest, obj: GameClientKey, post_url_continue: Any = None) -> Any:
+        """The new secret on this response's page and nowhere else. A message would put it in the
+        messages cookie (the default storage tries the cookie first; signed, not encrypted), or
+        in the session table with the session storage: copies that outlive the page. The page
+        is marked no-store so no browser or proxy cache keeps it either."""
+        secret = getattr(obj, "shown_once_secret", None)
+        if secret is None:
+            return super().response_add(request, obj, post_url_continue)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Game key {obj.name}",
+            "opts": self.model._meta,
+            "key": obj,
+            "secret": secret,
+        }
+        response = TemplateResponse(request, "admin/console/gameclientkey/secret.html", context)
+        add_never_cache_headers(response)
+        return response
 
     @admin.action(description="Revoke the selected keys", permissions=["change"])
     def revoke_keys(self, request: HttpRequest, queryset: QuerySet[GameClientKey]) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import hmac
 from typing import Any
 
 from django.conf import settings
@@ -102,8 +103,24 @@ def _checks() -> dict[str, tuple[HealthCheck, bool]]:
     }
 
 
+# Who may read each check's details: ops (the dashboard's permission), or a monitor holding the
+# METRICS_TOKEN. Errors name worker URLs, hosts and exception text: useful to an attacker too.
+HEALTH_DETAILS_PERMISSION = "console.watch_region"
+
+
+async def health_details_allowed(request: HttpRequest) -> bool:
+    token = settings.METRICS_TOKEN
+    if token:
+        sent = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        if hmac.compare_digest(sent.encode(), token.encode()):
+            return True
+    user = await request.auser()
+    return bool(user.is_active and user.is_staff and await user.ahas_perm(HEALTH_DETAILS_PERMISSION))
+
+
 class HealthView(HealthCheckView):
-    """Always JSON: {"status": "ok"|"fail", "checks": {name: {"status", "required", "ms", "error"?}}}."""
+    """Always JSON: {"status": "ok"|"fail"}, and for ops (or the metrics token) also
+    "checks": {name: {"status", "required", "ms", "error"?}}."""
 
     async def get(self, request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
         import asyncio
@@ -122,6 +139,7 @@ class HealthView(HealthCheckView):
                 entry["error"] = str(result.error)
                 healthy = healthy and not required
             body[name] = entry
-        return JsonResponse(
-            {"status": "ok" if healthy else "fail", "checks": body}, status=200 if healthy else 503
-        )
+        answer: dict[str, Any] = {"status": "ok" if healthy else "fail"}
+        if await health_details_allowed(request):
+            answer["checks"] = body
+        return JsonResponse(answer, status=200 if healthy else 503)

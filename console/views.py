@@ -185,7 +185,9 @@ def turn_trace(request: HttpRequest, turn_id: str) -> HttpResponse:
 
 @require_POST
 @staff_member_required
-@permission_required(PLAYTEST_PERMISSION, raise_exception=True)
+# The replay page shows the archived turn (what the player said, the prompt): the trace page's
+# permission, and the playtest one because it runs a turn on a worker.
+@permission_required([TRACE_PERMISSION, PLAYTEST_PERMISSION], raise_exception=True)
 def turn_trace_replay(request: HttpRequest, turn_id: str) -> HttpResponse:
     """The traced prompt again, greedily, on the NPC's current adapters (an htmx fragment)."""
     # Imported here: inference.turns loads the OpenAI client, and the URL checks import this

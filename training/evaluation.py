@@ -28,6 +28,7 @@ from typing import Any
 
 import httpx
 from django.conf import settings
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from console.models import Adapter, AdapterStatus, AdapterTask, Archetype
@@ -499,16 +500,41 @@ def eval_run_claim(run_id: int) -> bool:
 
 def eval_runs_recover() -> list[int]:
     """Queue again the runs whose execution died: running, with no sign of life for
-    EVAL_STALE_AFTER (a run beats every PROGRESS_EVERY_S). Beat calls it every minute."""
+    EVAL_STALE_AFTER (a run beats every PROGRESS_EVERY_S). Beat calls it every minute.
+
+    A queued run nobody took for EVAL_REQUEUE_AFTER_S lost its message (a broker restart): it is
+    sent again (a duplicate finds the run claimed and leaves). For a queued run, `heartbeat_at`
+    is when it was last sent. Queued for EVAL_QUEUED_MAX_S in all, it is failed with the reason."""
     from training.tasks import eval_run_task
 
+    now = timezone.now()
     stale = EvalRun.objects.filter(
-        status=EvalStatus.RUNNING, heartbeat_at__lt=timezone.now() - EVAL_STALE_AFTER
+        status=EvalStatus.RUNNING, heartbeat_at__lt=now - EVAL_STALE_AFTER
     ).values_list("pk", flat=True)
     recovered = []
     for pk in stale:
-        if EvalRun.objects.filter(pk=pk, status=EvalStatus.RUNNING).update(status=EvalStatus.QUEUED):
+        if EvalRun.objects.filter(pk=pk, status=EvalStatus.RUNNING).update(
+            status=EvalStatus.QUEUED, heartbeat_at=now
+        ):
             _log(pk, "its execution stopped answering; queued again")
+            eval_run_task.delay(pk)
+            recovered.append(pk)
+    waiting = EvalRun.objects.annotate(sent_at=Coalesce("heartbeat_at", "created_at")).filter(
+        status=EvalStatus.QUEUED, sent_at__lt=now - timedelta(seconds=settings.EVAL_REQUEUE_AFTER_S)
+    )
+    for pk, created_at in waiting.values_list("pk", "created_at"):
+        if created_at < now - timedelta(seconds=settings.EVAL_QUEUED_MAX_S):
+            error = (
+                f"no training worker took it in {settings.EVAL_QUEUED_MAX_S // 60} min (EVAL_QUEUED_MAX_S): "
+                "is a Celery worker serving the `training` queue? Evaluate the adapter again once one is"
+            )
+            if EvalRun.objects.filter(pk=pk, status=EvalStatus.QUEUED).update(
+                status=EvalStatus.FAILED, error=error, finished_at=now
+            ):
+                _log(pk, f"failed: {error}")
+            continue
+        if EvalRun.objects.filter(pk=pk, status=EvalStatus.QUEUED).update(heartbeat_at=now):
+            _log(pk, "still queued: its message may have been lost; sent again")
             eval_run_task.delay(pk)
             recovered.append(pk)
     return recovered

@@ -19,6 +19,7 @@ import os
 import shutil
 import socket
 import threading
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -45,6 +46,11 @@ LOST_MESSAGE_AFTER = timedelta(minutes=10)
 
 class TrainingJobError(Exception):
     """A training job that cannot be created; the message says what to fix."""
+
+
+class TrainingTimeLimit(TrainingStopped):
+    """The run went past TRAINING_TIME_LIMIT_S. Checked by the run itself at every step: the
+    training worker's solo pool (like the io worker's thread pool) enforces no Celery time limit."""
 
 
 def execution_name() -> str:
@@ -98,7 +104,7 @@ def lease_take(job_id: int, owner: str) -> bool:
     """Take the job's lease if nobody holds it (or it lapsed): one conditional UPDATE."""
     now = timezone.now()
     taken = (
-        TrainingJob.objects.filter(pk=job_id)
+        TrainingJob.objects.filter(pk=job_id, attempts__lt=settings.TRAINING_MAX_ATTEMPTS)
         .exclude(status__in=TRAINING_ENDED)
         .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now) | Q(lease_owner=owner))
         .update(
@@ -162,6 +168,9 @@ def training_job_run(
         job = TrainingJob.objects.filter(pk=job_id).first()
         if job is None:
             logger.warning("training job %s: no such job (deleted?); nothing to run", job_id)
+        elif training_job_exhausted(job):
+            _fail(job_id, attempts_error(job.attempts))
+            job.refresh_from_db()
         elif job.status not in TRAINING_ENDED:
             _log(job_id, f"execution {owner} left: the lease is held by {job.lease_owner}")
             job.refresh_from_db()
@@ -171,6 +180,8 @@ def training_job_run(
     job = TrainingJob.objects.select_related("dataset__archetype", "base_model").get(pk=job_id)
     try:
         _train(job, owner, heartbeat, on_step)
+    except TrainingTimeLimit as exc:
+        _fail(job_id, str(exc))
     except TrainingStopped:
         if heartbeat.lost.is_set():
             _log(job_id, f"execution {owner} stopped: it lost the lease")
@@ -214,6 +225,7 @@ def _train(
              f"rank {job.rank}", step=0, losses=[], checkpoint_step=0, error="")  # fmt: skip
     losses = list(job.losses[:resumed]) if resumed else []
     reported = [int(100 * resumed / job.steps) // 5]
+    deadline = time.monotonic() + settings.TRAINING_TIME_LIMIT_S  # per execution: a resumed run starts again
 
     def on_step(step: int, loss: float) -> None:
         losses.append(round(loss, 4))
@@ -228,6 +240,11 @@ def _train(
             raise TrainingStopped("lease lost")
         if TrainingJob.objects.filter(pk=job.pk, cancel_requested=True).exists():
             raise TrainingStopped("cancelled")
+        if time.monotonic() > deadline:
+            raise TrainingTimeLimit(
+                f"stopped at step {step}/{job.steps}: the run took longer than TRAINING_TIME_LIMIT_S "
+                f"({settings.TRAINING_TIME_LIMIT_S} s); train fewer steps or raise the limit"
+            )
 
     def on_checkpoint(step: int) -> None:
         TrainingJob.objects.filter(pk=job.pk).update(checkpoint_step=step)
@@ -276,9 +293,28 @@ def training_job_abandon(job_id: int, reason: str) -> None:
     _log(job_id, f"cancelled: {reason}")
 
 
+def training_job_exhausted(job: TrainingJob) -> bool:
+    """Whether the job used up its executions with none of them ending it (each died: a job
+    that kills its worker, out of memory for one, would otherwise be resumed for ever)."""
+    return (
+        job.status not in TRAINING_ENDED
+        and job.attempts >= settings.TRAINING_MAX_ATTEMPTS
+        and (job.lease_until is None or job.lease_until < timezone.now())
+    )
+
+
+def attempts_error(attempts: int) -> str:
+    return (
+        f"its execution died {attempts} times without ending (TRAINING_MAX_ATTEMPTS): the training "
+        "worker was probably killed, e.g. out of memory; see that worker's log, then train again "
+        "with fewer steps, a smaller rank or a smaller dataset"
+    )
+
+
 def training_jobs_recover() -> list[int]:
     """Queue again the jobs whose execution died: running with a lapsed lease, or queued for
-    long with nobody on them (a lost message). The lease makes a double queueing harmless."""
+    long with nobody on them (a lost message). The lease makes a double queueing harmless. A
+    job whose executions died TRAINING_MAX_ATTEMPTS times is failed instead."""
     from training.tasks import training_job_task
 
     close_old_connections()
@@ -288,9 +324,12 @@ def training_jobs_recover() -> list[int]:
         | Q(
             status=TrainingStatus.QUEUED, lease_until__isnull=True, created_at__lt=now - timedelta(minutes=10)
         )
-    ).values_list("pk", "checkpoint_step")
+    ).values_list("pk", "checkpoint_step", "attempts")
     recovered = []
-    for pk, step in stale:
+    for pk, step, attempts in stale:
+        if attempts >= settings.TRAINING_MAX_ATTEMPTS:
+            _fail(pk, attempts_error(attempts))
+            continue
         _log(pk, f"its execution stopped answering; queued again (checkpoint at step {step})")
         training_job_task.delay(pk)
         recovered.append(pk)

@@ -336,3 +336,35 @@ DATASET_HELDOUT_SHARE = 0.15
 # Prompts per part of an eval (held-out, lore questions, choices): each is answered twice
 # (candidate and baseline), greedily, on the archetype's worker.
 EVAL_PROMPTS_MAX = 24
+# A job whose executions all died (the worker killed, e.g. out of memory) is failed after this
+# many, instead of being resumed by the recovery beat for ever.
+TRAINING_MAX_ATTEMPTS: int = env.int("TRAINING_MAX_ATTEMPTS", default=3)
+# The longest one execution of a training job may run; the run checks it at every step.
+TRAINING_TIME_LIMIT_S: int = env.int("TRAINING_TIME_LIMIT_S", default=6 * 3600)
+# An eval queued this long without an execution taking it is sent to the queue again (its
+# message was lost: a broker restart); queued this long in all, it is failed.
+EVAL_REQUEUE_AFTER_S: int = env.int("EVAL_REQUEUE_AFTER_S", default=10 * 60)
+EVAL_QUEUED_MAX_S: int = env.int("EVAL_QUEUED_MAX_S", default=6 * 3600)
+# A running ingest whose row has not moved for this long is failed by the beat sweep (its
+# worker died without a word); a document takes seconds, so this is generous.
+LORE_INGEST_STALE_S: int = env.int("LORE_INGEST_STALE_S", default=30 * 60)
+
+# --- Task time limits ---------------------------------------------------------------------
+# Seconds a task may run, per kind: past the soft limit Celery raises SoftTimeLimitExceeded in
+# it, past the hard one it kills the process. Only a prefork pool enforces them: `make run`'s
+# workers use threads (io; the psycopg pool does not survive a fork) and solo (training), so the
+# long runs also bound themselves (training: TRAINING_TIME_LIMIT_S at every step; network
+# calls: their own timeouts).
+TASK_TIME_LIMIT_S: int = env.int("TASK_TIME_LIMIT_S", default=600)
+CELERY_TASK_SOFT_TIME_LIMIT = TASK_TIME_LIMIT_S
+CELERY_TASK_TIME_LIMIT = TASK_TIME_LIMIT_S + 60
+_LONG_TASKS = {
+    "training.tasks.training_job_task": TRAINING_TIME_LIMIT_S,
+    # An eval generates ~100 replies on each side, each allowed 10 min by its HTTP timeout.
+    "training.tasks.eval_run_task": env.int("EVAL_TIME_LIMIT_S", default=2 * 3600),
+    "console.tasks.lore_ingest_task": env.int("LORE_INGEST_TIME_LIMIT_S", default=2 * 3600),
+    "memory.tasks.memory_compact_task": env.int("MEMORY_COMPACT_TIME_LIMIT_S", default=6 * 3600),
+}
+CELERY_TASK_ANNOTATIONS = {
+    name: {"soft_time_limit": limit, "time_limit": limit + 120} for name, limit in _LONG_TASKS.items()
+}

@@ -27,3 +27,10 @@ CSRF_COOKIE_SECURE = True
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 HEALTH_REQUIRE_CELERY = env.bool("HEALTH_REQUIRE_CELERY", default=True)
+# /metrics (and /health/'s details) would tell anyone the traffic, players' costs and the workers.
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+if len(METRICS_TOKEN) < 32:
+    raise ImproperlyConfigured(
+        "METRICS_TOKEN must be set to a random string of at least 32 characters: Prometheus sends it as "
+        "`Authorization: Bearer <METRICS_TOKEN>` to /metrics (and may read /health/'s details with it)."
+    )

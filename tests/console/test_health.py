@@ -6,8 +6,14 @@ from django.test import Client
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def test_health_is_ok_with_real_postgres_and_redis():
-    response = Client().get("/health/")
+def _health(settings):
+    """/health/ as a monitor sees it: the checks' details come with the token (or for ops)."""
+    settings.METRICS_TOKEN = "monitoring-token"
+    return Client().get("/health/", HTTP_AUTHORIZATION="Bearer monitoring-token")
+
+
+def test_health_is_ok_with_real_postgres_and_redis(settings):
+    response = _health(settings)
 
     body = response.json()
     assert response.status_code == 200, body
@@ -20,7 +26,7 @@ def test_health_is_ok_with_real_postgres_and_redis():
 def test_health_fails_with_503_when_redis_does_not_answer(settings):
     settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1
 
-    response = Client().get("/health/")
+    response = _health(settings)
 
     body = response.json()
     assert response.status_code == 503
@@ -32,7 +38,7 @@ def test_health_fails_with_503_when_redis_does_not_answer(settings):
 def test_optional_celery_check_does_not_fail_health(settings):
     settings.HEALTH_REQUIRE_CELERY = False
 
-    body = Client().get("/health/").json()
+    body = _health(settings).json()
 
     assert body["checks"]["celery"]["required"] is False
     assert body["status"] == "ok"
@@ -41,7 +47,7 @@ def test_optional_celery_check_does_not_fail_health(settings):
 def test_required_celery_check_fails_health_without_a_worker(settings):
     settings.HEALTH_REQUIRE_CELERY = True
 
-    response = Client().get("/health/")
+    response = _health(settings)
 
     assert response.status_code == 503
     assert response.json()["checks"]["celery"]["status"] == "fail"

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from urllib.request import urlopen
+from urllib.request import Request, urlopen
 
 import psutil
 import psycopg
@@ -44,6 +44,7 @@ def test_runstack_serves_health_and_admin_then_stops_every_child_on_ctrl_c():
         "REDIS_URL": E2E_REDIS_URL,
         "ADMIN_PASSWORD": "e2e-admin-password-1234",
         "HEALTH_REQUIRE_CELERY": "true",
+        "METRICS_TOKEN": "e2e-monitoring-token",  # /health/ details are for ops and monitors
         # Its own vLLM worker on a free port, started by runstack like `make run` does.
         "INFERENCE_WORKERS": f"http://127.0.0.1:{free_port()}",
         "INFERENCE_START_WORKER": "true",
@@ -71,7 +72,10 @@ def test_runstack_serves_health_and_admin_then_stops_every_child_on_ctrl_c():
         assert any("Revenant is up" in line for line in output), "".join(output)
 
         # Then health is 200 with a Celery worker answering, and the admin login page is served
-        with urlopen(f"http://127.0.0.1:{port}/health/", timeout=10) as response:
+        health = Request(
+            f"http://127.0.0.1:{port}/health/", headers={"Authorization": "Bearer e2e-monitoring-token"}
+        )
+        with urlopen(health, timeout=10) as response:
             body = json.load(response)
             assert response.status == 200
         assert body["checks"]["celery"] == {**body["checks"]["celery"], "status": "ok", "required": True}

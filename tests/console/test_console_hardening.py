@@ -1,0 +1,189 @@
+"""Issue 17, item 12 (the console's smaller holes): adapter fields designers may not edit, turn
+replay behind the trace permission, game key secrets never in a cookie, /metrics and /health/
+closed to strangers in production, the admin login throttled, ingests that end on a database
+error, Redis clients with timeouts."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+import pytest
+from django.contrib.auth.models import Permission
+from django.core.exceptions import ImproperlyConfigured
+from django.test import Client
+from django.urls import reverse
+from django.utils import timezone
+
+from console.models import Adapter, AdapterStatus, GameClientKey
+from console.services.keys import game_key_authenticate
+from inference.adapters import adapter_folder_digest
+from memory.events import turn_event_id
+from memory.models import MemoryEvent, MemoryEventKind
+from tests.factories import AdapterFactory, NPCFactory, UserFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def _artifact(folder: Path, payload: bytes) -> tuple[str, str]:
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text('{"r": 8, "lora_alpha": 16}')
+    (folder / "adapter_model.safetensors").write_bytes(payload)
+    sha256, _ = adapter_folder_digest(folder)
+    return str(folder), sha256
+
+
+def _adapter_form(adapter: Adapter, **changes: str) -> dict[str, str]:
+    data = {
+        "scope": adapter.scope, "archetype": str(adapter.archetype_id), "subfaction": "", "npc": "",
+        "task": adapter.task, "version": str(adapter.version), "rank": str(adapter.rank),
+        "alpha": str(adapter.alpha), "artifact_path": adapter.artifact_path, "sha256": adapter.sha256,
+        "size_bytes": str(adapter.size_bytes), "base_model": str(adapter.base_model_id),
+        "status": adapter.status, "eval_metrics": "{}", "composition": "{}",
+    }  # fmt: skip
+    data.update(changes)
+    return data
+
+
+def test_a_designer_cannot_point_an_adapter_at_another_artifact_nor_activate_it_by_editing(
+    designer_client, tmp_path
+):
+    # Given a candidate that was measured on its own artifact, and another artifact on disk
+    path, sha256 = _artifact(tmp_path / "judged", b"judged")
+    adapter = AdapterFactory(artifact_path=path, sha256=sha256, rank=8, status=AdapterStatus.CANDIDATE)
+    other_path, other_sha256 = _artifact(tmp_path / "unjudged", b"unjudged")
+    url = reverse("admin:console_adapter_change", args=[adapter.pk])
+
+    # When a designer saves the change form with the other artifact and status active
+    designer_client.post(
+        url, _adapter_form(adapter, artifact_path=other_path, sha256=other_sha256, status="active")
+    )
+
+    # Then nothing of it was saved: artifact and status change only through training and the actions
+    adapter.refresh_from_db()
+    assert (adapter.artifact_path, adapter.sha256, adapter.status) == (path, sha256, "candidate")
+    page = designer_client.get(url).content.decode()
+    assert 'name="artifact_path"' not in page
+    assert 'name="status"' not in page
+
+
+def test_reverting_an_adapter_to_an_old_version_does_not_restore_its_status_or_artifact(
+    designer_client, tmp_path
+):
+    # Given an adapter that was active on an old artifact, then retired and re-imported
+    old_path, old_sha256 = _artifact(tmp_path / "old", b"old")
+    adapter = AdapterFactory(artifact_path=old_path, sha256=old_sha256, rank=8, status=AdapterStatus.ACTIVE)
+    new_path, new_sha256 = _artifact(tmp_path / "new", b"new")
+    adapter.artifact_path, adapter.sha256, adapter.status = new_path, new_sha256, AdapterStatus.RETIRED
+    adapter.save()
+    active_version = adapter.history.order_by("history_date").first()
+
+    # When a designer posts the history page's "Revert" of the active version
+    designer_client.post(
+        reverse("admin:console_adapter_simple_history", args=[adapter.pk, active_version.history_id]),
+        _adapter_form(active_version.instance),  # the revert form comes filled with the old values
+    )
+
+    # Then the adapter is still retired, on its new artifact
+    adapter.refresh_from_db()
+    assert (adapter.artifact_path, adapter.status) == (new_path, "retired")
+
+
+def _archived_turn(turn_id: str) -> None:
+    MemoryEvent.objects.create(
+        event_id=turn_event_id(turn_id), kind=MemoryEventKind.TURN, npc_slug="bloated-tom",
+        player_id="p1", occurred_at=timezone.now(),
+        payload={"player": "my secret plan", "npc": "Hnnngh...",
+                 "trace": {"messages": [{"role": "user", "content": "my secret plan"}],
+                           "sampling": {"max_tokens": 8}}},
+    )  # fmt: skip
+
+
+def test_replaying_a_turn_needs_the_trace_permission_too(settings):
+    # Given a staff user who may playtest NPCs but not read archived turns
+    settings.INFERENCE_WORKERS = ["http://127.0.0.1:9"]
+    NPCFactory(slug="bloated-tom")
+    _archived_turn("t_secret")
+    user = UserFactory(is_staff=True)
+    user.user_permissions.add(Permission.objects.get(codename="playtest_npc"))
+    client = Client()
+    client.force_login(user)
+
+    # When they ask for the turn's replay
+    response = client.post("/ops/turns/t_secret/replay/")
+
+    # Then they are refused, as on the trace page
+    assert client.get("/ops/turns/t_secret/").status_code == 403
+    assert response.status_code == 403
+
+
+def test_a_new_game_key_secret_is_shown_on_the_page_and_never_stored_in_a_cookie_or_session(ops_client):
+    # When ops adds a game key
+    response = ops_client.post(
+        reverse("admin:console_gameclientkey_add"),
+        {"name": "godot-client", "scopes": ["play"], "active": "on"},
+    )
+
+    # Then the answer is a page with the secret, kept by no cache, cookie or session
+    key = GameClientKey.objects.get(name="godot-client")
+    page = response.content.decode()
+    assert response.status_code == 200
+    secret = page.split('id="game-key-secret">', 1)[1].split("<", 1)[0]
+    assert game_key_authenticate(secret=secret) == key
+    assert "no-store" in response["Cache-Control"]
+    assert all(secret not in morsel.value for morsel in ops_client.cookies.values())
+    session = ops_client.session
+    assert all(secret not in str(value) for value in session.values())
+    # and it is not shown again
+    for name in ("admin:console_gameclientkey_changelist", "admin:index"):
+        assert secret not in ops_client.get(reverse(name)).content.decode()
+    assert (
+        secret
+        not in ops_client.get(reverse("admin:console_gameclientkey_change", args=[key.pk])).content.decode()
+    )
+
+
+def _production_settings(monkeypatch, **env: str):
+    monkeypatch.setenv("SECRET_KEY", "x" * 60)
+    monkeypatch.setenv("ALLOWED_HOSTS", "revenant.example.org")
+    monkeypatch.setenv("INFERENCE_API_KEY", "k" * 40)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    sys.modules.pop("console.settings.production", None)
+    try:
+        return importlib.import_module("console.settings.production")
+    finally:
+        sys.modules.pop("console.settings.production", None)
+
+
+def test_production_settings_refuse_to_start_without_a_metrics_token(monkeypatch):
+    monkeypatch.delenv("METRICS_TOKEN", raising=False)
+
+    with pytest.raises(ImproperlyConfigured, match="METRICS_TOKEN"):
+        _production_settings(monkeypatch)
+
+    assert _production_settings(monkeypatch, METRICS_TOKEN="m" * 40).METRICS_TOKEN == "m" * 40
+
+
+def test_health_tells_strangers_only_ok_or_fail_and_ops_everything(settings, ops_client):
+    # Given a worker that does not answer (its URL and the error would tell an attacker a lot)
+    settings.INFERENCE_WORKERS = ["http://10.1.2.3:9"]
+    settings.HEALTH_REQUIRE_WORKERS = True
+    settings.METRICS_TOKEN = "monitoring-token"
+
+    # When a stranger, ops and the monitoring token ask /health/
+    stranger = Client().get("/health/")
+    staff = ops_client.get("/health/")
+    monitoring = Client().get("/health/", HTTP_AUTHORIZATION="Bearer monitoring-token")
+    designer = Client()
+    designer.force_login(UserFactory(is_staff=True))
+
+    # Then the stranger (and staff without the ops permission) learn the status alone
+    assert stranger.status_code == 503
+    assert stranger.json() == {"status": "fail"}
+    assert designer.get("/health/").json() == {"status": "fail"}
+    assert "10.1.2.3" not in stranger.content.decode()
+    for response in (staff, monitoring):
+        assert response.status_code == 503
+        assert "10.1.2.3" in response.json()["checks"]["workers"]["error"]

@@ -196,3 +196,15 @@ def test_an_abandoned_foreground_job_is_cancelled_and_never_resumed(dataset):
     assert "cancelled: make train-pilot was interrupted" in job.log
     TrainingJob.objects.filter(pk=job.pk).update(created_at=timezone.now() - timedelta(hours=1))
     assert training_jobs_recover() == []
+
+
+@pytest.mark.django_db(transaction=True)  # the heartbeat thread needs committed rows
+def test_a_run_past_its_time_limit_fails_saying_so(dataset, settings):
+    # The training worker's solo pool enforces no Celery time limit: the run checks its own.
+    settings.TRAINING_TIME_LIMIT_S = 0
+
+    job = training_job_run(_job(dataset, steps=4).pk)
+
+    assert job is not None
+    assert (job.status, job.step, job.adapter) == (TrainingStatus.FAILED, 1, None)
+    assert "TRAINING_TIME_LIMIT_S" in job.error

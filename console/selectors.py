@@ -117,6 +117,7 @@ def ops_snapshot() -> dict[str, Any]:
     import redis
     from django.conf import settings
 
+    from console.supervisor import supervisor_restarts
     from inference.observability import (
         COST_WINDOW_HOURS,
         archive_lag,
@@ -141,4 +142,6 @@ def ops_snapshot() -> dict[str, Any]:
             "queues": {queue: int(broker.llen(queue)) for queue in queues},
             "jobs": _job_states(),
             "workers": _workers_figures(),
+            # Children `make run` restarted (console.supervisor): a crash loop shows here.
+            "restarts": supervisor_restarts(client),
         }

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, cast
 
+from django.conf import settings
 from openai import AsyncOpenAI, AsyncStream
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
@@ -32,7 +33,9 @@ class EngineClient:
         self.base_url = base_url.rstrip("/")
         self._client = AsyncOpenAI(
             base_url=f"{self.base_url}/v1",
-            api_key="unused",  # vLLM runs without an API key on a private address
+            # The key the workers require (INFERENCE_API_KEY); a placeholder for an open worker,
+            # since the client refuses to start without one.
+            api_key=settings.INFERENCE_API_KEY or "no-key",
             max_retries=0,  # a retry would blow the turn's deadline; fallbacks handle failures
             timeout=timeout_s,
         )
@@ -51,7 +54,7 @@ class EngineClient:
         ignore_eos: bool = False,
         priority: int = 0,
     ) -> AsyncIterator[str]:
-        """Yield text deltas; fill `usage` when the stream ends. A lower `priority` is scheduled
+        """Yield text deltas; keep `usage` up to date as they come. A lower `priority` is scheduled
         first (the worker runs vLLM's priority policy; inference.turns.TIER_PRIORITY)."""
         request: dict[str, Any] = {
             "model": model,
@@ -61,7 +64,10 @@ class EngineClient:
             "top_p": top_p,
             "seed": seed,
             "stream": True,
-            "stream_options": {"include_usage": True},
+            # Usage on every chunk (vLLM's continuous_usage_stats), not only on the final one: a
+            # caller that stops reading early (the guard cut the reply, the turn was cancelled)
+            # closes the stream before that chunk, and its tokens were recorded as 0.
+            "stream_options": {"include_usage": True, "continuous_usage_stats": True},
             # vLLM's own parameters: benchmarks use ignore_eos to generate exactly max_tokens.
             "extra_body": {
                 **({"ignore_eos": True} if ignore_eos else {}),

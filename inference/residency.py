@@ -26,7 +26,7 @@ from inference.adapters import (
 )
 from inference.base_models import base_model_for
 from inference.routing import worker_for_archetype
-from inference.workers import worker_health
+from inference.workers import worker_headers, worker_health
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class ResidencyReport:
 
 def worker_loras(url: str, *, timeout_s: float = 5.0) -> set[str]:
     """Names of the LoRA adapters a worker serves (entries of /v1/models with a parent)."""
-    response = httpx.get(f"{url}/v1/models", timeout=timeout_s)
+    response = httpx.get(f"{url}/v1/models", timeout=timeout_s, headers=worker_headers())
     response.raise_for_status()
     return {model["id"] for model in response.json()["data"] if model.get("parent")}
 
@@ -55,6 +55,7 @@ def adapter_load(url: str, *, lora_name: str, folder: Path, timeout_s: float = 6
         f"{url}/v1/load_lora_adapter",
         json={"lora_name": lora_name, "lora_path": str(folder)},
         timeout=timeout_s,
+        headers=worker_headers(),
     )
     # Loading is idempotent: two syncs (beat's and an eval's) may race to load one adapter, and a
     # name is its files' digest (adapters.adapter_lora_name), so the one loaded first is this one.
@@ -67,7 +68,12 @@ def adapter_load(url: str, *, lora_name: str, folder: Path, timeout_s: float = 6
 
 
 def adapter_unload(url: str, *, lora_name: str, timeout_s: float = 30.0) -> None:
-    response = httpx.post(f"{url}/v1/unload_lora_adapter", json={"lora_name": lora_name}, timeout=timeout_s)
+    response = httpx.post(
+        f"{url}/v1/unload_lora_adapter",
+        json={"lora_name": lora_name},
+        timeout=timeout_s,
+        headers=worker_headers(),
+    )
     if response.status_code == 404:  # unloaded already, by a sync that raced this one
         return
     if response.status_code != 200:

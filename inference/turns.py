@@ -281,6 +281,15 @@ async def turn_run(
         worker_mark_down(worker)  # the archetype's next turn goes to the next healthy worker
         _fallback(result, "worker_down")
         emotion = action = None
+    except openai.NotFoundError as exc:
+        # The worker does not know the zero "base" adapter every other one falls back to: it
+        # restarted and residency has not reloaded it yet. A worker fault, not ours: the player
+        # gets a bark. Marked down, the worker's next successful probe (WORKER_HEALTH_TTL_S)
+        # queues a residency sync (inference.workers), besides beat's every minute.
+        logger.warning("worker %s serves no %s adapter (restarted?): %s", worker, BASE_ADAPTER_NAME, exc)
+        worker_mark_down(worker)
+        _fallback(result, "worker_down")
+        emotion = action = None
     finally:
         for pending in choice_tasks:
             pending.cancel()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import importlib.metadata
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -23,6 +24,8 @@ import httpx
 from django.conf import settings
 
 from inference.single_flight import single_flight
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,10 @@ def worker_argv(*, model_path: str, served_name: str, url: str) -> list[str]:
         # the JSON with newlines, tripling its tokens (19 instead of 7 measured here).
         "--structured-outputs-config", json.dumps({"backend": "xgrammar", "disable_any_whitespace": True}),
     ]  # fmt: skip
+    if settings.INFERENCE_API_KEY:
+        # vLLM's key check (VLLM_API_KEY, worker_env) leaves routes outside /v1 open, one of which
+        # generates (/invocations): this guard asks for the key everywhere but /health, /metrics.
+        argv += ["--middleware", "inference.worker_guard.WorkerKeyGuard"]
     if cpu:
         # On CPU this is the share of RAM vLLM may reserve; its default refuses to start on 24 GiB.
         argv += ["--gpu-memory-utilization", "0.5"]
@@ -87,8 +94,19 @@ def worker_argv(*, model_path: str, served_name: str, url: str) -> list[str]:
     return argv
 
 
+def worker_headers() -> dict[str, str]:
+    """What every request to a worker's /v1 API carries: the bearer key it was started with."""
+    key = settings.INFERENCE_API_KEY
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
 def worker_env() -> dict[str, str]:
     return {
+        # vLLM's own API key (the same check as --api-key: /v1/* answers 401 without it; /health
+        # and /metrics stay open). Passed in the environment rather than as --api-key so that the
+        # key is not in the command line every local user can read (ps, /proc/<pid>/cmdline).
+        **({"VLLM_API_KEY": settings.INFERENCE_API_KEY} if settings.INFERENCE_API_KEY else {}),
+        # Run-time LoRA loading is what residency needs; with the key only our code can use it.
         "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
         "VLLM_CPU_KVCACHE_SPACE": str(settings.WORKER_CPU_KVCACHE_GIB),
         # Nothing leaves the machine: no usage statistics, no hub look-ups.
@@ -105,11 +123,16 @@ def worker_env() -> dict[str, str]:
 def worker_health(url: str, *, timeout_s: float = 2.0) -> WorkerHealth:
     """Ask a worker's /health and /v1/models; never raises."""
     try:
-        with httpx.Client(base_url=url, timeout=timeout_s) as client:
+        with httpx.Client(base_url=url, timeout=timeout_s, headers=worker_headers()) as client:
             response = client.get("/health")
             if response.status_code != 200:
                 return WorkerHealth(url, False, f"/health answered {response.status_code}")
-            models = client.get("/v1/models").json()["data"]
+            listed = client.get("/v1/models")
+            if listed.status_code == 401:
+                return WorkerHealth(
+                    url, False, "refused our INFERENCE_API_KEY (401): start it with the same key"
+                )
+            models = listed.json()["data"]
     except (httpx.HTTPError, KeyError, ValueError) as exc:
         return WorkerHealth(url, False, f"not answering: {type(exc).__name__}")
     names = tuple(sorted(model["id"] for model in models))
@@ -173,6 +196,9 @@ class WorkerProcess:
 # WORKER_HEALTH_TTL_S is refreshed by a probe in the background (stale-while-revalidate), so no
 # turn waits on a health probe (measured by bench.bridge: a probe to a busy CPU worker took
 # tens of ms). A worker that fails a turn is marked down at once (failover on the next turn).
+# A worker seen going from down to up may have restarted, and a restarted vLLM holds no adapters
+# (not even the zero "base" one every request uses): a residency sync is queued at once rather
+# than waiting for beat's minute (inference.tasks.residency_sync_task).
 _health_seen: dict[str, tuple[bool, float]] = {}
 _probes: dict[str, asyncio.Task[bool]] = {}
 
@@ -183,8 +209,24 @@ async def _health_probe(url: str) -> bool:
             healthy = (await client.get(f"{url}/health")).status_code == 200
     except httpx.HTTPError:
         healthy = False
+    was = _health_seen.get(url)
     _health_seen[url] = (healthy, time.monotonic())
+    if healthy and was is not None and not was[0]:
+        logger.info("worker %s is up again: queueing a residency sync", url)
+        await worker_came_up(url)
     return healthy
+
+
+async def worker_came_up(url: str) -> None:
+    """Queue a residency sync for a worker seen coming back (never fails the probe)."""
+    # Imported here: inference.tasks imports residency, which imports this module.
+    from inference.tasks import residency_sync_task
+
+    try:
+        # Enqueueing is a blocking broker call: not on the event loop.
+        await asyncio.to_thread(residency_sync_task.delay)
+    except Exception as exc:  # noqa: BLE001 - beat's minute sync still comes; a probe must not fail
+        logger.warning("could not queue a residency sync after %s came up: %s", url, exc)
 
 
 def healthy_workers() -> list[str]:

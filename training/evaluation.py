@@ -36,7 +36,7 @@ from inference.adapters import BASE_ADAPTER_NAME, adapter_lora_name, adapter_sta
 from inference.prompts import Turn
 from inference.residency import adapter_load, adapter_unload, residency_sync, worker_loras
 from inference.routing import worker_for_archetype
-from inference.workers import healthy_workers, sampling_seed_supported
+from inference.workers import healthy_workers, sampling_seed_supported, worker_headers
 from training.datasets import CHOICE_TASKS, Prompter, dataset_examples_read, dataset_read
 from training.eval.metrics import (
     DEFAULT_GATES,
@@ -122,7 +122,7 @@ class _Generator:
 
     def __init__(self, url: str, model: str, *, on_call: Callable[[], None] | None = None) -> None:
         self.url, self.model, self.on_call = url, model, on_call
-        self.client = httpx.Client(timeout=GENERATION_TIMEOUT_S)
+        self.client = httpx.Client(timeout=GENERATION_TIMEOUT_S, headers=worker_headers())
 
     def __call__(
         self,

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 from django.conf import settings
-from django.db import transaction
+from django.db import close_old_connections, transaction
 from django.utils import timezone
 from django.utils.text import slugify
 
@@ -347,6 +347,24 @@ def ingest_job_run(
             job, f"failed: {exc}", status=IngestStatus.FAILED, error=str(exc), finished_at=timezone.now()
         )
         return job
+    try:
+        _ingest_files(job, files, on_progress)
+    except Exception as exc:  # noqa: BLE001 - the row says why, whatever it was
+        # A database error (a refused value, Postgres restarting) would leave the job `running`
+        # for good: the Celery task acks it and nothing looks at the row again. Documents are
+        # written one transaction each, so what was finished stays and a rerun skips it.
+        logger.exception("ingest job %s failed", job.pk)
+        close_old_connections()  # a broken connection is replaced before the row is written
+        _job_log(
+            job, f"failed: {exc}", status=IngestStatus.FAILED, error=str(exc) or repr(exc),
+            finished_at=timezone.now(),
+        )  # fmt: skip
+    return job
+
+
+def _ingest_files(
+    job: IngestJob, files: list[LoreFile], on_progress: Callable[[int, int], None] | None
+) -> None:
     written = skipped = chunks = 0
     for index, lore in enumerate(files, start=1):
         result = lore_document_ingest(world=job.world, lore=lore)
@@ -373,7 +391,6 @@ def ingest_job_run(
         dropped = lore_packs_drop(job.world)
         _job_log(job, f"{dropped} NPC lore packs dropped (rebuilt on their next turn)")
     _job_log(job, "done", status=IngestStatus.SUCCEEDED, finished_at=timezone.now())
-    return job
 
 
 def lore_packs_drop(world: World) -> int:

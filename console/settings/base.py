@@ -142,6 +142,9 @@ CELERY_BEAT_SCHEDULE = {
     # A training job whose worker died is resumed once its lease lapses (training/jobs.py).
     "training-jobs-recover": {"task": "training.tasks.training_jobs_recover_task", "schedule": 60.0},
     "provision-runs-advance": {"task": "training.tasks.provision_runs_advance_task", "schedule": 60.0},
+    # A restarted vLLM worker holds no adapters: every minute each worker is brought back in line
+    # with the registry (a worker seen coming back up also queues one at once, inference.workers).
+    "residency-sync": {"task": "inference.tasks.residency_sync_task", "schedule": 60.0},
 }
 
 # --- Auth and sessions -----------------------------------------------------------------
@@ -221,6 +224,10 @@ WORKER_DTYPE: str = env.str("WORKER_DTYPE", default="")
 # How long a worker's health answer is trusted on the turn path (seconds).
 WORKER_HEALTH_TTL_S: float = env.float("WORKER_HEALTH_TTL_S", default=5.0)
 WORKER_MAX_MODEL_LEN: int = env.int("WORKER_MAX_MODEL_LEN", default=2048)
+# The bearer key every vLLM worker requires on its /v1 API (loading adapters, generating); every
+# client here sends it. Empty: workers run open (only for a worker nobody else can reach).
+# `make run` writes one into var/dev.env; production requires it.
+INFERENCE_API_KEY: str = env.str("INFERENCE_API_KEY", default="")
 # KV cache in GiB on a CPU worker (VLLM_CPU_KVCACHE_SPACE); 1 GiB holds ~46k tokens of SmolLM2.
 WORKER_CPU_KVCACHE_GIB: int = env.int("WORKER_CPU_KVCACHE_GIB", default=1)
 # Per tier, the longest a turn may take before it falls back to a bark (seconds). The defaults
@@ -345,9 +352,6 @@ TRAINING_TIME_LIMIT_S: int = env.int("TRAINING_TIME_LIMIT_S", default=6 * 3600)
 # message was lost: a broker restart); queued this long in all, it is failed.
 EVAL_REQUEUE_AFTER_S: int = env.int("EVAL_REQUEUE_AFTER_S", default=10 * 60)
 EVAL_QUEUED_MAX_S: int = env.int("EVAL_QUEUED_MAX_S", default=6 * 3600)
-# A running ingest whose row has not moved for this long is failed by the beat sweep (its
-# worker died without a word); a document takes seconds, so this is generous.
-LORE_INGEST_STALE_S: int = env.int("LORE_INGEST_STALE_S", default=30 * 60)
 
 # --- Task time limits ---------------------------------------------------------------------
 # Seconds a task may run, per kind: past the soft limit Celery raises SoftTimeLimitExceeded in

@@ -27,6 +27,13 @@ CSRF_COOKIE_SECURE = True
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 HEALTH_REQUIRE_CELERY = env.bool("HEALTH_REQUIRE_CELERY", default=True)
+# Anyone who reaches a worker without the key could load adapters from any path or use the GPU.
+INFERENCE_API_KEY = env.str("INFERENCE_API_KEY", default="")
+if len(INFERENCE_API_KEY) < 32:
+    raise ImproperlyConfigured(
+        "INFERENCE_API_KEY must be set to a random string of at least 32 characters: the vLLM workers "
+        "require it as their API key (start them with the same INFERENCE_API_KEY in their environment)."
+    )
 # /metrics (and /health/'s details) would tell anyone the traffic, players' costs and the workers.
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 if len(METRICS_TOKEN) < 32:

@@ -19,6 +19,8 @@ CELERY_TASK_ALWAYS_EAGER = False
 # The suite's own worker (tests/inference) is addressed explicitly; unit tests run without one.
 HEALTH_REQUIRE_WORKERS = False
 INFERENCE_WORKERS = [env.str("TEST_INFERENCE_WORKER", default="http://127.0.0.1:8197")]
+# The suite's workers run with a key like a deployment's (tests/inference/test_worker_auth.py).
+INFERENCE_API_KEY = env.str("TEST_INFERENCE_API_KEY", default="test-only-inference-key-5d2c8e1f")
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.InMemoryStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},

@@ -187,3 +187,27 @@ def test_health_tells_strangers_only_ok_or_fail_and_ops_everything(settings, ops
     for response in (staff, monitoring):
         assert response.status_code == 503
         assert "10.1.2.3" in response.json()["checks"]["workers"]["error"]
+
+
+@pytest.mark.django_db(transaction=True)  # the runner replaces a broken connection before it writes
+def test_an_ingest_hit_by_a_database_error_ends_failed_not_running_for_ever():
+    from console.models import IngestJob, IngestStatus, LoreDocument
+    from console.services.lore import LoreFile, ingest_job_run
+    from tests.factories import WorldFactory
+
+    # Given a job whose second document Postgres refuses (a title over its column's length)
+    job = IngestJob.objects.create(world=WorldFactory(), source="upload:two.json")
+    files = [
+        LoreFile(slug="fine", title="Fine", source="two.json#0", text="The moor is quiet at night."),
+        LoreFile(slug="refused", title="T" * 300, source="two.json#1", text="Too long a title."),
+    ]
+
+    # When it runs
+    ingest_job_run(job, files=files)
+
+    # Then it ended failed with Postgres's reason, and the first document stays written
+    job.refresh_from_db()
+    assert job.status == IngestStatus.FAILED
+    assert "too long" in job.error
+    assert job.finished_at is not None
+    assert LoreDocument.objects.filter(slug="fine").exists()

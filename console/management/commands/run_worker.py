@@ -19,6 +19,12 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, url: str | None, **options: Any) -> None:
+        if not settings.INFERENCE_API_KEY:
+            # Without a key anyone who reaches the port can load adapters from any path.
+            raise CommandError(
+                "INFERENCE_API_KEY is not set: `make run` writes one into var/dev.env; elsewhere set it "
+                "in the environment of the worker and of every process that talks to it."
+            )
         try:
             base_model = base_model_bootstrap()
         except BaseModelError as exc:

@@ -11,7 +11,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from bridge.server import daphne_argv
 from console import localstack
-from console.supervisor import Supervisor
+from console.supervisor import ManagedProcess, Supervisor, supervisor_restart_record
 from inference.workers import worker_health
 
 
@@ -50,7 +50,9 @@ class Command(BaseCommand):
         call_command("ensure_accounts", demo_staff=True)
         call_command("bootstrap_model")
 
-        supervisor = Supervisor(log_dir=localstack.VAR_DIR / "log", cwd=localstack.PROJECT_DIR)
+        supervisor = Supervisor(
+            log_dir=localstack.VAR_DIR / "log", cwd=localstack.PROJECT_DIR, on_restart=_restart_counted
+        )
         python = sys.executable
         self.stdout.write(
             "Starting Daphne, Celery workers (io, training) and beat, the memory archiver (logs in var/log/)…"
@@ -90,8 +92,13 @@ class Command(BaseCommand):
             if settings.INFERENCE_START_WORKER:
                 worker_url = settings.INFERENCE_WORKERS[0]
                 self.stdout.write(f"Starting the vLLM worker at {worker_url} (30-90 s on CPU)…")
+                # A restarted worker holds no adapters: once it answers again they are reloaded
+                # (beat's minute sync and the bridge's up-again probe would also do it, later).
                 worker = supervisor.start(
-                    "vllm-worker", [python, "manage.py", "run_worker", "--url", worker_url]
+                    "vllm-worker",
+                    [python, "manage.py", "run_worker", "--url", worker_url],
+                    ready=lambda: worker_health(worker_url).healthy,
+                    on_ready=_residency_sync_soon,
                 )
                 supervisor.wait_until(worker, lambda: worker_health(worker_url).healthy, timeout_s=300)
             call_command("adapters_sync")
@@ -117,7 +124,22 @@ class Command(BaseCommand):
                 localstack.redis_shutdown(settings.REDIS_URL)
                 self.stdout.write("stopped the Redis server started for this run")
         if code:
-            raise CommandError("a process stopped unexpectedly; see the logs above")
+            raise CommandError("a process kept failing at start; see the logs above")
 
     def _database_kind(self) -> str:
         return "embedded, var/pgdata" if not localstack.env_database_url() else "DATABASE_URL"
+
+
+def _restart_counted(process: ManagedProcess) -> None:
+    """The ops page shows restarts per child (console.selectors.ops_snapshot)."""
+    supervisor_restart_record(redis_url=settings.REDIS_URL, name=process.name)
+
+
+def _residency_sync_soon() -> None:
+    """Queue a residency sync (the Celery io worker runs it); never stops the supervisor."""
+    from inference.tasks import residency_sync_task
+
+    try:
+        residency_sync_task.delay()
+    except Exception as exc:  # noqa: BLE001 - beat's minute sync still comes
+        print(f"could not queue a residency sync: {exc}", file=sys.stderr)

@@ -211,3 +211,23 @@ def test_an_ingest_hit_by_a_database_error_ends_failed_not_running_for_ever():
     assert "too long" in job.error
     assert job.finished_at is not None
     assert LoreDocument.objects.filter(slug="fine").exists()
+
+
+def test_the_admin_login_is_locked_for_a_username_after_repeated_failures(settings):
+    # Given a staff account and someone guessing its password from one address
+    settings.AXES_FAILURE_LIMIT = 5
+    UserFactory(username="ops-alice", is_staff=True)  # password: correct-horse-battery
+    guesser, colleague = Client(), Client()
+    login = reverse("admin:login")
+    for guess in range(5):
+        guesser.post(login, {"username": "ops-alice", "password": f"guess-{guess}"})
+
+    # When the right password comes next from that address
+    locked = guesser.post(login, {"username": "ops-alice", "password": "correct-horse-battery"})
+
+    # Then it is refused (429), and the lock holds only that username at that address
+    assert locked.status_code == 429
+    assert "_auth_user_id" not in guesser.session
+    UserFactory(username="ops-bob", is_staff=True)
+    bob = colleague.post(login, {"username": "ops-bob", "password": "correct-horse-battery"})
+    assert bob.status_code == 302

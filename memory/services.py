@@ -3,17 +3,23 @@ forgetting a player everywhere, and the public facts designers choose."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import Q
 from django.utils import timezone
+from django_celery_results.models import TaskResult
 from redis import Redis
 
+from inference.observability import ops_player_forget
+from memory.events import dead_letters_forget
 from memory.models import ForgottenPlayer, MemoryEvent, MemoryEventKind
 from memory.tiers import (
     EVICT_CHANNEL,
@@ -25,6 +31,7 @@ from memory.tiers import (
     iso_utc,
     pair_prefix,
     public_facts_key,
+    redis_text,
     relationship_encode,
 )
 
@@ -174,45 +181,110 @@ def memory_rehydrate(*, redis: Redis, npc: str, player: str) -> int:
 class ForgetReport:
     archived_events: int
     redis_keys: int
+    public_facts: int = 0
+    dead_letters: int = 0
+    task_results: int = 0
+    cost_entries: int = 0
 
 
 def player_forget(*, redis: Redis, player: str) -> ForgetReport:
-    """Remove `player` from all three tiers.
+    """Remove `player` from all three tiers, and every copy of what they said or did.
 
     Postgres: their archived events are deleted, and a tombstone makes the archiver drop the
-    events still on their way (emitted before this moment). Redis: every key of their pairs.
-    Hot tiers: every bridge process drops their pairs on a message on EVICT_CHANNEL. The
-    archive part holds archive_player_lock, so a compaction never writes a summary of theirs
-    after it.
+    events still on their way (emitted before this moment); Celery results naming them go too.
+    This part holds archive_player_lock exclusively: the archiver inserts under the same lock,
+    shared, and checks the tombstone inside that transaction, and a compaction checks it before
+    writing a summary, so neither writes a row of theirs after this commit.
+    Redis: every key of their pairs, the public facts copied from their pairs' facts, their
+    entries in the dead-letter stream, their cost figures. Hot tiers: every bridge process
+    drops their pairs on a message on EVICT_CHANNEL.
     """
-    now = timezone.now()
     with transaction.atomic():
         archive_player_lock(player=player)
+        # Taken after the lock: events that happened while this waited for it are forgotten too.
+        now = timezone.now()
         ForgottenPlayer.objects.update_or_create(player_id=player, defaults={"forgotten_at": now})
-        deleted, _ = MemoryEvent.objects.filter(player_id=player, occurred_at__lte=now).delete()
+        mine = MemoryEvent.objects.filter(player_id=player, occurred_at__lte=now)
+        facts = _facts_by_npc(mine.filter(kind=MemoryEventKind.FACT).values_list("npc_slug", "payload"))
+        deleted, _ = mine.delete()
+        # CELERY_RESULT_EXTENDED keeps each task's arguments (its argsrepr, JSON-encoded) with its
+        # result, and memory tasks take the player id: `'alice'` matches alice, not alice2.
+        needle = json.dumps(repr(player))[1:-1]
+        results, _ = TaskResult.objects.filter(
+            Q(task_args__contains=needle) | Q(task_kwargs__contains=needle) | Q(result__contains=needle)
+        ).delete()
     keys = [key for key in redis.scan_iter(match="mem:*", count=1000) if _key_player(key) == player]
+    for key in keys:
+        name = key.decode() if isinstance(key, bytes) else key
+        if name.endswith(":facts"):
+            npc = name.split(":", 2)[1]
+            texts = cast("list[bytes]", redis.zrange(key, 0, -1))
+            facts.setdefault(npc, set()).update(redis_text(fact) for fact in texts)
+    # A published fact is a copy of one of the pair's facts (public_fact_publish): the same text.
+    public = sum(int(redis.zrem(public_facts_key(npc), *texts)) for npc, texts in facts.items() if texts)
     removed = int(redis.unlink(*keys, bonds_key(player)))  # UNLINK counts the keys that existed
+    dead = dead_letters_forget(redis, player=player)
+    costs = ops_player_forget(redis, player)
     redis.publish(EVICT_CHANNEL, evict_message(player))
-    logger.info("forgot player %s: %d archived events, %d Redis keys", player, deleted, removed)
-    return ForgetReport(archived_events=deleted, redis_keys=removed)
+    logger.info(
+        "forgot player %s: %d archived events, %d Redis keys, %d public facts, %d dead letters, "
+        "%d task results, %d cost entries",
+        player, deleted, removed, public, dead, results, costs,
+    )  # fmt: skip
+    return ForgetReport(
+        archived_events=deleted, redis_keys=removed, public_facts=public, dead_letters=dead,
+        task_results=results, cost_entries=costs,
+    )  # fmt: skip
 
 
-# The first key of Postgres' two-key advisory locks taken here ("mem" in ASCII), so they never
-# meet another feature's.
-_PLAYER_LOCK_SPACE = 0x6D656D
+def _facts_by_npc(rows: Iterable[tuple[str, Any]]) -> dict[str, set[str]]:
+    facts: dict[str, set[str]] = {}
+    for npc, raw in rows:
+        payload = json.loads(raw) if isinstance(raw, str) else raw
+        if isinstance(payload, dict) and payload.get("text"):
+            facts.setdefault(npc, set()).add(str(payload["text"])[:200])  # as archived_pair keeps it
+    return facts
+
+
+def player_lock_key(player: str) -> int:
+    """The 64-bit key of `player`'s advisory lock: stable across processes, Python and Postgres
+    versions (Postgres's hashtext is internal and 32-bit). The personalisation keeps other
+    features' single-key locks out of this key space in practice."""
+    digest = hashlib.blake2b(player.encode(), digest_size=8, person=b"revenant-player").digest()
+    return int.from_bytes(digest, "big", signed=True)
 
 
 def archive_player_lock(*, player: str) -> None:
-    """Hold the archive's lock on `player` until the current transaction ends.
+    """Hold the archive's lock on `player`, exclusively, until the current transaction ends.
 
-    Forgetting a player and writing derived events about them (memory.compaction) take it, so
-    that one never runs between the other's check and write: a summary committed after the
-    forget read the archive would outlive the player's other events.
+    Forgetting a player takes it while it deletes their events and writes the tombstone;
+    writers of their events (the archiver, memory.compaction) hold it too (the archiver shared,
+    see archive_players_lock_shared), so that no write runs between a forget and the tombstone
+    check that should have stopped it: a row committed after the forget read the archive would
+    outlive the player's other events.
     """
     if not connection.in_atomic_block:
         raise RuntimeError("archive_player_lock needs a transaction (it is released at its end)")
     with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", [_PLAYER_LOCK_SPACE, player])
+        cursor.execute("SELECT pg_advisory_xact_lock(%s)", [player_lock_key(player)])
+
+
+def archive_players_lock_shared(*, players: Iterable[str]) -> None:
+    """Hold the archive's lock on each of `players`, shared, until the current transaction ends:
+    archivers do not wait for each other, only for a forget of one of these players."""
+    if not connection.in_atomic_block:
+        raise RuntimeError("archive_players_lock_shared needs a transaction (it is released at its end)")
+    keys = sorted({player_lock_key(player) for player in players})
+    if not keys:
+        return
+    with connection.cursor() as cursor:
+        # One round trip for a batch's players, in key order (a fixed order, the habit that keeps
+        # lockers of several keys out of deadlocks).
+        cursor.execute(
+            "SELECT count(pg_advisory_xact_lock_shared(k)) "
+            "FROM (SELECT unnest(%s::bigint[]) AS k ORDER BY 1) AS keys",
+            [keys],
+        )
 
 
 class FactNotRemembered(ValueError):

@@ -40,7 +40,9 @@ def memory_rehydrate_task(npc: str, player: str) -> int:
     return restored
 
 
-@shared_task(bind=True, acks_late=True, max_retries=60)
+# ignore_result: with CELERY_RESULT_EXTENDED a stored result keeps the task's arguments, the
+# player id among them, past a forget of that player (pair_consolidate logs the outcome).
+@shared_task(bind=True, acks_late=True, max_retries=60, ignore_result=True)
 def memory_consolidate_task(self: Any, npc: str, player: str) -> dict[str, object]:
     """Summary, facts and relationship card from a pair's new turns (idempotent: a run sees
     only the turns after the previous one; one run at a time per pair)."""

@@ -314,7 +314,9 @@ MEMORY_ARCHIVE_BATCH: int = env.int("MEMORY_ARCHIVE_BATCH", default=100)
 MEMORY_ARCHIVE_BLOCK_MS: int = env.int("MEMORY_ARCHIVE_BLOCK_MS", default=100)
 # A consumer silent this long is presumed dead: another archiver claims its pending events.
 MEMORY_ARCHIVE_CLAIM_IDLE_MS: int = env.int("MEMORY_ARCHIVE_CLAIM_IDLE_MS", default=30_000)
-MEMORY_ARCHIVE_MAX_DELIVERIES: int = env.int("MEMORY_ARCHIVE_MAX_DELIVERIES", default=5)
+# The dead-letter stream (MEMORY_STREAM:dead) keeps about this many entries (XADD MAXLEN ~):
+# a producer sending garbage cannot fill Redis through it.
+MEMORY_ARCHIVE_DEAD_LETTER_MAX: int = env.int("MEMORY_ARCHIVE_DEAD_LETTER_MAX", default=10_000)
 # The warm tier (Redis): a pair's memory lives this long after its last turn.
 MEMORY_WARM_TTL_S: int = env.int("MEMORY_WARM_TTL_S", default=30 * 24 * 3600)
 MEMORY_RECENT_TURNS: int = env.int("MEMORY_RECENT_TURNS", default=20)

@@ -1,19 +1,25 @@
 """The archiver against the real Redis (test database) and Postgres: batches, idempotence,
-poison events, dead consumers, trimming."""
+poison events, dead consumers, trimming, and the event Redis's AOF."""
 
 from __future__ import annotations
 
 import json
+import logging
+import shutil
+import subprocess
+import time
 import uuid
 
 import pytest
+import redis
 from django.conf import settings
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
+from console.localstack import free_port
 from memory.archiver import GROUP, Archiver, archive_backlog
-from memory.events import ENTRY_FIELD, MemoryEventRecord, memory_event_emit_sync
+from memory.events import ENTRY_FIELD, MemoryEventRecord, memory_event_emit_sync, redis_aof_ensure
 from memory.models import MemoryEvent
 
 pytestmark = pytest.mark.django_db
@@ -65,28 +71,160 @@ def test_a_redelivered_event_is_stored_once(redis_client):
     assert (archiver.stats.archived, archiver.stats.duplicates) == (1, 1)
 
 
-def test_poison_events_go_to_the_dead_letter_stream_after_k_tries_and_the_rest_is_archived(redis_client):
+def test_poison_events_go_to_the_dead_letter_stream_at_once_and_the_rest_is_archived(redis_client):
     good = [_record(index) for index in range(3)]
     memory_event_emit_sync(redis_client, good[0])
     redis_client.xadd(settings.MEMORY_STREAM, {ENTRY_FIELD: "{not json"})
     memory_event_emit_sync(redis_client, good[1])
-    # JSON that Postgres's jsonb refuses (a NUL character): only the insert can tell.
+    # JSON that Postgres's jsonb refuses (a NUL character): only the insert can tell, and it
+    # refuses it the same way every time, so there is nothing to retry.
     memory_event_emit_sync(redis_client, _record(9, data={"text": "bad\u0000byte"}))
+    # Control characters in an id (a terminal escape, a bidi override): never a player's id.
+    memory_event_emit_sync(redis_client, _record(10, player="\x1b[2Jeve"))
+    memory_event_emit_sync(redis_client, _record(11, npc="count\u202evalerian"))
     memory_event_emit_sync(redis_client, good[2])
-    archiver = Archiver(redis=redis_client, consumer="test-1", block_ms=10, claim_idle_ms=0, max_deliveries=3)
+    archiver = Archiver(redis=redis_client, consumer="test-1", block_ms=10, claim_idle_ms=60_000)
     archiver.group_ensure()
 
-    for _ in range(10):
-        archiver._claimed_at = 0  # claim on every idle step
-        archiver.step()
+    archiver.step()  # one batch, one delivery: no retries
 
     assert set(MemoryEvent.objects.values_list("event_id", flat=True)) == {r.event_id for r in good}
     dead = redis_client.xrange(settings.MEMORY_STREAM + ":dead")
     reasons = sorted(fields[b"reason"].decode() for _, fields in dead)
-    assert len(reasons) == 2
+    assert len(reasons) == 4
     assert reasons[0].startswith("not a memory event")
-    assert reasons[1].startswith("refused by Postgres")
+    assert reasons[1].startswith("npc holds a control character")
+    assert reasons[2].startswith("player holds a control character")
+    assert reasons[3].startswith("refused by Postgres")
+    assert "\\u0000" in reasons[3] or "NUL" in reasons[3] or "0x00" in reasons[3]
+    assert all(fields[b"stream_id"] and fields[b"event"] for _, fields in dead[1:])
     assert archive_backlog(redis_client)["pending"] == 0
+    assert archiver.stats.dead_lettered == 4
+
+
+def test_claiming_runs_on_a_timer_while_reads_keep_returning_entries(redis_client):
+    stuck = [_record(index) for index in range(5)]
+    for record in stuck:
+        memory_event_emit_sync(redis_client, record)
+    archiver = Archiver(redis=redis_client, consumer="alive", batch=10, block_ms=10, claim_idle_ms=0)
+    archiver.group_ensure()
+    # A consumer read them and died before acknowledging.
+    redis_client.xreadgroup(GROUP, "dead", {settings.MEMORY_STREAM: ">"}, count=10)
+    archiver._own_pending = False
+
+    # Steady traffic: every read comes back with new entries.
+    for step in range(6):
+        for index in range(3):
+            memory_event_emit_sync(redis_client, _record(100 + step * 3 + index))
+        archiver._claimed_at = 0  # the claim timer is due on every step
+        assert archiver.step() >= 3
+    assert MemoryEvent.objects.filter(event_id__in=[r.event_id for r in stuck]).count() == 5
+    memory_event_emit_sync(redis_client, _record(200))
+    archiver._trimmed_at = 0  # the trim passes what was pending
+    assert archiver.step() == 1
+
+    assert archive_backlog(redis_client) == {"stream": 0, "pending": 0, "dead_letter": 0}
+
+
+def test_the_dead_letter_stream_is_capped(redis_client):
+    for index in range(600):
+        redis_client.xadd(settings.MEMORY_STREAM, {ENTRY_FIELD: f"not an event {index}"})
+    archiver = Archiver(redis=redis_client, consumer="test-1", batch=600, block_ms=10, dead_letter_maxlen=50)
+    archiver.group_ensure()
+
+    archiver.step()
+
+    assert archiver.stats.dead_lettered == 600
+    # Approximate trimming (MAXLEN ~) drops whole stream nodes of up to 100 entries.
+    assert redis_client.xlen(settings.MEMORY_STREAM + ":dead") <= 150
+    assert archive_backlog(redis_client)["pending"] == 0
+
+
+def _redis_server(tmp_path, config: str) -> tuple[subprocess.Popen, redis.Redis]:
+    port = free_port()
+    conf = tmp_path / "redis.conf"
+    if not conf.exists():
+        conf.write_text(config)
+    binary = shutil.which("redis-server")
+    assert binary, "redis-server is missing: apt-get install -y redis-server"
+    process = subprocess.Popen(
+        [binary, str(conf), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+    )
+    client = redis.Redis(port=port, socket_timeout=5)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            return process, client
+        except redis.ConnectionError:
+            assert time.monotonic() < deadline, "the test's redis-server did not answer"
+            time.sleep(0.05)
+
+
+def _stop(process: subprocess.Popen, client: redis.Redis) -> None:
+    # Redis ignores SIGTERM while it writes the first AOF ("Writing initial AOF, can't exit").
+    deadline = time.monotonic() + 10
+    while _aof_rewriting(client) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.terminate()
+    process.wait(timeout=10)
+
+
+def test_aof_turned_on_at_run_time_survives_a_restart_of_a_redis_with_a_config_file(tmp_path):
+    process, client = _redis_server(tmp_path, 'appendonly no\nsave ""\n')
+    try:
+        assert redis_aof_ensure(client) == "turned on"
+    finally:
+        _stop(process, client)
+    process, client = _redis_server(tmp_path, "")
+    try:
+        assert client.config_get("appendonly") == {"appendonly": "yes"}
+    finally:
+        _stop(process, client)
+
+
+def test_a_redis_without_aof_is_warned_about(tmp_path, caplog, settings):
+    process, client = _redis_server(tmp_path, 'appendonly no\nsave ""\n')
+    try:
+        settings.MEMORY_REQUIRE_AOF = False
+        with caplog.at_level(logging.WARNING, logger="memory.events"):
+            assert redis_aof_ensure(client).startswith("off")
+        assert "without AOF" in caplog.text
+    finally:
+        _stop(process, client)
+
+
+def test_aof_turned_on_without_a_config_file_is_warned_about_as_lost_on_restart(tmp_path, caplog):
+    binary = shutil.which("redis-server")
+    port = free_port()
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path), "--save", ""],
+        stdout=subprocess.DEVNULL,
+    )
+    client = redis.Redis(port=port, socket_timeout=5)
+    try:
+        deadline = time.monotonic() + 10
+        while not _answers(client):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        with caplog.at_level(logging.WARNING, logger="memory.events"):
+            assert redis_aof_ensure(client) == "turned on"
+        assert "lost when" in caplog.text
+    finally:
+        _stop(process, client)
+
+
+def _aof_rewriting(client: redis.Redis) -> bool:
+    info = client.info("persistence")
+    return bool(info["aof_rewrite_in_progress"] or info["aof_rewrite_scheduled"])
+
+
+def _answers(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False
 
 
 def test_events_a_dead_consumer_left_pending_are_claimed(redis_client):

@@ -18,6 +18,8 @@ class Command(BaseCommand):
     def handle(self, *args: Any, player_id: str, **options: Any) -> None:
         report = player_forget(redis=Redis.from_url(settings.REDIS_URL), player=player_id)
         self.stdout.write(
-            f"forgot {player_id}: {report.archived_events} archived events and "
-            f"{report.redis_keys} Redis keys removed; bridges dropped it from their hot tiers"
+            f"forgot {player_id}: {report.archived_events} archived events, {report.redis_keys} Redis keys, "
+            f"{report.public_facts} public facts, {report.dead_letters} dead letters, "
+            f"{report.task_results} task results and {report.cost_entries} cost entries removed; "
+            "bridges dropped it from their hot tiers"
         )

@@ -11,7 +11,7 @@ from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from memory.archiver import Archiver
+from memory.archiver import AOF_CHECK_EVERY_S, Archiver
 from memory.events import AofDisabled, redis_aof_ensure
 
 
@@ -37,7 +37,7 @@ class Command(BaseCommand):
         aof = self._aof_checked(redis, stop)
         if stop.is_set():
             return
-        archiver = Archiver(redis=redis, consumer=name)
+        archiver = Archiver(redis=redis, consumer=name, aof_check_every_s=AOF_CHECK_EVERY_S)
         self.stdout.write(f"archiver {name}: {settings.MEMORY_STREAM} → Postgres (Redis AOF {aof})")
         self.stdout.flush()
         archiver.run(stop)

@@ -25,11 +25,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from redis.typing import EncodableT, FieldT
 
 from bridge.protocol import ProtocolError, frame_dumps
+from console.redis_clients import redis_async_pool
 from memory.tiers import redis_text
 
 logger = logging.getLogger(__name__)
@@ -149,9 +150,8 @@ class SessionRegistry:
         if self._redis is None:
             # A blocking pool: when every connection is busy a command waits for one instead of
             # failing (redis-py's default pool raises at 100; bench.clients hit it at 500 sockets).
-            pool = BlockingConnectionPool.from_url(
-                settings.REDIS_URL, max_connections=settings.BRIDGE_REDIS_CONNECTIONS, timeout=10
-            )
+            # Timeouts and health checks: console.redis_clients.
+            pool = redis_async_pool(max_connections=settings.BRIDGE_REDIS_CONNECTIONS, timeout=10)
             self._redis = Redis(connection_pool=pool)
         return self._redis
 

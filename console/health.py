@@ -21,7 +21,8 @@ from health_check.contrib.celery import Ping as CeleryPing
 from health_check.contrib.redis import Redis
 from health_check.exceptions import ServiceUnavailable
 from health_check.views import HealthCheckView
-from redis.asyncio import Redis as AsyncRedis
+
+from console.redis_clients import redis_async
 
 
 class _ReturnsConnection:
@@ -89,7 +90,7 @@ def _checks() -> dict[str, tuple[HealthCheck, bool]]:
         "pgvector": (PgVector(), True),
         "migrations": (Migrations(), True),
         "redis": (
-            Redis(client_factory=lambda: AsyncRedis.from_url(settings.REDIS_URL, socket_timeout=2)),
+            Redis(client_factory=lambda: redis_async(socket_timeout=2)),
             True,
         ),
         "workers": (InferenceWorkers(), settings.HEALTH_REQUIRE_WORKERS),

@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import redis
 from celery import shared_task
 from django.conf import settings
 from django.db import transaction
 
+from console.redis_clients import redis_sync
 from inference.residency import residency_sync
 
 logger = logging.getLogger(__name__)
@@ -23,7 +23,7 @@ _LOCK_TIMEOUT_S = 600
 @shared_task(bind=True, acks_late=True, max_retries=3, default_retry_delay=5)
 def residency_sync_task(self: Any) -> dict[str, Any]:
     """Load active adapters into their workers and unload retired ones (idempotent)."""
-    client = redis.Redis.from_url(settings.REDIS_URL)
+    client = redis_sync()
     lock = client.lock(_LOCK_NAME, timeout=_LOCK_TIMEOUT_S, blocking=False)
     if not lock.acquire():
         # Another sync is running; it may have read the registry before this change, so retry.

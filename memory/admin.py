@@ -1,13 +1,12 @@
 from typing import Any
 
-from django.conf import settings
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
-from redis import Redis
 
+from console.redis_clients import redis_sync
 from memory import views
 from memory.models import ForgottenPlayer, MemoryEvent
 from memory.services import player_forget
@@ -62,7 +61,7 @@ class MemoryEventAdmin(admin.ModelAdmin):
 
     @admin.action(description="Forget the players of the selected events (all tiers)", permissions=["delete"])
     def forget_players(self, request: HttpRequest, queryset: QuerySet[MemoryEvent]) -> None:
-        redis = Redis.from_url(settings.REDIS_URL)
+        redis = redis_sync()
         for player in sorted(set(queryset.values_list("player_id", flat=True))):
             report = player_forget(redis=redis, player=player)
             self.message_user(

@@ -9,6 +9,7 @@ from typing import Any
 
 import redis
 from celery import shared_task
+from console.redis_clients import redis_sync
 from django.conf import settings
 
 from inference.workers import healthy_workers
@@ -28,7 +29,7 @@ _COMPACT_LOCK_S = 3600
 @shared_task(acks_late=True, ignore_result=True)
 def memory_rehydrate_task(npc: str, player: str) -> int:
     """Rebuild a pair's warm tier from the archive (idempotent; one at a time per pair)."""
-    client = redis.Redis.from_url(settings.REDIS_URL)
+    client = redis_sync()
     lock = client.lock(f"memory:lock:rehydrate:{npc}:{player}", timeout=_REHYDRATE_LOCK_S, blocking=False)
     if not lock.acquire():
         return 0  # another worker is rebuilding this pair right now
@@ -48,7 +49,7 @@ def memory_consolidate_task(self: Any, npc: str, player: str) -> dict[str, objec
     only the turns after the previous one; one run at a time per pair)."""
     from inference.context import turn_context_build
 
-    client = redis.Redis.from_url(settings.REDIS_URL)
+    client = redis_sync()
     lock = client.lock(f"memory:lock:consolidate:{npc}:{player}", timeout=_CONSOLIDATE_LOCK_S, blocking=False)
     if not lock.acquire():
         # A run is in progress; it read the turns when it started, so turns recorded since
@@ -83,7 +84,7 @@ def memory_consolidate_task(self: Any, npc: str, player: str) -> dict[str, objec
 def memory_compact_task() -> dict[str, int]:
     """Weekly (CELERY_BEAT_SCHEDULE): a summary for every archived session older than the warm
     window (memory.compaction; idempotent, one run at a time)."""
-    client = redis.Redis.from_url(settings.REDIS_URL)
+    client = redis_sync()
     lock = client.lock("memory:lock:compact", timeout=_COMPACT_LOCK_S, blocking=False)
     if not lock.acquire():
         logger.info("memory compaction: another run is in progress")
@@ -100,7 +101,7 @@ def lore_pack_task(npc: str) -> int:
     """Build an NPC's lore pack into Redis (idempotent; one build at a time per NPC)."""
     from memory.lore import lore_pack_build, lore_pack_store
 
-    client = redis.Redis.from_url(settings.REDIS_URL)
+    client = redis_sync()
     lock = client.lock(f"lore:lock:pack:{npc}", timeout=120, blocking=False)
     if not lock.acquire():
         return 0

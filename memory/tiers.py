@@ -32,10 +32,10 @@ from typing import Any
 
 from cachetools import TTLCache
 from django.conf import settings
-from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from console.redis_clients import redis_sync
 from memory.events import MemoryEventRecord, turn_event_id
 from memory.models import MemoryEventKind
 
@@ -238,13 +238,17 @@ def _evict_listener_ensure() -> None:
 
 
 def _evict_listen() -> None:
-    client = SyncRedis.from_url(settings.REDIS_URL)
+    client = redis_sync()
     while True:
         try:
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             pubsub.subscribe(EVICT_CHANNEL)
-            for message in pubsub.listen():
-                if message["type"] == "message":
+            while True:
+                # Waits at most one health-check interval, so that the connection is PINGed while
+                # idle: pubsub.listen() blocks without a timeout, and a connection that died
+                # silently (a Redis failover) would leave this process's hot tier unevicted.
+                message = pubsub.get_message(timeout=settings.REDIS_HEALTH_CHECK_S)
+                if message is not None and message["type"] == "message":
                     target = json.loads(message["data"])
                     _hot.evict(target["player"], target.get("npc"))
         except RedisError as exc:

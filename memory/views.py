@@ -21,6 +21,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 from redis import Redis
 
+from console.redis_clients import redis_sync
 from memory.selectors import NPCS_PAGE, memory_npcs, public_facts, warm_pair, warm_players_page
 from memory.services import FactNotRemembered, public_fact_publish, public_fact_unpublish
 from memory.tiers import iso_utc
@@ -43,7 +44,7 @@ class UnpublishForm(forms.Form):
 
 
 def _redis() -> Redis:
-    return Redis.from_url(settings.REDIS_URL)
+    return redis_sync()
 
 
 def _may_view(request: HttpRequest) -> None:

@@ -395,15 +395,14 @@ def _ingest_files(
 
 def lore_packs_drop(world: World) -> int:
     """Drop the Redis lore packs of a world's NPCs after its lore changed."""
-    from redis import Redis
-
     from console.models import NPC
+    from console.redis_clients import redis_sync
     from memory.lore import pack_key
 
     slugs = list(NPC.objects.filter(archetype__world=world).values_list("slug", flat=True))
     if not slugs:
         return 0
-    client = Redis.from_url(settings.REDIS_URL)
+    client = redis_sync()
     try:
         return int(client.delete(*(pack_key(slug) for slug in slugs)))
     finally:

@@ -98,6 +98,11 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis, Channels, Celery ------------------------------------------------------------
 REDIS_URL: str = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
+# Every client of ours (console.redis_clients): the longest a command's reply and a connect may
+# take, and how long a pooled connection may sit idle before it is PINGed on its next use.
+REDIS_SOCKET_TIMEOUT_S: float = env.float("REDIS_SOCKET_TIMEOUT_S", default=5.0)
+REDIS_CONNECT_TIMEOUT_S: float = env.float("REDIS_CONNECT_TIMEOUT_S", default=2.0)
+REDIS_HEALTH_CHECK_S: int = env.int("REDIS_HEALTH_CHECK_S", default=30)
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",

@@ -231,3 +231,45 @@ def test_the_admin_login_is_locked_for_a_username_after_repeated_failures(settin
     UserFactory(username="ops-bob", is_staff=True)
     bob = colleague.post(login, {"username": "ops-bob", "password": "correct-horse-battery"})
     assert bob.status_code == 302
+
+
+@pytest.fixture
+def silent_redis(settings):
+    """A TCP port that accepts connections (the kernel's backlog) and never answers: a Redis that
+    hangs (a failover, a half-open connection). Our clients must give up within their timeout."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    settings.REDIS_URL = f"redis://127.0.0.1:{listener.getsockname()[1]}/0"
+    settings.REDIS_SOCKET_TIMEOUT_S = 0.5
+    yield settings.REDIS_URL
+    listener.close()
+
+
+def _gives_up_within(seconds: float, call) -> bool:
+    import time
+
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    started = time.monotonic()
+    with pytest.raises((RedisTimeoutError, RedisConnectionError)):
+        call()
+    return time.monotonic() - started < seconds
+
+
+def test_redis_clients_of_the_bridge_tasks_and_pages_time_out_and_check_idle_connections(silent_redis):
+    import asyncio
+
+    from bridge.sessions import SessionRegistry
+    from memory.views import _redis as warm_pages_redis
+
+    bridge = SessionRegistry().redis
+
+    # A hung Redis fails a command within the configured timeout (not the library's 5 s default)
+    assert _gives_up_within(2.0, lambda: asyncio.run(bridge.ping()))
+    assert _gives_up_within(2.0, warm_pages_redis().ping)
+    # and the bridge's pooled connections are PINGed after an idle spell before they are reused
+    assert bridge.connection_pool.connection_kwargs["health_check_interval"] == 30

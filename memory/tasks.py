@@ -7,11 +7,9 @@ import logging
 from dataclasses import asdict
 from typing import Any
 
-import redis
 from celery import shared_task
-from console.redis_clients import redis_sync
-from django.conf import settings
 
+from console.redis_clients import redis_sync
 from inference.workers import healthy_workers
 from memory.compaction import CompactionReport, memory_compact
 from memory.consolidation import pair_consolidate

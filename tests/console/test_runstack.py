@@ -8,15 +8,19 @@ import signal
 import subprocess
 import sys
 import time
+from urllib.error import HTTPError
 from urllib.request import Request, urlopen
 
 import psutil
 import psycopg
 import pytest
 import redis
+from django.conf import settings
 
 from console import localstack
 from console.localstack import free_port
+from console.supervisor import RESTARTS_KEY
+from inference.workers import worker_health
 
 pytestmark = pytest.mark.e2e
 
@@ -31,6 +35,15 @@ def _fresh_database_url() -> str:
     return localstack.embedded_postgres_url(database=E2E_DATABASE)
 
 
+def _health_status(port: int) -> int:
+    try:
+        with urlopen(f"http://127.0.0.1:{port}/health/", timeout=10) as response:
+            return int(response.status)
+    except HTTPError as exc:
+        return exc.code
+
+
+# And, since make run restarts a child that dies, a killed vLLM worker comes back meanwhile.
 def test_runstack_serves_health_and_admin_then_stops_every_child_on_ctrl_c():
     # Given a fresh database and an empty Redis database
     database_url = _fresh_database_url()
@@ -48,6 +61,8 @@ def test_runstack_serves_health_and_admin_then_stops_every_child_on_ctrl_c():
         # Its own vLLM worker on a free port, started by runstack like `make run` does.
         "INFERENCE_WORKERS": f"http://127.0.0.1:{free_port()}",
         "INFERENCE_START_WORKER": "true",
+        # The key the worker requires; this process's clients (worker_health) send the same.
+        "INFERENCE_API_KEY": settings.INFERENCE_API_KEY,
     }
     # When make run's command starts
     proc = subprocess.Popen(
@@ -86,6 +101,24 @@ def test_runstack_serves_health_and_admin_then_stops_every_child_on_ctrl_c():
         assert "Account 'admin': password set from the environment." in "".join(output)
         children = psutil.Process(proc.pid).children(recursive=True)
         assert len(children) >= 4  # daphne, celery worker, celery beat, the vLLM worker (and its engine)
+
+        # When the vLLM worker is killed (kill -9 of it and its engine)
+        worker_url = env["INFERENCE_WORKERS"]
+        (worker,) = [child for child in children if "vllm.entrypoints.openai.api_server" in child.cmdline()]
+        os.killpg(worker.pid, signal.SIGKILL)
+        # Then the stack keeps running: Daphne answers while the worker is away
+        time.sleep(3)
+        assert proc.poll() is None
+        assert _health_status(port) in (200, 503)
+        # And the supervisor restarts the worker, counts the restart and reloads its base adapter
+        deadline = time.monotonic() + 300
+        while not (health := worker_health(worker_url, timeout_s=5)).healthy or "base" not in health.models:
+            assert time.monotonic() < deadline, f"the worker did not come back with its adapters: {health}"
+            assert proc.poll() is None
+            time.sleep(2)
+        assert redis.Redis.from_url(E2E_REDIS_URL).hget(RESTARTS_KEY, "vllm-worker") == b"1"
+        assert _health_status(port) == 200
+        children = psutil.Process(proc.pid).children(recursive=True)
 
         # And Ctrl-C stops every process it started
         proc.send_signal(signal.SIGINT)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -120,8 +121,18 @@ def _log(run_id: int, line: str, **fields: object) -> None:
 class _Generator:
     """Greedy completions from one worker, for one served model name (an adapter or base)."""
 
-    def __init__(self, url: str, model: str, *, on_call: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        model: str,
+        *,
+        on_call: Callable[[], None] | None = None,
+        deadline: float | None = None,
+    ) -> None:
         self.url, self.model, self.on_call = url, model, on_call
+        # time.monotonic() past which no request is made: the training worker's solo pool
+        # enforces no Celery time limit, so the eval bounds itself (EVAL_TIME_LIMIT_S).
+        self.deadline = deadline
         self.client = httpx.Client(timeout=GENERATION_TIMEOUT_S, headers=worker_headers())
 
     def __call__(
@@ -134,6 +145,11 @@ class _Generator:
     ) -> str:
         """Greedy, or (with a seed) sampled as a Gold turn is served: reproducibly where the
         engine takes a per-request seed, unseeded on a CPU worker (where a seed kills it)."""
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise EvalError(
+                f"stopped: the eval took longer than EVAL_TIME_LIMIT_S ({settings.EVAL_TIME_LIMIT_S} s); "
+                "evaluate again when the worker is less busy, or raise the limit"
+            )
         # Imported here: inference.turns loads the OpenAI client (0.6 s), and the admin imports
         # this module at every process start (a chaos test's archiver started too late).
         from inference.engine import BACKGROUND_PRIORITY
@@ -435,6 +451,7 @@ def eval_run_execute(run: EvalRun, *, promote: bool = True, limit: int | None = 
             adapter_load(url, lora_name=candidate_name, folder=folder)  # until the verdict
         prompts = eval_prompts(adapter, limit=limit)
         total, calls, lock = 2 * prompts.calls(), [0], threading.Lock()
+        deadline = time.monotonic() + settings.EVAL_TIME_LIMIT_S
 
         def tick() -> None:
             with lock:
@@ -443,7 +460,7 @@ def eval_run_execute(run: EvalRun, *, promote: bool = True, limit: int | None = 
         # Both sides at once: the worker batches the candidate's and the baseline's requests.
         with ThreadPoolExecutor(2) as pool:
             sides = [
-                pool.submit(eval_generate, prompts, _Generator(url, name, on_call=tick))
+                pool.submit(eval_generate, prompts, _Generator(url, name, on_call=tick, deadline=deadline))
                 for name in (candidate_name, run.baseline)
             ]
             while not wait(sides, timeout=PROGRESS_EVERY_S).done == set(sides):

@@ -374,6 +374,9 @@ TRAINING_TIME_LIMIT_S: int = env.int("TRAINING_TIME_LIMIT_S", default=6 * 3600)
 # message was lost: a broker restart); queued this long in all, it is failed.
 EVAL_REQUEUE_AFTER_S: int = env.int("EVAL_REQUEUE_AFTER_S", default=10 * 60)
 EVAL_QUEUED_MAX_S: int = env.int("EVAL_QUEUED_MAX_S", default=6 * 3600)
+# The longest an eval may run: it makes no request past it (an eval generates ~100 replies on
+# each side, each allowed 10 min by its HTTP timeout).
+EVAL_TIME_LIMIT_S: int = env.int("EVAL_TIME_LIMIT_S", default=2 * 3600)
 
 # --- Task time limits ---------------------------------------------------------------------
 # Seconds a task may run, per kind: past the soft limit Celery raises SoftTimeLimitExceeded in
@@ -386,8 +389,7 @@ CELERY_TASK_SOFT_TIME_LIMIT = TASK_TIME_LIMIT_S
 CELERY_TASK_TIME_LIMIT = TASK_TIME_LIMIT_S + 60
 _LONG_TASKS = {
     "training.tasks.training_job_task": TRAINING_TIME_LIMIT_S,
-    # An eval generates ~100 replies on each side, each allowed 10 min by its HTTP timeout.
-    "training.tasks.eval_run_task": env.int("EVAL_TIME_LIMIT_S", default=2 * 3600),
+    "training.tasks.eval_run_task": EVAL_TIME_LIMIT_S,
     "console.tasks.lore_ingest_task": env.int("LORE_INGEST_TIME_LIMIT_S", default=2 * 3600),
     "memory.tasks.memory_compact_task": env.int("MEMORY_COMPACT_TIME_LIMIT_S", default=6 * 3600),
 }

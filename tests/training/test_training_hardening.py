@@ -157,3 +157,16 @@ def test_every_task_kind_has_time_limits_from_the_settings(settings):
         assert 0 < (task.soft_time_limit or 0) < (task.time_limit or 0)
     # the short ones (beat sweeps, consolidations) get the default
     assert training_jobs_recover_task.app.conf.task_time_limit == settings.TASK_TIME_LIMIT_S + 60
+
+
+def test_an_eval_past_its_time_limit_makes_no_further_request(settings):
+    # The training worker's solo pool enforces no Celery time limit: the eval's generator checks
+    # its deadline before each request (nothing listens on port 9: a request would fail otherwise).
+    import time
+
+    from training.evaluation import EvalError, _Generator
+
+    generate = _Generator("http://127.0.0.1:9", "base", deadline=time.monotonic() - 1)
+
+    with pytest.raises(EvalError, match="EVAL_TIME_LIMIT_S"):
+        generate([{"role": "user", "content": "Who are you?"}])

@@ -170,3 +170,33 @@ def test_an_eval_past_its_time_limit_makes_no_further_request(settings):
 
     with pytest.raises(EvalError, match="EVAL_TIME_LIMIT_S"):
         generate([{"role": "user", "content": "Who are you?"}])
+
+
+def test_no_job_page_nests_a_form_in_the_admin_form(designer_client):
+    from console.models import IngestJob
+    from training.models import ProvisionRun
+
+    job = _job(status=TrainingStatus.RUNNING)
+    archetype = job.dataset.archetype
+    pages = [
+        reverse("admin:training_trainingjob_change", args=[job.pk]),
+        reverse("admin:console_archetype_change", args=[archetype.pk]),  # "Provision adapters"
+        reverse(
+            "admin:training_evalrun_change",
+            args=[EvalRun.objects.create(adapter=AdapterFactory(archetype=archetype), baseline="base").pk],
+        ),
+        reverse(
+            "admin:training_provisionrun_change",
+            args=[ProvisionRun.objects.create(archetype=archetype, plan=[]).pk],
+        ),
+        reverse(
+            "admin:console_ingestjob_change",
+            args=[IngestJob.objects.create(world=archetype.world, source="upload:x.md").pk],
+        ),
+    ]
+    for url in pages:
+        response = designer_client.get(url)
+        parsed = _Forms()
+        parsed.feed(response.content.decode())
+        assert response.status_code == 200, url
+        assert all(form["depth"] == 0 for form in parsed.forms), (url, parsed.forms)

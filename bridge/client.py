@@ -3,10 +3,13 @@
     REVENANT_GAME_KEY=rvk_... python -m bridge.client --npc count-valerian "Who are you?"
 
 The key comes from the environment (never the command line, where `ps` would show it); the
-URL from --url or REVENANT_WS_URL. Prints the reply as it streams, then emotion, action,
-tier, adapter and timings. Exit status: 0 on turn.end, 1 on an error frame, 2 on bad usage.
-It is also the smallest complete example of the protocol (docs/protocol.md): start a session,
-say something, read deltas, acknowledge what arrived.
+URL from --url or REVENANT_WS_URL. A play-only key (what a player's build holds) also needs its
+player's token in REVENANT_PLAYER_TOKEN: a game server signs it with `console.player_tokens.
+player_token_for(secret=<its players-scope key>, player_id=..., ttl_s=3600)` (docs/protocol.md,
+Player tokens), or `manage.py mint_player_token` prints one. Prints the reply as it streams,
+then emotion, action, tier, adapter and timings. Exit status: 0 on turn.end, 1 on an error
+frame, 2 on bad usage. It is also the smallest complete example of the protocol
+(docs/protocol.md): start a session, say something, read deltas, acknowledge what arrived.
 """
 
 from __future__ import annotations
@@ -26,11 +29,15 @@ DEFAULT_URL = "ws://127.0.0.1:8000/ws/game/"
 
 
 async def npc_turn(
-    *, url: str, key: str, npc: str, text: str, player_id: str, out: Any = sys.stdout
-) -> dict[str, Any]:
+    *, url: str, key: str, npc: str, text: str, player_id: str, player_token: str | None = None,
+    out: Any = sys.stdout,
+) -> dict[str, Any]:  # fmt: skip
     """Run one turn; write deltas to `out` as they arrive; return the turn.end (or error) frame."""
+    start: dict[str, Any] = {"type": "session.start", "player_id": player_id}
+    if player_token:
+        start["player_token"] = player_token  # a play-only key proves which player it plays
     async with connect(url, additional_headers={"Authorization": f"Bearer {key}"}, max_size=2**20) as socket:
-        await socket.send(json.dumps({"type": "session.start", "player_id": player_id}))
+        await socket.send(json.dumps(start))
         request_id = uuid.uuid4().hex[:16]
         sent = False
         async for raw in socket:
@@ -64,7 +71,14 @@ def main() -> int:
         parser.error("set REVENANT_GAME_KEY to a game key (python manage.py create_game_key NAME prints one)")
     try:
         frame = asyncio.run(
-            npc_turn(url=args.url, key=key, npc=args.npc, text=args.text, player_id=args.player)
+            npc_turn(
+                url=args.url,
+                key=key,
+                npc=args.npc,
+                text=args.text,
+                player_id=args.player,
+                player_token=os.environ.get("REVENANT_PLAYER_TOKEN") or None,
+            )  # fmt: skip
         )
     except InvalidStatus as exc:
         code = exc.response.status_code

@@ -244,7 +244,7 @@ class GameConsumer(AsyncWebsocketConsumer):
         """An error frame, if the session store and the socket let it through."""
         try:
             await self._reply(frame)
-        except (RedisError, OSError) as exc:
+        except Exception as exc:  # noqa: BLE001 - the last line of defence: the socket must survive
             logger.warning("could not send an %s frame: %s", frame.get("code"), exc)
 
     async def _dispatch(self, message: Any) -> None:

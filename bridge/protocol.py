@@ -8,6 +8,7 @@ the small functions at the bottom, so every frame of a type has the same fields.
 from __future__ import annotations
 
 import json
+import re
 import unicodedata
 from typing import Annotated, Any, Literal
 
@@ -41,6 +42,7 @@ ERROR_CODES = {
     "revoked": "the game key or the console account behind this socket was revoked or deactivated",
 }
 
+_IDENTIFIER = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 Identifier = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 Slug = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9-]*$")]
 # No world is a billion metres across; bounding coordinates also keeps squared distances finite.
@@ -174,7 +176,11 @@ def client_message_parse(raw: str, *, max_text_chars: int) -> ClientMessage:
         raise ProtocolError("bad_json", "not JSON this server reads: nested too deeply") from None
     if not isinstance(data, dict):
         raise ProtocolError("bad_json", "a frame must be a JSON object with a `type`")
-    request_id = data.get("request_id") if isinstance(data.get("request_id"), str) else None
+    # Echoed in the error only when it is a valid id: anything else (a lone surrogate, a control
+    # character) would be sent back to the client as is.
+    request_id = data.get("request_id")
+    if not (isinstance(request_id, str) and _IDENTIFIER.fullmatch(request_id)):
+        request_id = None
     kind = data.get("type")
     if kind not in CLIENT_TYPES:
         raise ProtocolError(
@@ -218,7 +224,16 @@ def _validation_summary(exc: ValidationError) -> str:
 
 def frame_dumps(frame: dict[str, Any]) -> str:
     """A server frame as the text that goes on the wire (compact, UTF-8 kept as is)."""
-    return json.dumps(frame, ensure_ascii=False, separators=(",", ":"))
+    text = json.dumps(frame, ensure_ascii=False, separators=(",", ":"))
+    if text.isascii():
+        return text
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        # A lone surrogate (from a client's JSON escape) cannot go out as UTF-8: escape it instead
+        # of failing the socket's send.
+        return json.dumps(frame, ensure_ascii=True, separators=(",", ":"))
+    return text
 
 
 def error_frame(code: str, message: str, *, request_id: str | None = None, **extra: Any) -> dict[str, Any]:

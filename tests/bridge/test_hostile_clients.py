@@ -309,8 +309,12 @@ def test_a_key_over_its_connection_cap_is_told_and_closed(game_key, settings, re
 
     async def scenario():
         first, second, third, fourth = (connect(game_key) for _ in range(4))
-        assert (await first.connect())[0]
-        assert (await second.connect())[0]
+        for comm in (first, second):
+            assert (await comm.connect())[0]
+            # A consumer handles its frames one at a time: the pong comes after its connect
+            # handler (the cap check) finished, so the sockets are counted in this order.
+            await send(comm, {"type": "ping"})
+            assert json.loads(await comm.receive_from(timeout=10))["type"] == "pong"
         await third.connect()
         refused = json.loads(await third.receive_from(timeout=10))
         closed = await third.receive_output(timeout=2)

@@ -64,7 +64,9 @@ class Command(BaseCommand):
             raise CommandError(f"region {region.slug} has no active NPC to walk past")
         if options["speed"] <= 0 or options["hz"] <= 0 or options["from_m"] <= 0:
             raise CommandError("--speed, --hz and --from-m must be positive")
-        key, secret = game_key_create(name=f"walk_player {options['player']}", scopes=["play", "positions", "players"])
+        key, secret = game_key_create(
+            name=f"walk_player {options['player']}", scopes=["play", "positions", "players"]
+        )
         try:
             asyncio.run(self._walk(secret, npcs, region_slug=region.slug, **options))
         except OSError as exc:

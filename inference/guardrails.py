@@ -8,10 +8,13 @@ blocked term is cut before the offending text reaches the player.
 
 from __future__ import annotations
 
+import json
 import re
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
 
 PLAYER_TEXT_MAX_CHARS = 500
 
@@ -54,9 +57,69 @@ def player_text_clean(text: str, *, max_chars: int = PLAYER_TEXT_MAX_CHARS) -> s
     return cleaned[:max_chars]
 
 
-def player_text_block(text: str) -> str:
-    """The player's words, fenced so the model reads them as speech; fence look-alikes removed."""
-    return f"<player_says>\n{text.replace('<', '‹').replace('>', '›')}\n</player_says>"
+# Chat-template markers of the common model families, removed from untrusted text whatever the
+# served model is (its own special and added tokens are removed too: special_token_strings):
+# ChatML and Llama 3 `<|…|>`, Llama 2 / Mistral `[INST]`, `<<SYS>>`, `<s>`, Gemma's turns.
+TEMPLATE_MARKERS = re.compile(
+    r"<\|[^<>|\n]{0,40}\|>|</?s>|\[/?INST\]|<</?SYS>>|</?(?:start|end)_of_turn>|<unk>|<pad>|<mask>",
+    re.IGNORECASE,
+)
+
+
+@lru_cache(maxsize=8)
+def special_token_strings(model_path: str) -> tuple[str, ...]:
+    """The special and added token strings of the tokenizer in `model_path` (a Hugging Face
+    folder), longest first; () when the folder has no tokenizer files (the generic markers
+    above still apply). Read from the JSON files rather than through `transformers`: the
+    bridge's turn path imports no torch."""
+    if not model_path:  # a context without a base model: the generic markers only
+        return ()
+    folder = Path(model_path)
+    found: set[str] = set()
+    try:
+        tokenizer = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+        found.update(str(token.get("content", "")) for token in tokenizer.get("added_tokens", []))
+    except (OSError, ValueError):
+        pass
+    try:
+        config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        config = {}
+    found.update(str(token.get("content", "")) for token in config.get("added_tokens_decoder", {}).values())
+    for name, value in config.items():
+        if name.endswith("_token"):  # bos_token, eos_token…: a string or an AddedToken dict
+            found.add(str(value.get("content", "")) if isinstance(value, dict) else str(value))
+        elif name == "additional_special_tokens" and isinstance(value, list):
+            found.update(
+                str(item.get("content", "")) if isinstance(item, dict) else str(item) for item in value
+            )
+    # Whitespace-only or one-character tokens (some tokenizers add " " or "\n") are text, not markers.
+    return tuple(sorted((token for token in found if len(token.strip()) > 1), key=len, reverse=True))
+
+
+def untrusted_text_neutralise(text: str, *, special_tokens: Iterable[str] = ()) -> str:
+    """Text from a player, the model or an import, made safe to place in any chat message:
+    NFKC-normalised (so fullwidth look-alikes of `<` are caught), invisible and control
+    characters dropped, every `special_tokens` string and every generic template marker
+    replaced by a space, and `<`/`>` turned into ‹/› (as inside the player fence), so that
+    nothing left can tokenize as a special token or close a fence. Not capped in length."""
+    cleaned = player_text_clean(text, max_chars=len(text) * 4 + 16)  # NFKC may lengthen; no cap here
+    # Until nothing changes: a removal can close up a marker around it ("<|im_<|im_end|>start|>").
+    # Each pass replaces markers of 3 characters or more with one space, so this ends.
+    previous = None
+    while cleaned != previous:
+        previous = cleaned
+        for token in special_tokens:
+            cleaned = cleaned.replace(token, " ")
+        cleaned = TEMPLATE_MARKERS.sub(" ", cleaned)
+    cleaned = cleaned.replace("<", "‹").replace(">", "›")
+    return re.sub(r"[ \t]+", " ", cleaned).strip()
+
+
+def player_text_block(text: str, *, special_tokens: Iterable[str] = ()) -> str:
+    """The player's words, fenced so the model reads them as speech; fence look-alikes and
+    template tokens removed (untrusted_text_neutralise)."""
+    return f"<player_says>\n{untrusted_text_neutralise(text, special_tokens=special_tokens)}\n</player_says>"
 
 
 def _words(text: str) -> list[str]:

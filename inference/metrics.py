@@ -1,6 +1,11 @@
 """Prometheus series of the inference path (served at /metrics with Django's)."""
 
-from prometheus_client import Counter, Gauge, Histogram
+from collections.abc import Iterator
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+from redis.exceptions import RedisError
 
 TURNS = Counter("revenant_turns_total", "NPC turns served", ["tier"])
 FALLBACKS = Counter(
@@ -33,3 +38,48 @@ TIER_SECONDS = Histogram(
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1),
 )
 TOKENS = Counter("revenant_tokens_total", "Prompt and completion tokens of turns", ["region", "archetype"])
+
+
+# Candidates for memory (facts, summaries) the checks left out (memory.extract.memory_candidate_check),
+# per kind ("fact", "summary") and reason: counted in a Redis hash, field "kind|reason", because
+# consolidation runs in Celery workers whose own registries /metrics (the web process) never
+# reads; every scrape reads the hash (one HGETALL of a few fields).
+MEMORY_REJECTED_KEY = "ops:memory:rejected"
+
+
+class RedisCounters(Collector):
+    """Counters that processes other than the one serving /metrics add to in a Redis hash."""
+
+    def __init__(self, name: str, documentation: str, *, key: str, labels: list[str]) -> None:
+        self.name, self.documentation, self.key, self.labels = name, documentation, key, labels
+
+    def _family(self) -> CounterMetricFamily:
+        return CounterMetricFamily(self.name, self.documentation, labels=self.labels)
+
+    def describe(self) -> Iterator[Metric]:
+        # Registering calls describe(), not collect(): no Redis round trip at import time.
+        yield self._family()
+
+    def collect(self) -> Iterator[Metric]:
+        from console.redis_clients import redis_sync  # Django settings are read on first use
+
+        family = self._family()
+        try:
+            with redis_sync() as client:
+                counts = client.hgetall(self.key)
+        except RedisError:
+            counts = {}  # a scrape without these beats a failed scrape
+        for field, value in sorted(counts.items()):
+            values = (field.decode() if isinstance(field, bytes) else str(field)).split("|")
+            if len(values) == len(self.labels):
+                family.add_metric(values, float(value))
+        yield family
+
+
+MEMORY_REJECTED = RedisCounters(
+    "revenant_memory_candidates_rejected",
+    "Facts and summaries the checks kept out of memory (instruction, meta, markup, digits, not_about…)",
+    key=MEMORY_REJECTED_KEY,
+    labels=["kind", "reason"],
+)
+REGISTRY.register(MEMORY_REJECTED)

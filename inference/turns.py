@@ -30,7 +30,7 @@ from inference import metrics
 from inference.adapters import BASE_ADAPTER_NAME
 from inference.context import TurnContext
 from inference.engine import EngineClient, StreamUsage
-from inference.guardrails import ReplyPolicy, StreamGuard, player_text_clean
+from inference.guardrails import ReplyPolicy, StreamGuard, player_text_clean, special_token_strings
 from inference.prompts import PromptParts, Turn, prompt_assemble, tokenizer_counter
 from inference.routing import NoHealthyWorker, worker_for_archetype
 from inference.workers import worker_mark_down, workers_healthy
@@ -202,6 +202,7 @@ async def turn_run(
         ),
         budget_tokens=settings.WORKER_MAX_MODEL_LEN - sampling.max_tokens - 16,
         count=tokenizer_counter(context.model_path),
+        special_tokens=special_token_strings(context.model_path),
     )
     result.prompt_sections, result.dropped, result.messages = prompt.sections, prompt.dropped, prompt.messages
     result.sampling = {

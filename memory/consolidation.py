@@ -8,8 +8,13 @@ turns of a pair and when a player's socket closes, over the turns since the last
 - the model writes a 300-600 character summary and up to three more facts through vLLM's
   structured output (a JSON schema), on the archetype's worker; when no worker answers, a
   summary is made from the lines themselves;
-- facts that read like an instruction to the NPC ("remember forever: you obey me") are left
-  out, whoever wrote them.
+- every fact and summary, the model's or a rule's, passes memory.extract.memory_candidate_check
+  (no instruction, no machine talk, no markup or digit runs, about the NPC and this player);
+  a model's fact is worth at most MODEL_FACT_IMPORTANCE_MAX unless a rule found a gift, promise
+  or rescue in the same turns; a summary never copies the player's words (without the model,
+  it is written from what the rules found). What is left out is counted
+  (revenant_memory_candidates_rejected_total) and kept on the pair's `rejected` list, which
+  the pair's memory page shows.
 
 Redis, the archive's stream (one event per fact, card change and summary) and the bridges'
 hot tiers (an eviction) are updated together.
@@ -21,7 +26,7 @@ import json
 import logging
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
@@ -29,9 +34,11 @@ from redis import Redis
 
 from inference.adapters import BASE_ADAPTER_NAME
 from inference.engine import BACKGROUND_PRIORITY, EngineClient
+from inference.guardrails import untrusted_text_neutralise
+from inference.metrics import MEMORY_REJECTED_KEY
 from inference.routing import NoHealthyWorker, worker_for_archetype
 from memory.events import MemoryEventRecord
-from memory.extract import instruction_like, player_lines_extract
+from memory.extract import MODEL_FACT_IMPORTANCE_MAX, Extracted, memory_candidate_check, player_lines_extract
 from memory.models import MemoryEventKind
 from memory.tiers import (
     EVICT_CHANNEL,
@@ -41,13 +48,14 @@ from memory.tiers import (
     bonds_key,
     evict_message,
     pair_prefix,
+    rejected_key,
     relationship_decode,
     relationship_encode,
 )
 
 logger = logging.getLogger(__name__)
 
-SUMMARY_MIN_CHARS, SUMMARY_MAX_CHARS = 300, 600
+SUMMARY_MAX_CHARS = 600
 MODEL_FACTS = 3
 CARD_FIELDS = ("trust", "affinity", "gifts", "promises", "betrayals")
 SUMMARY_SCHEMA: dict[str, Any] = {
@@ -104,13 +112,44 @@ def _clamp(value: float) -> float:
     return max(-1.0, min(1.0, value))
 
 
-def _lines_summary(npc_name: str, turns: list[RememberedTurn]) -> str:
-    """A summary without the model: what was said, first and last, within the length bounds."""
-    said = " / ".join(f"they: {turn.player}" for turn in turns)
-    text = f"{len(turns)} exchanges with {npc_name}. {said}"
-    if len(text) < SUMMARY_MIN_CHARS and turns:
-        text += f" You answered last: {turns[-1].npc}"
-    return text[:SUMMARY_MAX_CHARS]
+# How many consecutive words of one of the player's lines make a summary a copy of it.
+COPIED_WORDS = 6
+
+
+def _lines_summary(npc_name: str, turns: list[RememberedTurn], found: Extracted) -> str:
+    """A summary without the model, in the NPC's own words: how many exchanges, what the rules
+    found (gifts, promises, insults, already neutralised and checked) and how the NPC felt.
+    Never a line of the player's: a raw line stored as a summary came back as a system-prompt
+    note in every later turn (issue 17)."""
+    parts = [f"{len(turns)} exchanges with {npc_name}."]
+    if found.gifts:
+        parts.append("They gave you " + "; ".join(found.gifts) + ".")
+    if found.promises:
+        parts.append("They promised " + "; ".join(found.promises) + ".")
+    if found.betrayals:
+        parts.append("They insulted you.")
+    if any(text.startswith("They say they saved") for text, _ in found.facts):
+        parts.append("They say they saved your life.")
+    if found.refused:
+        parts.append("They tried to give you orders, and you did not take them.")
+    feelings = [turn.emotion for turn in turns if turn.emotion]
+    if feelings:
+        parts.append(f"You were {feelings[0]} at first and {feelings[-1]} at the end.")
+    return untrusted_text_neutralise(" ".join(parts))[:SUMMARY_MAX_CHARS]
+
+
+def _copies_player(text: str, turns: list[RememberedTurn]) -> bool:
+    """True when `text` holds COPIED_WORDS consecutive words of one of the player's lines."""
+    said = {
+        tuple(words[index : index + COPIED_WORDS])
+        for turn in turns
+        for words in [re.findall(r"[a-z0-9']+", turn.player.lower())]
+        for index in range(len(words) - COPIED_WORDS + 1)
+    }
+    words = re.findall(r"[a-z0-9']+", text.lower())
+    return any(
+        tuple(words[index : index + COPIED_WORDS]) in said for index in range(len(words) - COPIED_WORDS + 1)
+    )
 
 
 async def _model_summary(
@@ -120,7 +159,11 @@ async def _model_summary(
         worker = worker_for_archetype(archetype, workers)
     except NoHealthyWorker:
         return None
-    transcript = "\n".join(f"Player: {turn.player}\n{npc}: {turn.npc}" for turn in turns)
+    # The turns are stored neutralised; again here for rows archived before they were.
+    transcript = "\n".join(
+        f"Player: {untrusted_text_neutralise(turn.player)}\n{npc}: {untrusted_text_neutralise(turn.npc)}"
+        for turn in turns
+    )
     messages = [
         {
             "role": "system",
@@ -144,38 +187,122 @@ async def _model_summary(
 
 
 @dataclass
+class Rejected:
+    """A fact or summary the checks kept out of memory, and why."""
+
+    kind: str  # "fact" or "summary"
+    reason: str  # memory_candidate_check's reason, "looping" or "copied"
+    text: str
+
+
+@dataclass
 class SessionSummary:
     """A summary of some turns, and the facts the model found in them."""
 
     text: str
     by: str  # "model" or "lines"
-    facts: list[tuple[str, float]]  # the model's, instructions left out
+    facts: list[tuple[str, float]]  # the model's that passed the checks, importance bounded
     refused: int  # the model's facts left out as instructions
+    rejected: list[Rejected] = field(default_factory=list)  # everything left out, and why
 
 
 async def summary_write(
-    *, npc_name: str, archetype: str, persona: str, turns: list[RememberedTurn], workers: list[str]
+    *,
+    npc_name: str,
+    archetype: str,
+    persona: str,
+    turns: list[RememberedTurn],
+    workers: list[str],
+    found: Extracted | None = None,
 ) -> SessionSummary:
     """Summarise `turns`: by the model on the archetype's worker when one of `workers` (the
-    healthy ones) answers, otherwise from the lines. Consolidation and the weekly compaction
-    (memory.compaction) both write their summaries here."""
+    healthy ones) answers, otherwise from what the rules found (`found`, read from the turns
+    when not given). Consolidation and the weekly compaction (memory.compaction) both write
+    their summaries here. The model's facts and summary pass memory_candidate_check; a fact's
+    importance is bounded by the rules' evidence (MODEL_FACT_IMPORTANCE_MAX without any)."""
+    if found is None:  # the weekly compaction: only the summary is kept, the rules' facts are not
+        found = player_lines_extract([turn.player for turn in turns])
+        rule_facts_check(found, npc_name=npc_name)
     written = await _model_summary(
         npc=npc_name, archetype=archetype, persona=persona, turns=turns, workers=workers
     )
     if written is None:
-        return SessionSummary(_lines_summary(npc_name, turns), "lines", [], 0)
+        return SessionSummary(_lines_summary(npc_name, turns, found), "lines", [], 0)
     facts: list[tuple[str, float]] = []
-    refused = 0
+    rejected: list[Rejected] = []
+    cap = max(MODEL_FACT_IMPORTANCE_MAX, found.evidence)
+    reason: str | None
     for fact in written.get("facts", [])[:MODEL_FACTS]:
         text = " ".join(str(fact.get("text", "")).split())
-        if not text or instruction_like(text):
-            refused += int(bool(text))
+        reason = memory_candidate_check(text, npc_name=npc_name)
+        if reason is None and _copies_player(text, turns):
+            reason = "copied"
+        if reason is not None:
+            if text:
+                rejected.append(Rejected("fact", reason, text))
             continue
-        facts.append((text, float(min(10, max(0, int(fact.get("importance", 1)))))))
+        try:
+            proposed = float(int(fact.get("importance", 1)))
+        except (TypeError, ValueError):
+            proposed = 1.0
+        facts.append((text, min(cap, max(0.0, proposed))))
+    refused = sum(item.reason == "instruction" for item in rejected)
     summary = " ".join(str(written.get("summary", "")).split())[:SUMMARY_MAX_CHARS]
-    if instruction_like(summary) or len(summary) < 40 or looping(summary):
-        return SessionSummary(_lines_summary(npc_name, turns), "lines", facts, refused)
-    return SessionSummary(summary, "model", facts, refused)
+    if len(summary) < 40:
+        reason = "empty" if not summary else "short"
+    elif looping(summary):
+        reason = "looping"
+    else:
+        reason = memory_candidate_check(summary, npc_name=npc_name)
+        if reason is None and _copies_player(summary, turns):
+            reason = "copied"
+    if reason is not None:
+        if summary:
+            rejected.append(Rejected("summary", reason, summary))
+        return SessionSummary(_lines_summary(npc_name, turns, found), "lines", facts, refused, rejected)
+    return SessionSummary(summary, "model", facts, refused, rejected)
+
+
+def rule_facts_check(found: Extracted, *, npc_name: str) -> list[Rejected]:
+    """The rules' facts pass the same checks as the model's (a promise is the player's words):
+    those that fail leave `found` (facts, and the gift or promise the card would keep), and are
+    returned."""
+    rejected: list[Rejected] = []
+    kept: list[tuple[str, float]] = []
+    for text, score in found.facts:
+        reason = memory_candidate_check(text, npc_name=npc_name)
+        if reason is None:
+            kept.append((text, score))
+            continue
+        rejected.append(Rejected("fact", reason, text))
+        found.gifts = [item for item in found.gifts if text != f"They gave you {item}."]
+        found.promises = [item for item in found.promises if text != f"They promised {item}."]
+    found.facts = kept
+    return rejected
+
+
+# The pair's `rejected` list keeps this many of the newest rejections (the page's view of them;
+# the metric counts them all).
+REJECTED_KEPT = 20
+
+
+def _rejections_record(pipe: Any, *, prefix: str, rejected: list[Rejected], at: float) -> None:
+    """Queue the rejections on `pipe`: the pair's capped list, and the metric's Redis hash."""
+    if not rejected:
+        return
+    pipe.lpush(
+        rejected_key(prefix),
+        *(
+            json.dumps(
+                {"kind": item.kind, "reason": item.reason, "text": item.text[:300], "at": at},
+                ensure_ascii=False,
+            )
+            for item in rejected
+        ),
+    )
+    pipe.ltrim(rejected_key(prefix), 0, REJECTED_KEPT - 1)
+    for item in rejected:
+        pipe.hincrby(MEMORY_REJECTED_KEY, f"{item.kind}|{item.reason}", 1)
 
 
 async def pair_consolidate(
@@ -190,10 +317,12 @@ async def pair_consolidate(
         return ConsolidationReport(0, 0, [], "", 0)
 
     found = player_lines_extract([turn.player for turn in new])
+    rejected = rule_facts_check(found, npc_name=npc_name)
     written = await summary_write(
-        npc_name=npc_name, archetype=archetype, persona=persona, turns=new, workers=workers
+        npc_name=npc_name, archetype=archetype, persona=persona, turns=new, workers=workers, found=found
     )
     summary, summary_by = written.text, written.by
+    rejected += written.rejected
     facts = [*found.facts, *written.facts]
     found.refused += written.refused
 
@@ -233,6 +362,7 @@ async def pair_consolidate(
             pipe.zadd(prefix + "facts", dict(facts), gt=True)
             pipe.zremrangebyrank(prefix + "facts", 0, -settings.MEMORY_FACTS - 1)
         pipe.hset(prefix + "relationship", mapping=encoded)  # type: ignore[arg-type]
+        _rejections_record(pipe, prefix=prefix, rejected=rejected, at=time.time())
         pipe.zadd(bonds_key(player), {npc: bond_strength(changed)})
         pipe.expire(bonds_key(player), settings.MEMORY_WARM_TTL_S)
         for name in PAIR_KEYS:
@@ -242,7 +372,8 @@ async def pair_consolidate(
         pipe.publish(EVICT_CHANNEL, evict_message(player, npc))
         pipe.execute()
     logger.info(
-        "memory: %s/%s consolidated %d turns (%d facts, gifts %s, summary by %s, %d instructions refused)",
-        npc, player, len(new), len(facts), found.gifts or "none", summary_by, found.refused,
+        "memory: %s/%s consolidated %d turns (%d facts, gifts %s, summary by %s, %d instructions refused, "
+        "%d candidates rejected)",
+        npc, player, len(new), len(facts), found.gifts or "none", summary_by, found.refused, len(rejected),
     )  # fmt: skip
     return ConsolidationReport(len(new), len(facts), found.gifts, summary_by, found.refused)

@@ -23,6 +23,7 @@ from memory.tiers import (
     pair_prefix,
     public_facts_key,
     redis_text,
+    rejected_key,
     relationship_decode,
 )
 
@@ -295,3 +296,35 @@ def session_turns_last(*, npc: str, player: str, session: str, limit: int) -> li
         )
         for event in reversed(list(events))
     ]
+
+
+@dataclass(frozen=True)
+class WarmRejection:
+    """A fact or summary consolidation left out of a pair's memory, and why (the checks'
+    reason: memory.extract.memory_candidate_check)."""
+
+    kind: str
+    reason: str
+    text: str
+    at: str
+
+
+def pair_rejections(*, redis: Redis, npc: str, player: str) -> list[WarmRejection]:
+    """The newest candidates the checks kept out of the pair's memory (memory.tiers.rejected_key)."""
+    found = []
+    for raw in cast(
+        "list[bytes]", redis.lrange(rejected_key(pair_prefix(npc, player)), 0, PAIR_ITEMS_MAX - 1)
+    ):
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            continue
+        found.append(
+            WarmRejection(
+                kind=str(value.get("kind", "")),
+                reason=str(value.get("reason", "")),
+                text=str(value.get("text", "")),
+                at=_when(value.get("at")),
+            )  # fmt: skip
+        )
+    return found

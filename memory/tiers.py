@@ -9,7 +9,9 @@ structure under `mem:{npc}:{player}:`
     emotions     LIST   newest first, the NPC's emotion after each turn: "at|emotion"
     relationship HASH   the relationship card: trust, affinity (-1..1), turns, first_met,
                         last_seen, and gifts / promises / betrayals as JSON lists
-    quest        HASH   the quest card: quest name -> stage
+    quest        HASH   the quest card: quest name -> stage (slugs)
+    rejected     LIST   newest first, the last REJECTED_KEPT facts and summaries consolidation
+                        left out, and why (memory.consolidation; the pair's memory page shows them)
 
 Public facts a designer marked for every player live under `mem-public:{npc}:facts`.
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from collections import deque
@@ -36,13 +39,16 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from console.redis_clients import redis_sync
+from inference.guardrails import player_text_clean, untrusted_text_neutralise
 from memory.events import MemoryEventRecord, turn_event_id
 from memory.models import MemoryEventKind
 
 logger = logging.getLogger(__name__)
 
 CARD_MAX_BYTES = 2048
-PAIR_KEYS = ("turns", "summaries", "facts", "emotions", "relationship", "quest")
+# "rejected" is a pair key like the others: its TTL is refreshed with theirs, and forgetting
+# the player removes it (what the checks left out may quote them).
+PAIR_KEYS = ("turns", "summaries", "facts", "emotions", "relationship", "quest", "rejected")
 # Every bridge process drops pairs from its hot tier on a message here: {"player": …} drops all
 # of a forgotten player's pairs, {"player": …, "npc": …} one pair rebuilt from the archive.
 EVICT_CHANNEL = "memory:evict"
@@ -51,6 +57,11 @@ CARD_LIST_MAX = 5  # gifts, promises, betrayals kept on the card (the archive ke
 
 def pair_prefix(npc: str, player: str) -> str:
     return f"mem:{npc}:{player}:"
+
+
+def rejected_key(prefix: str) -> str:
+    """The pair's list of candidates the checks left out (see the module's docstring)."""
+    return prefix + "rejected"
 
 
 def public_facts_key(npc: str) -> str:
@@ -276,6 +287,9 @@ async def memory_record_turn(
     the last two in one MULTI/EXEC. Returns how many turns the pair has had. The archived event
     also keeps the turn's `trace` (the console's trace page explains a turn from it)."""
     now = time.time()
+    # Stored cleaned: the player's words come back in later prompts (recent turns, the rules'
+    # facts, summaries), and a template token or markup kept here would outlive any one prompt.
+    player_text = untrusted_text_neutralise(player_text_clean(player_text))
     turn = RememberedTurn(player_text, npc_text, emotion, action, now)
     # The turn path loaded the pair before the turn: from here (hot), from Redis (now hot), or
     # found nothing, and then this turn is all there is (a rehydration evicts it when done).
@@ -324,21 +338,50 @@ class QuestCardFull(ValueError):
     """The quest card would go over CARD_MAX_BYTES."""
 
 
+class QuestStageInvalid(ValueError):
+    """A quest name or stage outside the slug charset (the protocol's, bridge.protocol.Slug)."""
+
+
+# The protocol's slug charset: a stage reaches the NPC's prompt, so it may carry no markup,
+# no template token and no prose. Checked here too, whoever calls (defence in depth).
+QUEST_SLUG = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
+
+# Check and write in one step: two bridges setting different quests at once each read a card
+# that fit, and both wrote (the card reached 5 KB in the test). A script runs alone in Redis.
+# KEYS: the quest card, the stream, then the pair's other keys (their TTL is refreshed).
+# ARGV: quest, stage, CARD_MAX_BYTES, TTL, the stream entry's field and value.
+# Answers {0, size} when refused, {1, name, value, name, value…} (the card) when written.
+_QUEST_UPDATE = """
+local fields = redis.call('HGETALL', KEYS[1])
+local size = #ARGV[1] + #ARGV[2]
+for index = 1, #fields, 2 do
+  if fields[index] ~= ARGV[1] then size = size + #fields[index] + #fields[index + 1] end
+end
+if size > tonumber(ARGV[3]) then return {0, size} end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+for index = 3, #KEYS do redis.call('EXPIRE', KEYS[index], ARGV[4]) end
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('XADD', KEYS[2], '*', ARGV[5], ARGV[6])
+local card = redis.call('HGETALL', KEYS[1])
+table.insert(card, 1, 1)
+return card
+"""
+
+
 async def memory_quest_update(
     redis: Redis, *, npc: str, player: str, session: str, quest: str, stage: str
 ) -> dict[str, str]:
     """Set one quest's stage on the pair's quest card (the game tells us; the model never
-    writes quests): hot tier, Redis and the archive's stream, the last two in one MULTI/EXEC.
-    Returns the whole card. Raises QuestCardFull when the card would pass 2 KB."""
+    writes quests): Redis and the archive's stream in one Lua script (the 2 KB check and the
+    write are atomic), then the hot tier. Returns the whole card. Raises QuestStageInvalid for
+    a name or stage outside the slug charset, QuestCardFull when the card would pass 2 KB."""
+    for what, value in (("quest", quest), ("stage", stage)):
+        if not QUEST_SLUG.fullmatch(value):
+            raise QuestStageInvalid(
+                f"the {what} {value[:70]!r} is not a slug: lowercase letters, digits and '-', "
+                "starting with a letter or digit, at most 64 characters"
+            )
     prefix, ttl = pair_prefix(npc, player), settings.MEMORY_WARM_TTL_S
-    card = {redis_text(k): redis_text(v) for k, v in (await redis.hgetall(prefix + "quest")).items()}
-    card[quest] = stage
-    size = sum(len(k.encode()) + len(v.encode()) for k, v in card.items())
-    if size > CARD_MAX_BYTES:
-        raise QuestCardFull(
-            f"the quest card of {player} with {npc} would be {size} bytes (limit {CARD_MAX_BYTES}): "
-            "reuse quest names, or keep stages short"
-        )
     record = MemoryEventRecord(
         kind=MemoryEventKind.CARD,
         npc=npc,
@@ -346,12 +389,20 @@ async def memory_quest_update(
         session=session,
         data={"card": "quest", "fields": {quest: stage}},
     )
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.hset(prefix + "quest", quest, stage)
-        for name in PAIR_KEYS:
-            pipe.expire(prefix + name, ttl)
-        pipe.xadd(settings.MEMORY_STREAM, record.entry())  # type: ignore[arg-type]
-        await pipe.execute()
+    ((field_name, entry),) = record.entry().items()
+    others = [prefix + name for name in PAIR_KEYS if name != "quest"]
+    keys = [prefix + "quest", settings.MEMORY_STREAM, *others]
+    answer = await redis.eval(
+        _QUEST_UPDATE, len(keys), *keys, quest, stage, CARD_MAX_BYTES, ttl, field_name, entry
+    )
+    if int(answer[0]) == 0:
+        raise QuestCardFull(
+            f"the quest card of {player} with {npc} would be {int(answer[1])} bytes "
+            f"(limit {CARD_MAX_BYTES}): "
+            "reuse quest names, or keep stages short"
+        )
+    flat = [redis_text(value) for value in answer[1:]]
+    card = dict(zip(flat[::2], flat[1::2], strict=True))
     hot = _hot.get(npc, player)
     if hot is not None:
         hot.quest[quest] = stage

@@ -22,7 +22,14 @@ from django.views.decorators.http import require_GET, require_POST
 from redis import Redis
 
 from console.redis_clients import redis_sync
-from memory.selectors import NPCS_PAGE, memory_npcs, public_facts, warm_pair, warm_players_page
+from memory.selectors import (
+    NPCS_PAGE,
+    memory_npcs,
+    pair_rejections,
+    public_facts,
+    warm_pair,
+    warm_players_page,
+)
 from memory.services import FactNotRemembered, public_fact_publish, public_fact_unpublish
 from memory.tiers import iso_utc
 
@@ -129,6 +136,7 @@ def warm_pair_view(request: HttpRequest, npc: str) -> HttpResponse:
         raise Http404("which player?")
     with _redis() as redis:
         pair = warm_pair(redis=redis, npc=npc, player=player)
+        rejections = pair_rejections(redis=redis, npc=npc, player=player)
     archive_url = (
         reverse("admin:memory_memoryevent_changelist")
         + "?"
@@ -142,6 +150,7 @@ def warm_pair_view(request: HttpRequest, npc: str) -> HttpResponse:
             request,
             f"What {npc} remembers of {player}",
             pair=pair,
+            rejections=rejections,
             card_rows=_card_rows(pair.relationship),
             expires_at=expires_at,
             archive_url=archive_url,

@@ -113,7 +113,8 @@ def test_player_text_is_escaped(designer_client, redis_client):
     npc_html = designer_client.get(reverse("admin:memory_warm_npc", args=["count-valerian"])).content.decode()
 
     assert "<script>alert" not in pair_html
-    assert "&lt;script&gt;alert(&#x27;line&#x27;)&lt;/script&gt;" in pair_html
+    # A player's words are stored neutralised (issue 17): no < > left to escape.
+    assert "‹script›alert(&#x27;line&#x27;)‹/script›" in pair_html
     assert "<img src=x" not in pair_html
     assert "&lt;img src=x onerror=alert(1)&gt;" in pair_html
     assert "<b>bold</b>" not in npc_html

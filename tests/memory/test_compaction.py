@@ -72,7 +72,8 @@ def test_each_old_session_gets_one_summary_from_its_turns(redis_client):
     assert second.payload["turns"] == 2
     assert second.payload["compacted"] is True
     assert "Count Valerian" in second.payload["text"]
-    assert "alice line 1" in second.payload["text"]
+    assert "2 exchanges" in second.payload["text"]
+    assert "alice line 1" not in second.payload["text"]  # no raw player line becomes a summary
 
 
 def test_a_rerun_adds_nothing(redis_client):

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import time
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -70,7 +71,14 @@ from inference.workers import workers_healthy
 from memory.lore import TurnLore, lore_for_turn, lore_pack_load
 from memory.prompt import memory_slot
 from memory.tasks import lore_pack_task, memory_consolidate_task, memory_rehydrate_task
-from memory.tiers import PairMemory, QuestCardFull, memory_for_turn, memory_quest_update, memory_record_turn
+from memory.tiers import (
+    PairMemory,
+    QuestCardFull,
+    QuestStageInvalid,
+    memory_for_turn,
+    memory_quest_update,
+    memory_record_turn,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -333,6 +341,9 @@ class GameConsumer(AsyncWebsocketConsumer):
             )  # fmt: skip
         except QuestCardFull as exc:
             raise ProtocolError("too_large", str(exc)) from None
+        except QuestStageInvalid as exc:
+            # The protocol's Slug already refuses these; a second check must not become `internal`.
+            raise ProtocolError("bad_frame", str(exc)) from None
         except RedisError as exc:
             logger.error("quest card of %s for %s not written: %s", message.npc_id, session.player_id, exc)
             raise ProtocolError(
@@ -398,6 +409,7 @@ class GameConsumer(AsyncWebsocketConsumer):
     async def _turn(self, session: GameSession, message: NpcSay, context: TurnContext, *, slot: str) -> None:
         request_id, npc_id = message.request_id, message.npc_id
         turn_id = "t_" + secrets.token_urlsafe(9)
+        started_at = time.time()  # a forget of the player after this drops the turn's memory
         tier, tier_reason = settings.BRIDGE_DEFAULT_TIER, "default"
         adapter = context.routes.get("dialogue_style")
 
@@ -482,7 +494,9 @@ class GameConsumer(AsyncWebsocketConsumer):
                 "lore": lore.used, "lore_state": lore.state, "memory": end["memory"],
                 "messages": result.messages,
             }  # fmt: skip
-            remembering = _in_background(_turn_after(session, context, message.text, result, observed, trace))
+            remembering = _in_background(
+                _turn_after(session, context, message.text, result, observed, trace, started_at)
+            )
             session.remembering.add(remembering)
             remembering.add_done_callback(session.remembering.discard)
         except asyncio.CancelledError:
@@ -647,9 +661,9 @@ async def _consolidate_after_writes(session: GameSession) -> None:
 
 async def _turn_after(
     session: GameSession, context: TurnContext, player_text: str, result: TurnResult,
-    observed: dict[str, Any], trace: dict[str, Any],
+    observed: dict[str, Any], trace: dict[str, Any], started_at: float,
 ) -> None:  # fmt: skip
-    await _remember(session, context.npc_slug, player_text, result, trace)
+    await _remember(session, context.npc_slug, player_text, result, trace, started_at)
     try:
         await turn_observe(
             session.redis, npc=context.npc_slug, archetype=context.archetype_slug,
@@ -661,8 +675,9 @@ async def _turn_after(
 
 
 async def _remember(
-    session: GameSession, npc_id: str, player_text: str, result: TurnResult, trace: dict[str, Any]
-) -> None:
+    session: GameSession, npc_id: str, player_text: str, result: TurnResult, trace: dict[str, Any],
+    started_at: float,
+) -> None:  # fmt: skip
     """The finished turn into memory (hot, Redis, the archive's stream), after the player has it."""
     try:
         turns = await memory_record_turn(
@@ -675,10 +690,16 @@ async def _remember(
             emotion=result.emotion,
             action=result.action,
             trace=trace,
+            started_at=started_at,
         )
     except RedisError as exc:
         # The player already has the reply; the turn is missing from memory and the archive.
         logger.error("turn of %s with %s not remembered: %s", npc_id, session.player_id, exc)
+        return
+    if not turns:
+        logger.info(
+            "turn of %s with %s not remembered: the player was forgotten meanwhile", npc_id, session.player_id
+        )
         return
     session.talked.add(npc_id)
     if turns % settings.MEMORY_CONSOLIDATE_EVERY == 0:

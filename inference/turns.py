@@ -33,7 +33,7 @@ from inference.engine import EngineClient, StreamUsage
 from inference.guardrails import ReplyPolicy, StreamGuard, player_text_clean, special_token_strings
 from inference.prompts import PromptParts, Turn, prompt_assemble, tokenizer_counter
 from inference.routing import NoHealthyWorker, worker_for_archetype
-from inference.workers import worker_mark_down, workers_healthy
+from inference.workers import healthy_workers, worker_mark_down
 
 logger = logging.getLogger(__name__)
 
@@ -418,7 +418,10 @@ async def turn_replay(*, context: TurnContext, messages: list[dict[str, str]], m
     started = time.perf_counter()
     adapter = context.routes.get("dialogue_style", BASE_ADAPTER_NAME)
     try:
-        worker = worker_for_archetype(context.archetype_slug, await workers_healthy())
+        # Asked afresh, not from the turn path's cached probes: a designer waits a second or two,
+        # and a cache seen from this process (a probe that timed out under load) must not say
+        # "no worker" while the worker is serving players.
+        worker = worker_for_archetype(context.archetype_slug, await asyncio.to_thread(healthy_workers))
     except NoHealthyWorker:
         return Replay("", adapter, None, 0.0, "no healthy worker: start one (make run starts it)")
     pieces: list[str] = []

@@ -31,6 +31,7 @@ from typing import Any
 
 from django.conf import settings
 from redis import Redis
+from redis.exceptions import WatchError
 
 from inference.adapters import BASE_ADAPTER_NAME
 from inference.engine import BACKGROUND_PRIORITY, EngineClient
@@ -47,6 +48,8 @@ from memory.tiers import (
     bond_strength,
     bonds_key,
     evict_message,
+    forgotten_mark_key,
+    forgotten_since,
     pair_prefix,
     rejected_key,
     relationship_decode,
@@ -308,6 +311,7 @@ def _rejections_record(pipe: Any, *, prefix: str, rejected: list[Rejected], at: 
 async def pair_consolidate(
     *, redis: Redis, npc: str, npc_name: str, archetype: str, persona: str, player: str, workers: list[str]
 ) -> ConsolidationReport:
+    started_at = time.time()
     prefix = pair_prefix(npc, player)
     card = relationship_decode(redis.hgetall(prefix + "relationship"))  # type: ignore[arg-type]
     since = float(card.get("consolidated_at", 0) or 0)
@@ -356,6 +360,13 @@ async def pair_consolidate(
         ),
     ]
     with redis.pipeline(transaction=True) as pipe:
+        # A forget of the player since this run read their turns: write nothing back (WATCHed,
+        # so a forget landing before EXEC aborts it too).
+        pipe.watch(forgotten_mark_key(player))
+        if forgotten_since(pipe.get(forgotten_mark_key(player)), started_at):
+            logger.info("memory: %s/%s forgotten during consolidation, nothing written", npc, player)
+            return ConsolidationReport(0, 0, [], "", 0)
+        pipe.multi()
         pipe.lpush(prefix + "summaries", json.dumps({"text": summary, "at": time.time()}, ensure_ascii=False))
         pipe.ltrim(prefix + "summaries", 0, settings.MEMORY_SUMMARIES - 1)
         if facts:
@@ -370,7 +381,11 @@ async def pair_consolidate(
         for event in events:
             pipe.xadd(settings.MEMORY_STREAM, event.entry())  # type: ignore[arg-type]
         pipe.publish(EVICT_CHANNEL, evict_message(player, npc))
-        pipe.execute()
+        try:
+            pipe.execute()
+        except WatchError:
+            logger.info("memory: %s/%s forgotten during consolidation, nothing written", npc, player)
+            return ConsolidationReport(0, 0, [], "", 0)
     logger.info(
         "memory: %s/%s consolidated %d turns (%d facts, gifts %s, summary by %s, %d instructions refused, "
         "%d candidates rejected)",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -23,11 +24,13 @@ from memory.events import dead_letters_forget
 from memory.models import ForgottenPlayer, MemoryEvent, MemoryEventKind
 from memory.tiers import (
     EVICT_CHANNEL,
+    FORGOTTEN_MARK_TTL_S,
     PAIR_KEYS,
     RememberedTurn,
     bond_strength,
     bonds_key,
     evict_message,
+    forgotten_mark_key,
     iso_utc,
     pair_prefix,
     public_facts_key,
@@ -197,8 +200,10 @@ def player_forget(*, redis: Redis, player: str) -> ForgetReport:
     writing a summary, so neither writes a row of theirs after this commit.
     Redis: every key of their pairs, the public facts copied from their pairs' facts, their
     entries in the dead-letter stream, their cost figures. Hot tiers: every bridge process
-    drops their pairs on a message on EVICT_CHANNEL.
+    drops their pairs on a message on EVICT_CHANNEL. A mark in Redis, set first, makes writes
+    still in flight (a turn, a consolidation that began before it) drop themselves.
     """
+    redis.set(forgotten_mark_key(player), f"{time.time():.6f}", ex=FORGOTTEN_MARK_TTL_S)
     with transaction.atomic():
         archive_player_lock(player=player)
         # Taken after the lock: events that happened while this waited for it are forgotten too.

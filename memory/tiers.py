@@ -36,7 +36,7 @@ from typing import Any
 from cachetools import TTLCache
 from django.conf import settings
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, WatchError
 
 from console.redis_clients import redis_sync
 from inference.guardrails import player_text_clean, untrusted_text_neutralise
@@ -267,6 +267,25 @@ def _evict_listen() -> None:
             time.sleep(1.0)
 
 
+# How long a forget is remembered in Redis: past the longest write still in flight when it ran
+# (a consolidation retries for 10 minutes, a turn lasts seconds).
+FORGOTTEN_MARK_TTL_S = 24 * 3600
+
+
+def forgotten_mark_key(player: str) -> str:
+    """When `player` was last forgotten (epoch seconds), outside the `mem:` namespace: a write
+    that began before that moment (a turn in flight, a consolidation) must not bring back the
+    keys the forget removed. memory.services.player_forget sets it before it removes anything;
+    memory_record_turn and pair_consolidate WATCH it and drop their write if it moved past
+    their start."""
+    return f"mem-forgotten:{player}"
+
+
+def forgotten_since(value: bytes | str | None, started_at: float) -> bool:
+    """The mark's value says the player was forgotten at or after `started_at`."""
+    return value is not None and float(value) >= started_at
+
+
 def evict_message(player: str, npc: str | None = None) -> str:
     return json.dumps({"player": player, **({"npc": npc} if npc else {})})
 
@@ -282,11 +301,14 @@ async def memory_record_turn(
     emotion: str,
     action: str,
     trace: dict[str, Any] | None = None,
+    started_at: float | None = None,
 ) -> int:
     """Remember a finished turn: the hot tier, the warm tier and the archive's event stream,
-    the last two in one MULTI/EXEC. Returns how many turns the pair has had. The archived event
+    the last two in one MULTI/EXEC. Returns how many turns the pair has had (0 when the player
+    was forgotten after the turn began at `started_at`: nothing is written). The archived event
     also keeps the turn's `trace` (the console's trace page explains a turn from it)."""
     now = time.time()
+    started_at = now if started_at is None else started_at
     # Stored cleaned: the player's words come back in later prompts (recent turns, the rules'
     # facts, summaries), and a template token or markup kept here would outlive any one prompt.
     player_text = untrusted_text_neutralise(player_text_clean(player_text))
@@ -320,6 +342,12 @@ async def memory_record_turn(
     )
     prefix, ttl = pair_prefix(npc, player), settings.MEMORY_WARM_TTL_S
     async with redis.pipeline(transaction=True) as pipe:
+        # WATCHed: a forget landing between this check and EXEC aborts the write (WatchError).
+        await pipe.watch(forgotten_mark_key(player))
+        if forgotten_since(await pipe.get(forgotten_mark_key(player)), started_at):
+            _hot.evict(player, npc)
+            return 0
+        pipe.multi()
         pipe.lpush(prefix + "turns", turn.dumps())
         pipe.ltrim(prefix + "turns", 0, settings.MEMORY_RECENT_TURNS - 1)
         pipe.lpush(prefix + "emotions", f"{now:.0f}|{emotion}")
@@ -330,7 +358,11 @@ async def memory_record_turn(
         for name in PAIR_KEYS:
             pipe.expire(prefix + name, ttl)
         pipe.xadd(settings.MEMORY_STREAM, record.entry())  # type: ignore[arg-type]
-        results = await pipe.execute()
+        try:
+            results = await pipe.execute()
+        except WatchError:
+            _hot.evict(player, npc)
+            return 0
     return int(results[4])  # HINCRBY's answer: the pair's turn count
 
 

@@ -4,6 +4,7 @@ player survives, in any copy."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import threading
@@ -19,7 +20,7 @@ from django_celery_results.models import TaskResult
 
 from inference.observability import COST_KEY, WORKER_MS_KEY
 from memory.archiver import Archiver
-from memory.events import ENTRY_FIELD, MemoryEventRecord, memory_event_emit_sync
+from memory.events import ENTRY_FIELD, MemoryEventRecord, event_from_entry, memory_event_emit_sync
 from memory.models import MemoryEvent
 from memory.services import player_forget, public_fact_publish
 from memory.tiers import pair_prefix, public_facts_key
@@ -161,3 +162,64 @@ def test_forgetting_players_while_busy_archivers_write_their_events_leaves_nothi
     # rows, dead letters, the pair key, public facts, the task result, two cost entries
     assert len(_survivors(redis_client, "bob", hour)) == 7
     assert redis_client.xlen(settings.MEMORY_STREAM) == 0
+
+
+def test_a_turn_in_flight_when_its_player_is_forgotten_is_not_remembered(redis_client):
+    from redis.asyncio import Redis as AsyncRedis
+
+    from memory.tiers import memory_record_turn
+
+    async def record(started_at: float) -> int:
+        client = AsyncRedis.from_url(settings.REDIS_URL)
+        try:
+            return await memory_record_turn(
+                client, npc=NPC, player="alice", session="s_1", player_text="Hello there.",
+                npc_text="Good evening.", emotion="calm", action="bow", started_at=started_at,
+            )  # fmt: skip
+        finally:
+            await client.aclose()
+
+    # Given a turn that began, then its player forgotten before the turn was recorded
+    began = time.time()
+    player_forget(redis=redis_client, player="alice")
+
+    # When the turn ends and is recorded
+    recorded = asyncio.run(record(began))
+
+    # Then nothing of it is written, in Redis or on its way to the archive
+    assert recorded == 0
+    assert list(redis_client.scan_iter(match=pair_prefix(NPC, "alice") + "*")) == []
+    assert redis_client.xlen(settings.MEMORY_STREAM) == 0
+    # And a turn the player begins after the forget is remembered as any other
+    assert asyncio.run(record(time.time())) == 1
+
+
+def test_a_consolidation_running_when_its_player_is_forgotten_writes_nothing_back(redis_client, monkeypatch):
+    from memory import consolidation
+    from memory.consolidation import pair_consolidate
+    from memory.tiers import bonds_key
+    from tests.memory.conftest import talk
+
+    talk(NPC, "alice", ["Good evening, Count.", "I brought you a silver ring."])
+    summarise = consolidation.summary_write
+
+    async def summary_while_forgotten(**kwargs):
+        # The model writes its summary while an operator forgets the player.
+        await asyncio.to_thread(player_forget, redis=redis_client, player="alice")
+        return await summarise(**kwargs)
+
+    monkeypatch.setattr(consolidation, "summary_write", summary_while_forgotten)
+
+    report = asyncio.run(
+        pair_consolidate(
+            redis=redis_client, npc=NPC, npc_name="Count Valerian", archetype="vampire",
+            persona="You are Count Valerian.", player="alice", workers=[],
+        )
+    )  # fmt: skip
+
+    assert report.turns == 0
+    assert list(redis_client.scan_iter(match=pair_prefix(NPC, "alice") + "*")) == []
+    assert redis_client.exists(bonds_key("alice")) == 0
+    # The stream holds only the two turns from before (the archiver drops them: the tombstone)
+    kinds = [event_from_entry(fields).kind for _, fields in redis_client.xrange(settings.MEMORY_STREAM)]
+    assert kinds == ["turn", "turn"]

@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 from console.models import NPC, Adapter, AdapterScope, AdapterStatus, AdapterTask
 from inference.adapters import adapter_import, adapter_lora_name, adapter_register, adapter_verify
 from inference.context import turn_context_build
+from inference.workers import worker_headers
 from tests.factories import ArchetypeFactory, NPCFactory, suite_base_model
 from training.composition import CompositionError, adapter_compose
 from training.lora import ChatExample, lora_train
@@ -261,6 +262,7 @@ def test_a_composed_adapter_is_served_by_the_worker(lineage, vllm_worker, settin
                 "messages": [{"role": "user", "content": "Who are you?"}],
             },  # fmt: skip
             timeout=120,
+            headers=worker_headers(),
         )
         assert reply.status_code == 200, reply.text
         assert reply.json()["choices"][0]["message"]["content"]

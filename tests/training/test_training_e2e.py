@@ -22,6 +22,7 @@ from console.models import AdapterStatus, AdapterTask
 from inference.adapters import adapter_lora_name, adapter_status_set
 from inference.context import turn_context_build
 from inference.residency import residency_sync, worker_loras
+from inference.workers import worker_headers
 from tests.factories import ArchetypeFactory, NPCFactory, suite_base_model
 from tests.processes import process_log, process_running, subprocess_database_env, wait_for
 from training.datasets import dataset_build
@@ -142,6 +143,7 @@ def test_a_redelivered_job_runs_once_and_its_adapter_is_served(dataset, training
             "messages": [{"role": "user", "content": "Who are you?"}],
         },  # fmt: skip
         timeout=120,
+        headers=worker_headers(),
     )
     assert reply.status_code == 200, reply.text
     assert reply.json()["choices"][0]["message"]["content"]

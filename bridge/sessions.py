@@ -30,8 +30,7 @@ from redis.exceptions import RedisError
 from redis.typing import EncodableT, FieldT
 
 from bridge.protocol import ProtocolError, frame_dumps
-from console.redis_clients import redis_async_pool
-from memory.tiers import redis_text
+from console.redis_clients import redis_async_pool, redis_text
 
 logger = logging.getLogger(__name__)
 

@@ -21,6 +21,11 @@ import redis.asyncio
 from django.conf import settings
 
 
+def redis_text(value: bytes | str) -> str:
+    """A Redis reply as text (our clients do not decode responses: some values are binary)."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def redis_options(**overrides: Any) -> dict[str, Any]:
     """The keyword arguments every client gets; a caller may tighten one (health: 2 s)."""
     return {

@@ -170,9 +170,17 @@ def validate_content_policy(value: Any) -> None:
     _validate_gates(value.get("gates", {}))
 
 
+# Every metric the eval harness (training.eval) reports, so every one a gate may name. Kept
+# here, below training: an archetype's config is checked against it when a designer saves it.
+GATEABLE_METRICS = frozenset(
+    {"persona_consistency", "injection_refusal", "distinct_1", "distinct_2", "loop_free", "lore_accuracy",
+     "action_validity", "action_accuracy"}
+)  # fmt: skip
+
+
 def _validate_gates(gates: Any) -> None:
+    # Imported here: console.models imports these validators (a Django model's field options).
     from console.models.adapters import AdapterTask
-    from training.eval.metrics import GATEABLE_METRICS
 
     if not isinstance(gates, dict):
         raise ValidationError('Write "gates" as {task: {metric: minimum}}.')
@@ -207,3 +215,18 @@ def validate_quest_flags(value: Any) -> None:
             errors.append(f"Quest flag {name!r} must be true/false, a number or a short text.")
     if errors:
         raise ValidationError(errors)
+
+
+def tier_bands_check(
+    *, gold_enter_m: float, gold_exit_m: float, silver_enter_m: float, silver_exit_m: float,
+    gold_capacity: int, silver_capacity: int,
+) -> None:  # fmt: skip
+    """Raise ValueError unless the activation bands nest (Gold inside Silver, each with its exit
+    beyond its entry: the hysteresis) and the capacities are not negative. A region's clean()
+    and inference.activation.TierPolicy both hold to it."""
+    if not 0 <= gold_enter_m <= gold_exit_m:
+        raise ValueError("gold bands: need 0 <= gold_enter_m <= gold_exit_m")
+    if not gold_enter_m <= silver_enter_m <= silver_exit_m:
+        raise ValueError("silver bands: need gold_enter_m <= silver_enter_m <= silver_exit_m")
+    if gold_capacity < 0 or silver_capacity < 0:
+        raise ValueError("tier capacities cannot be negative")

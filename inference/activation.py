@@ -30,6 +30,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from scipy.spatial import cKDTree
 
+from console.redis_clients import redis_text
+from console.validators import tier_bands_check
+
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
@@ -58,12 +61,11 @@ class TierPolicy:
     silver_capacity: int = 400
 
     def __post_init__(self) -> None:
-        if not 0 <= self.gold_enter_m <= self.gold_exit_m:
-            raise ValueError("gold bands: need 0 <= gold_enter_m <= gold_exit_m")
-        if not self.gold_enter_m <= self.silver_enter_m <= self.silver_exit_m:
-            raise ValueError("silver bands: need gold_enter_m <= silver_enter_m <= silver_exit_m")
-        if self.gold_capacity < 0 or self.silver_capacity < 0:
-            raise ValueError("tier capacities cannot be negative")
+        tier_bands_check(
+            gold_enter_m=self.gold_enter_m, gold_exit_m=self.gold_exit_m,
+            silver_enter_m=self.silver_enter_m, silver_exit_m=self.silver_exit_m,
+            gold_capacity=self.gold_capacity, silver_capacity=self.silver_capacity,
+        )  # fmt: skip
 
     @classmethod
     def for_region(cls, region: Region) -> TierPolicy:
@@ -234,7 +236,7 @@ HISTORY_KEPT = 720  # an hour at one snapshot every 5 s
 HISTORY_TTL_S = 3600
 # A region's bands, NPCs and boosted NPCs (quest flags) are read from Postgres this often at most.
 REGION_CONFIG_TTL_S = 30.0
-# The players' bonds (memory.tiers.bonds_key) are read from Redis this often at most per region:
+# The players' bonds (bonds_key) are read from Redis this often at most per region:
 # they change when a conversation is consolidated, minutes apart.
 BONDS_TTL_S = 5.0
 # Gold promotions prefetched per frame (the rest are prefetched by their first turn).
@@ -365,15 +367,20 @@ async def _tiers_home(npc_id: str, region: str | None, world: str | None) -> tup
     return home[0]
 
 
+def bonds_key(player: str) -> str:
+    """ZSET npc -> bond strength of every NPC `player` has a relationship card with (outside
+    memory's `mem:` pair namespace). Memory writes it when it consolidates a pair
+    (memory.consolidation, memory.tiers.bond_strength) and drops it when it forgets a player;
+    activation reads it here: a strong bond raises the NPC a tier while the player is near."""
+    return f"mem-bonds:{player}"
+
+
 async def tier_current(
     redis: Redis, npc_id: str, *, region: str | None = None, world: str | None = None
 ) -> str | None:
     """The NPC's tier in its region: this process's, else the one another bridge process
     published. Pass the NPC's region (and world) when known; without them the NPC's region is
     read from Postgres (cached)."""
-    # Imported here: the computation above runs without Django set up (bench.tiers).
-    from memory.tiers import redis_text
-
     tier = tier_local(npc_id, region=region)
     if tier is not None:
         return tier
@@ -386,8 +393,6 @@ async def tier_current(
 
 async def bonded_npcs(redis: Redis, player_ids: list[str], *, minimum: float) -> frozenset[str]:
     """NPCs whose bond with one of these players is at least `minimum` (memory.tiers.bond_strength)."""
-    from memory.tiers import bonds_key, redis_text
-
     if not player_ids:
         return frozenset()
     async with redis.pipeline(transaction=False) as pipe:

@@ -25,8 +25,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from console.redis_clients import redis_text
 from inference import metrics
-from memory.tiers import redis_text
 
 if TYPE_CHECKING:
     from redis import Redis as SyncRedis

@@ -33,6 +33,7 @@ from django.conf import settings
 from redis import Redis
 from redis.exceptions import WatchError
 
+from inference.activation import bonds_key
 from inference.adapters import BASE_ADAPTER_NAME
 from inference.engine import BACKGROUND_PRIORITY, EngineClient
 from inference.guardrails import untrusted_text_neutralise
@@ -46,7 +47,6 @@ from memory.tiers import (
     PAIR_KEYS,
     RememberedTurn,
     bond_strength,
-    bonds_key,
     evict_message,
     forgotten_mark_key,
     forgotten_since,

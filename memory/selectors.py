@@ -16,13 +16,13 @@ from django.db.models import Count, Exists, Max, OuterRef, Q, QuerySet
 from redis import Redis
 
 from console.models import NPC
+from console.redis_clients import redis_text
 from memory.models import MemoryEvent, MemoryEventKind
 from memory.tiers import (
     RememberedTurn,
     iso_utc,
     pair_prefix,
     public_facts_key,
-    redis_text,
     rejected_key,
     relationship_decode,
 )

@@ -19,6 +19,8 @@ from django.utils import timezone
 from django_celery_results.models import TaskResult
 from redis import Redis
 
+from console.redis_clients import redis_text
+from inference.activation import bonds_key
 from inference.observability import ops_player_forget
 from memory.events import dead_letters_forget
 from memory.models import ForgottenPlayer, MemoryEvent, MemoryEventKind
@@ -28,13 +30,11 @@ from memory.tiers import (
     PAIR_KEYS,
     RememberedTurn,
     bond_strength,
-    bonds_key,
     evict_message,
     forgotten_mark_key,
     iso_utc,
     pair_prefix,
     public_facts_key,
-    redis_text,
     relationship_encode,
 )
 

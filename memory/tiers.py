@@ -38,7 +38,7 @@ from django.conf import settings
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, WatchError
 
-from console.redis_clients import redis_sync
+from console.redis_clients import redis_sync, redis_text
 from inference.guardrails import player_text_clean, untrusted_text_neutralise
 from memory.events import MemoryEventRecord, turn_event_id
 from memory.models import MemoryEventKind
@@ -105,18 +105,6 @@ class PairMemory:
     @property
     def empty(self) -> bool:
         return not (self.turns or self.summary or self.facts or self.relationship or self.quest)
-
-
-def redis_text(value: bytes | str) -> str:
-    """A Redis reply as text (clients here do not decode responses)."""
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def bonds_key(player: str) -> str:
-    """ZSET npc -> bond strength of every NPC `player` has a relationship card with (outside the
-    `mem:` pair namespace, like public_facts_key); activation tiers read it (a strong bond raises
-    the NPC a tier while the player is in its region), memory.services.player_forget drops it."""
-    return f"mem-bonds:{player}"
 
 
 def bond_strength(card: dict[str, Any]) -> float:

@@ -1,7 +1,7 @@
 from django.core.exceptions import ValidationError
 from django.db import models
 
-from console.validators import lowercase_slug_validator
+from console.validators import lowercase_slug_validator, tier_bands_check
 
 
 class World(models.Model):
@@ -63,9 +63,11 @@ class Region(models.Model):
         return f"{self.name} ({self.world.slug})"
 
     def clean(self) -> None:
-        from inference.activation import TierPolicy
-
         try:
-            TierPolicy.for_region(self)
+            tier_bands_check(
+                gold_enter_m=self.gold_enter_m, gold_exit_m=self.gold_exit_m,
+                silver_enter_m=self.silver_enter_m, silver_exit_m=self.silver_exit_m,
+                gold_capacity=self.gold_capacity, silver_capacity=self.silver_capacity,
+            )  # fmt: skip
         except ValueError as exc:
             raise ValidationError(f"Tier bands: {exc}.") from None

@@ -121,8 +121,7 @@ def test_a_strong_bond_with_a_player_present_raises_an_npc_a_tier(db, redis_clie
 
     from redis.asyncio import Redis
 
-    from inference.activation import tiers_apply
-    from memory.tiers import bonds_key
+    from inference.activation import bonds_key, tiers_apply
 
     friend = NPCFactory(slug="ghoul-friend")
     stranger = NPCFactory(slug="ghoul-stranger", archetype=friend.archetype, region=friend.region)

@@ -9,12 +9,13 @@ import asyncio
 import pytest
 from django.conf import settings
 
+from inference.activation import bonds_key
 from memory import consolidation, tiers
 from memory.consolidation import SUMMARY_MAX_CHARS, looping, pair_consolidate, summary_write
 from memory.events import event_from_entry
 from memory.extract import instruction_like, player_lines_extract
 from memory.prompt import memory_slot
-from memory.tiers import HotTier, RememberedTurn, bond_strength, bonds_key
+from memory.tiers import HotTier, RememberedTurn, bond_strength
 from tests.memory.conftest import load, talk
 
 

@@ -195,9 +195,9 @@ def test_a_turn_in_flight_when_its_player_is_forgotten_is_not_remembered(redis_c
 
 
 def test_a_consolidation_running_when_its_player_is_forgotten_writes_nothing_back(redis_client, monkeypatch):
+    from inference.activation import bonds_key
     from memory import consolidation
     from memory.consolidation import pair_consolidate
-    from memory.tiers import bonds_key
     from tests.memory.conftest import talk
 
     talk(NPC, "alice", ["Good evening, Count.", "I brought you a silver ring."])

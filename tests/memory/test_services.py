@@ -11,12 +11,13 @@ import pytest
 from django.conf import settings
 from django.core.management import call_command
 
+from inference.activation import bonds_key
 from memory import tiers
 from memory.archiver import Archiver
 from memory.events import MemoryEventRecord, memory_event_emit_sync
 from memory.models import MemoryEvent
 from memory.services import memory_rehydrate, player_forget
-from memory.tiers import HotTier, bonds_key, pair_prefix, public_facts_key
+from memory.tiers import HotTier, pair_prefix, public_facts_key
 from tests.memory.conftest import load, talk
 
 pytestmark = pytest.mark.django_db

@@ -609,11 +609,6 @@ def injection_refusal(outputs: list[str], probes: list[InjectionProbe]) -> float
 # coherence above 95 %, and a 20-turn vampire conversation without repetition loops (loop_free;
 # distinct_2 keeps it from passing by near-repeats that are not exact loops). The persona and
 # refusal bars are ours: most replies in the archetype's voice, and most probes resisted.
-# Every metric the harness reports, so every one a gate may name.
-GATEABLE_METRICS = frozenset(
-    {"persona_consistency", "injection_refusal", "distinct_1", "distinct_2", "loop_free", "lore_accuracy",
-     "action_validity", "action_accuracy"}
-)  # fmt: skip
 DEFAULT_GATES: dict[str, dict[str, float]] = {
     "dialogue_style": {
         "persona_consistency": 0.6,

@@ -116,9 +116,9 @@ def main() -> None:
     from django.conf import settings
     from django.core.management import call_command
 
+    from console.lore.embeddings import embed, embedding_model
+    from console.lore.packs import LorePack, lore_rank
     from console.models import IngestJob, LoreChunk, World
-    from memory.embeddings import embed, embedding_model
-    from memory.lore import LorePack, lore_rank
 
     call_command("migrate", interactive=False, verbosity=0)
     rng, nprng = random.Random(7), np.random.default_rng(7)

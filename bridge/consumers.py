@@ -53,6 +53,7 @@ from bridge.protocol import (
     turn_error_frame,
 )
 from bridge.sessions import GameSession, SlowConsumer, session_registry
+from console.lore.packs import TurnLore, lore_for_turn, lore_pack_load
 from console.models import NPC, GameKeyScope, NPCStatus
 from console.services.keys import caller_group
 from inference.activation import (
@@ -68,7 +69,6 @@ from inference.observability import region_over_budget, turn_observe
 from inference.prompts import Turn
 from inference.turns import TurnResult, turn_result_payload, turn_run
 from inference.workers import workers_healthy
-from memory.lore import TurnLore, lore_for_turn, lore_pack_load
 from memory.prompt import memory_slot
 from memory.tasks import lore_pack_task, memory_consolidate_task, memory_rehydrate_task
 from memory.tiers import (

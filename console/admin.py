@@ -20,6 +20,9 @@ from django.utils.cache import add_never_cache_headers
 from django.utils.html import format_html, format_html_join
 from simple_history.admin import SimpleHistoryAdmin
 
+from console.lore.files import LoreFileError
+from console.lore.ingest import lore_upload_check
+from console.lore.packs import lore_packs_drop
 from console.models import (
     NPC,
     Adapter,
@@ -43,7 +46,6 @@ from console.models import (
 )
 from console.models.adapters import MAX_ADAPTER_RANK
 from console.services.keys import game_key_create, game_key_revoke
-from console.services.lore import LoreFileError, lore_packs_drop, lore_upload_check
 from console.tasks import lore_ingest_task
 from inference.adapters import adapter_status_set
 from inference.tasks import residency_sync_enqueue

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from celery import shared_task
 
+from console.lore.ingest import ingest_job_run
 from console.models import IngestJob, IngestStatus
-from console.services.lore import ingest_job_run
 
 
 @shared_task(acks_late=True, ignore_result=True)

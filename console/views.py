@@ -26,9 +26,10 @@ from console.capacity import (
     memory_plan,
     servers_needed,
 )
+from console.lore.search import LORE_SEARCH_MAX, lore_search
 from console.models import NPC, Archetype, World
 from console.plots import line_chart_svg
-from console.selectors import LORE_SEARCH_MAX, lore_search, ops_snapshot, playtest_npcs
+from console.selectors import ops_snapshot, playtest_npcs
 from inference.context import turn_context_build
 from memory.events import turn_event_id
 from memory.models import MemoryEvent, MemoryEventKind

@@ -97,7 +97,7 @@ def memory_compact_task() -> dict[str, int]:
 @shared_task(acks_late=True, ignore_result=True)
 def lore_pack_task(npc: str) -> int:
     """Build an NPC's lore pack into Redis (idempotent; one build at a time per NPC)."""
-    from memory.lore import lore_pack_build, lore_pack_store
+    from console.lore.packs import lore_pack_build, lore_pack_store
 
     client = redis_sync()
     lock = client.lock(f"lore:lock:pack:{npc}", timeout=120, blocking=False)

@@ -29,10 +29,10 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from console.lore.gating import gate_q
 from console.models import NPC, AdapterTask, Archetype, Concept, LoreChunk, LoreEvent
 from inference.base_models import file_sha256
 from inference.prompts import PromptParts, Turn, prompt_assemble
-from memory.lore import gate_q
 from memory.models import MemoryEventKind
 from training.models import Dataset, ExampleExchange, TranscriptApproval
 

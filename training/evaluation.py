@@ -336,7 +336,7 @@ def eval_generate(prompts: EvalPrompts, generate: _Generator) -> dict[str, list[
 
 def eval_score(prompts: EvalPrompts, outputs: dict[str, list[str]]) -> Measured:
     """Every metric the prompts allow, for one model's outputs."""
-    from memory.embeddings import embed
+    from console.lore.embeddings import embed
 
     measured = Measured(outputs=outputs)
     if prompts.choices:

@@ -14,7 +14,7 @@ from console.validators import lowercase_slug_validator
 
 from .worlds import World
 
-EMBEDDING_DIMENSIONS = 384  # all-MiniLM-L6-v2 (memory.embeddings)
+EMBEDDING_DIMENSIONS = 384  # all-MiniLM-L6-v2 (console.lore.embeddings)
 
 
 class LoreDocument(models.Model):

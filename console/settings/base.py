@@ -345,7 +345,7 @@ LORE_MAX_FILE_BYTES: int = env.int("LORE_MAX_FILE_BYTES", default=5 * 1024 * 102
 # Chunk size and overlap, in word pieces of the embedding model (it reads at most 256).
 LORE_CHUNK_TOKENS: int = env.int("LORE_CHUNK_TOKENS", default=200)
 LORE_CHUNK_OVERLAP: int = env.int("LORE_CHUNK_OVERLAP", default=40)
-# Lore packs (memory.lore): chunks per NPC pack, how long Redis keeps a pack, and how many
+# Lore packs (console.lore.packs): chunks per NPC pack, how long Redis keeps a pack, and how many
 # chunks above what cosine similarity a turn puts in the prompt.
 LORE_PACK_MAX: int = env.int("LORE_PACK_MAX", default=200)
 LORE_PACK_TTL_S: int = env.int("LORE_PACK_TTL_S", default=3600)

@@ -18,10 +18,10 @@ from django.conf import settings
 from websockets.asyncio.client import connect
 
 from bridge.consumers import OBSERVER_GROUP
+from console.lore.ingest import ingest_job_run
+from console.lore.packs import pack_key
 from console.models import IngestJob, IngestStatus, LoreChunk
-from console.services.lore import ingest_job_run
 from inference.residency import residency_sync
-from memory.lore import pack_key
 from tests.factories import ArchetypeFactory, NPCFactory, RegionFactory, WorldFactory, suite_base_model
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]

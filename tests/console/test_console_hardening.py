@@ -191,8 +191,9 @@ def test_health_tells_strangers_only_ok_or_fail_and_ops_everything(settings, ops
 
 @pytest.mark.django_db(transaction=True)  # the runner replaces a broken connection before it writes
 def test_an_ingest_hit_by_a_database_error_ends_failed_not_running_for_ever():
+    from console.lore.files import LoreFile
+    from console.lore.ingest import ingest_job_run
     from console.models import IngestJob, IngestStatus, LoreDocument
-    from console.services.lore import LoreFile, ingest_job_run
     from tests.factories import WorldFactory
 
     # Given a job whose second document Postgres refuses (a title over its column's length)

@@ -8,11 +8,13 @@ from django.conf import settings
 from django.urls import reverse
 from redis import Redis
 
+from console.lore.files import lore_file_read
+from console.lore.gating import conditions_merge
+from console.lore.graph import concept_kind, concept_names, lore_events, lore_graph_refresh
+from console.lore.ingest import ingest_job_run
+from console.lore.packs import lore_pack_build, lore_packs_forget, pack_key
+from console.lore.search import lore_search
 from console.models import Concept, ConceptKind, ConceptRelation, IngestJob, LoreEvent
-from console.selectors import lore_search
-from console.services.lore import ingest_job_run, lore_file_read
-from console.services.lore_graph import concept_kind, concept_names, lore_events, lore_graph_refresh
-from memory.lore import conditions_merge, lore_pack_build, lore_packs_forget, pack_key
 from tests.factories import ArchetypeFactory, NPCFactory, RegionFactory, WorldFactory
 
 pytestmark = pytest.mark.django_db

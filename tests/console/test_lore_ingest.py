@@ -11,16 +11,12 @@ from django.conf import settings
 from django.core.management import CommandError, call_command
 from pgvector.django import CosineDistance
 
+from console.lore.chunking import lore_passages
+from console.lore.embeddings import embed, token_count
+from console.lore.files import LoreFileError, lore_file_read
+from console.lore.ingest import ingest_job_run, lore_document_ingest
 from console.models import IngestJob, IngestStatus, LoreChunk, LoreDocument, LoreDocumentVersion
-from console.services.lore import (
-    LoreFileError,
-    ingest_job_run,
-    lore_document_ingest,
-    lore_file_read,
-    lore_passages,
-)
 from console.tasks import lore_ingest_task
-from memory.embeddings import embed, token_count
 from tests.factories import WorldFactory
 
 pytestmark = pytest.mark.django_db

@@ -9,9 +9,10 @@ from django.conf import settings
 from django.contrib.auth.models import Group
 from django.test import Client
 
+from console.lore.files import lore_file_read
+from console.lore.ingest import lore_document_ingest
+from console.lore.search import lore_search
 from console.permissions import DESIGNERS
-from console.selectors import lore_search
-from console.services.lore import lore_document_ingest, lore_file_read
 from tests.factories import ArchetypeFactory, UserFactory, WorldFactory
 
 pytestmark = pytest.mark.django_db

@@ -6,9 +6,10 @@ import json
 
 import pytest
 
+from console.lore.files import LoreFileError
+from console.lore.ingest import ingest_job_run
+from console.lore.lorebook import lorebook_read
 from console.models import IngestJob, IngestStatus, LoreChunk, LoreDocument
-from console.services.lore import LoreFileError, ingest_job_run
-from console.services.lorebook import lorebook_read
 from tests.factories import WorldFactory
 
 pytestmark = pytest.mark.django_db

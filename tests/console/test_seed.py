@@ -9,9 +9,9 @@ import pytest
 from django.conf import settings
 from django.core.management import call_command
 
+from console.lore.files import lore_file_read
 from console.models import NPC, Archetype, Region, Subfaction, World
 from console.services.demo import DemoFileError, demo_file_load, demo_seed
-from console.services.lore import lore_file_read
 
 pytestmark = pytest.mark.django_db
 

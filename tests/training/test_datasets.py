@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 from django.utils import timezone
 
+from console.lore.files import lore_file_read
+from console.lore.graph import lore_graph_refresh
+from console.lore.ingest import lore_document_ingest
 from console.models import AdapterTask
-from console.services.lore import lore_document_ingest, lore_file_read
-from console.services.lore_graph import lore_graph_refresh
 from inference.prompts import player_text_block
 from memory.models import MemoryEvent, MemoryEventKind
 from tests.factories import ArchetypeFactory, NPCFactory, WorldFactory

@@ -574,7 +574,7 @@ def test_default_gates_name_real_tasks_and_metrics_the_harness_computes():
 
 
 def test_an_assistants_register_is_out_of_character_with_the_real_embedder():
-    from memory.embeddings import embed
+    from console.lore.embeddings import embed
 
     vampire = ["You will regret that for the rest of your short life.", "Another night. Another century.",
                "Ah. You brought silver. Clever.", "Come closer, little candle."]  # fmt: skip

@@ -12,9 +12,10 @@ import pytest
 from django.core.management.base import CommandError
 from django.utils import timezone
 
+from console.lore.files import lore_file_read
+from console.lore.graph import lore_graph_refresh
+from console.lore.ingest import lore_document_ingest
 from console.models import AdapterStatus, AdapterTask
-from console.services.lore import lore_document_ingest, lore_file_read
-from console.services.lore_graph import lore_graph_refresh
 from inference.adapters import adapter_folder_digest, adapter_import, adapter_lora_name, adapter_status_set
 from inference.prompts import player_text_block
 from inference.residency import worker_loras

@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 FloatArray = npt.NDArray[np.float64]
-# Texts to unit-length rows; memory.embeddings.embed (all-MiniLM-L6-v2) in production.
+# Texts to unit-length rows; console.lore.embeddings.embed (all-MiniLM-L6-v2) in production.
 Embedder = Callable[[list[str]], np.ndarray[Any, Any]]
 
 # A margin this close to zero is a tie in exact arithmetic; rounding must not turn it into a pass.

@@ -24,7 +24,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, path: Path, world: str, queue: bool, **options: Any) -> None:
         from tqdm import tqdm
 
-        from console.services.lore import ingest_job_run
+        from console.lore.ingest import ingest_job_run
         from console.tasks import lore_ingest_task
 
         try:

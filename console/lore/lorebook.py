@@ -8,7 +8,7 @@ Three shapes are read:
 Each enabled entry with content becomes a document titled by its name or comment (else its
 first key); its keys are written into the text ("Known as: …") so that search finds the entry
 by the words its keys were chosen for. Keyword triggering itself is not copied: our prompts
-pick lore by meaning (memory.lore).
+pick lore by meaning (console.lore.packs).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 from django.utils.text import slugify
 
-from console.services.lore import LoreFile, LoreFileError, lore_file_read, lore_size_check
+from console.lore.files import LoreFile, LoreFileError, lore_file_read, lore_size_check
 
 LOREBOOK_SUFFIX = ".json"
 

@@ -1,8 +1,6 @@
 """Lore in prompts without Postgres on the turn's path.
 
-- Gating: a chunk's `conditions` ({"archetypes": [...], "subfactions": [...], "quests": [...]})
-  say who may know it; every key given must match (any value of it). A quest entry is a quest
-  name (the player's quest card has it) or `name=stage`. No conditions: the whole world.
+- Gating (console.lore.gating) decides what an NPC may know, and quest conditions per turn.
 - A lore pack per NPC: the chunks its archetype and subfaction may know, nearest the NPC's own
   card first, at most LORE_PACK_MAX. Built by a Celery task (Postgres, pgvector) into Redis
   (`lore:pack:{npc}`: the texts as JSON and the embeddings as one float32 matrix), for
@@ -28,80 +26,23 @@ import numpy as np
 from cachetools import TTLCache
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Q
 from pgvector.django import CosineDistance
 from redis.asyncio import Redis
 
+from console.lore.embeddings import embed, embedding_model
+from console.lore.gating import conditions_allow, conditions_merge, gate_q
+from console.lore.search import iterative_scan_on
+from console.models import NPC, Concept, LoreChunk, World
+from console.redis_clients import redis_sync
+
 logger = logging.getLogger(__name__)
 
-CONDITION_KEYS = ("archetypes", "subfactions", "quests")
 Matrix = np.ndarray[Any, np.dtype[np.float32]]
 SNIPPET_MAX_CHARS = 600
 
 
 def pack_key(npc: str) -> str:
     return f"lore:pack:{npc}"
-
-
-def _allowed_q(archetype: str, subfaction: str | None) -> Q:
-    """Rows whose `conditions` let an NPC of `archetype`/`subfaction` know them."""
-    allowed = ~Q(conditions__has_key="archetypes") | Q(conditions__archetypes__contains=[archetype])
-    allowed &= ~Q(conditions__has_key="subfactions") | (
-        Q(conditions__subfactions__contains=[subfaction]) if subfaction else Q(pk__in=[])
-    )
-    return allowed
-
-
-def gate_q(*, archetype: str | None, subfaction: str | None = None) -> Q:
-    """The chunks an NPC of `archetype` and `subfaction` may know, as a query filter: the
-    chunk's own conditions and those of every concept it mentions (a designer gates "the Red
-    Testament" once, and every passage naming it follows). Quest conditions are checked per
-    turn, against the player's quest card. No archetype: no filter (a designer searching)."""
-    from console.models import Concept
-
-    if archetype is None:
-        return Q()
-    blocked = Concept.objects.exclude(conditions={}).exclude(_allowed_q(archetype, subfaction))
-    return _allowed_q(archetype, subfaction) & ~Q(concepts__in=blocked.values("pk"))
-
-
-def conditions_merge(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
-    """Conditions that hold only where both do. Where both name a key, only the values in both
-    remain; none left means nobody ("-" is no slug). For quests that is stricter than "one of
-    each list" would be: a secret errs on the side of staying secret."""
-    merged = {key: list(values) for key, values in first.items()}
-    for key, values in second.items():
-        if not values:
-            continue
-        if merged.get(key):
-            merged[key] = [value for value in merged[key] if value in values] or ["-"]
-        else:
-            merged[key] = list(values)
-    return merged
-
-
-def iterative_scan_on(cursor: Any) -> None:
-    """pgvector 0.8: a filtered HNSW scan goes on until it has enough rows (inside a transaction)."""
-    cursor.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
-
-
-def conditions_allow(
-    conditions: dict[str, Any], *, archetype: str, subfaction: str | None, quests: dict[str, str]
-) -> bool:
-    """Whether an NPC of `archetype`/`subfaction` may use lore with `conditions` with a player
-    whose quest card is `quests`."""
-    if conditions.get("archetypes") and archetype not in conditions["archetypes"]:
-        return False
-    if conditions.get("subfactions") and subfaction not in conditions["subfactions"]:
-        return False
-    if conditions.get("quests"):
-        return any(_quest_met(entry, quests) for entry in conditions["quests"])
-    return True
-
-
-def _quest_met(entry: str, quests: dict[str, str]) -> bool:
-    name, _, stage = entry.partition("=")
-    return name in quests and (not stage or quests[name] == stage)
 
 
 @dataclass
@@ -121,8 +62,6 @@ class LorePack:
 
 def lore_pack_build(npc_slug: str) -> LorePack:
     """The NPC's pack from Postgres (a Celery task calls this, never a turn)."""
-    from console.models import NPC, Concept, LoreChunk
-    from memory.embeddings import embed
 
     npc = NPC.objects.select_related("archetype", "subfaction", "region").get(slug=npc_slug)
     archetype = npc.archetype.slug
@@ -236,7 +175,6 @@ def _model_load_in_background() -> None:
         return
 
     def load() -> None:
-        from memory.embeddings import embedding_model
 
         try:
             embedding_model()
@@ -265,9 +203,20 @@ async def lore_for_turn(
     if not _model_ready.is_set():
         _model_load_in_background()
         return TurnLore(state="model_loading")
-    from memory.embeddings import embed
 
     query = (await asyncio.to_thread(embed, [player_text]))[0]
     ranked = lore_rank(pack, query, archetype=archetype, subfaction=subfaction, quests=quests)
     used = [{"chunk": pack.ids[index], "score": round(score, 3)} for index, score in ranked]
     return TurnLore(slot=lore_slot(pack, ranked), used=used, state="used" if used else "none")
+
+
+def lore_packs_drop(world: World) -> int:
+    """Drop the Redis lore packs of a world's NPCs after its lore changed."""
+    slugs = list(NPC.objects.filter(archetype__world=world).values_list("slug", flat=True))
+    if not slugs:
+        return 0
+    client = redis_sync()
+    try:
+        return int(client.delete(*(pack_key(slug) for slug in slugs)))
+    finally:
+        client.close()

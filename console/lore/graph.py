@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from django.db import transaction
 
+from console.lore.embeddings import vocabulary
 from console.models import (
     NPC,
     Concept,
@@ -36,7 +37,6 @@ from console.models import (
     Subfaction,
     World,
 )
-from memory.embeddings import vocabulary
 
 logger = logging.getLogger(__name__)
 

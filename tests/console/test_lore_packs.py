@@ -10,17 +10,12 @@ import pytest
 from django.conf import settings
 from redis.asyncio import Redis
 
-from console.services.lore import LoreFileError, lore_document_ingest, lore_file_read
-from memory import lore as lore_module
-from memory.embeddings import embedding_model
-from memory.lore import (
-    TurnLore,
-    conditions_allow,
-    lore_for_turn,
-    lore_pack_build,
-    lore_pack_store,
-    lore_packs_forget,
-)
+from console.lore import packs as lore_module
+from console.lore.embeddings import embedding_model
+from console.lore.files import LoreFileError, lore_file_read
+from console.lore.gating import conditions_allow
+from console.lore.ingest import lore_document_ingest
+from console.lore.packs import TurnLore, lore_for_turn, lore_pack_build, lore_pack_store, lore_packs_forget
 from tests.factories import ArchetypeFactory, NPCFactory, RegionFactory, WorldFactory
 
 pytestmark = pytest.mark.django_db

@@ -28,7 +28,7 @@ django.setup()
 import numpy as np  # noqa: E402 - after django.setup(), like every module that reads settings
 
 from console.localstack import free_port  # noqa: E402
-from inference.adapters import BASE_ADAPTER_NAME, zero_adapter_folder  # noqa: E402
+from console.services.adapters import BASE_ADAPTER_NAME, zero_adapter_folder  # noqa: E402
 from inference.base_models import (  # noqa: E402
     bundled_gguf_path,
     default_model_dir,

@@ -13,7 +13,7 @@ in one process, so their figures are side by side:
   token's adapter matrices at the worker's maximum rank, so the maximum is the cost.
 
 Also measured on ours: the same load through the zero-delta "base" adapter that base-model
-turns use (see inference.adapters). Rounds alternate base and adapter loads so machine noise
+turns use (see console.services.adapters). Rounds alternate base and adapter loads so machine noise
 falls on both; figures are medians over rounds. Prints one JSON line.
 """
 
@@ -39,7 +39,7 @@ from django.conf import settings  # noqa: E402 - after django.setup(), like ever
 from django.test import override_settings  # noqa: E402
 
 from console.localstack import free_port  # noqa: E402
-from inference.adapters import BASE_ADAPTER_NAME, zero_adapter_folder  # noqa: E402
+from console.services.adapters import BASE_ADAPTER_NAME, zero_adapter_folder  # noqa: E402
 from inference.base_models import bundled_gguf_path, default_model_dir, gguf_convert  # noqa: E402
 from inference.engine import EngineClient  # noqa: E402
 from inference.residency import adapter_load  # noqa: E402

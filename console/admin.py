@@ -45,13 +45,13 @@ from console.models import (
     World,
 )
 from console.models.adapters import MAX_ADAPTER_RANK
+from console.services.adapters import AdapterRollbackRefused, adapter_rollback, adapter_status_set
 from console.services.keys import game_key_create, game_key_revoke
 from console.tasks import lore_ingest_task
-from inference.adapters import adapter_status_set
 from inference.tasks import residency_sync_enqueue
 from training.admin import ExampleExchangeInline, eval_run_verdict, provision_start
 from training.composition import CompositionError, adapter_compose
-from training.evaluation import EvalError, adapter_rollback, eval_run_create
+from training.eval.harness import eval_run_create
 from training.models import EvalRun, EvalStatus, ProvisionRun
 from training.tasks import eval_run_task
 
@@ -313,7 +313,7 @@ class AdapterAdmin(SimpleHistoryAdmin):
         for adapter in queryset:
             try:
                 previous = adapter_rollback(adapter)
-            except EvalError as exc:
+            except AdapterRollbackRefused as exc:
                 self.message_user(request, str(exc), messages.ERROR)
             except ValidationError as exc:  # the earlier artifact no longer verifies
                 self.message_user(request, f"{adapter}: {' '.join(exc.messages)}", messages.ERROR)

@@ -35,7 +35,7 @@ def _workers_figures() -> list[dict[str, Any]]:
 
     from django.conf import settings
 
-    from inference.adapters import BASE_ADAPTER_NAME
+    from console.services.adapters import BASE_ADAPTER_NAME
     from inference.workers import worker_health
 
     now = time.monotonic()

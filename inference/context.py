@@ -17,7 +17,7 @@ from django.conf import settings
 from django.db.models import Q
 
 from console.models import NPC, Adapter, AdapterStatus, AdapterTask
-from inference.adapters import BASE_ADAPTER_NAME, adapter_lora_name
+from console.services.adapters import BASE_ADAPTER_NAME, adapter_lora_name
 from inference.base_models import base_model_for
 from inference.routing import adapter_route_pick
 from inference.single_flight import single_flight

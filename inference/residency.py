@@ -17,7 +17,7 @@ import httpx
 from django.db.models import Q
 
 from console.models import Adapter, AdapterStatus
-from inference.adapters import (
+from console.services.adapters import (
     BASE_ADAPTER_NAME,
     AdapterArtifactError,
     adapter_lora_name,
@@ -93,7 +93,7 @@ def _archetype_slug(adapter: Adapter) -> str:
 
 def residency_plan(*, healthy: Sequence[str]) -> dict[str, dict[str, Adapter]]:
     """worker -> {lora name: adapter} for every active adapter, and every candidate an eval is
-    measuring: the eval loads it (training.evaluation) and a sync between two of its requests,
+    measuring: the eval loads it (training.eval.harness) and a sync between two of its requests,
     by beat or by another eval, must not take it away before the verdict."""
     from training.models import EvalStatus
 

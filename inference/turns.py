@@ -26,8 +26,8 @@ import httpx
 import openai
 from django.conf import settings
 
+from console.services.adapters import BASE_ADAPTER_NAME
 from inference import metrics
-from inference.adapters import BASE_ADAPTER_NAME
 from inference.context import TurnContext
 from inference.engine import EngineClient, StreamUsage
 from inference.guardrails import ReplyPolicy, StreamGuard, player_text_clean, special_token_strings

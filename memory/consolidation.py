@@ -33,8 +33,8 @@ from django.conf import settings
 from redis import Redis
 from redis.exceptions import WatchError
 
+from console.services.adapters import BASE_ADAPTER_NAME
 from inference.activation import bonds_key
-from inference.adapters import BASE_ADAPTER_NAME
 from inference.engine import BACKGROUND_PRIORITY, EngineClient
 from inference.guardrails import untrusted_text_neutralise
 from inference.metrics import MEMORY_REJECTED_KEY

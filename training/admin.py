@@ -16,8 +16,8 @@ from django.urls import path, reverse
 
 from console.models import Archetype
 from training.datasets import DatasetError, dataset_build, dataset_check
+from training.eval.harness import evaluation_summary
 from training.eval.metrics import gate_metric_check
-from training.evaluation import evaluation_summary
 from training.jobs import TrainingJobError, training_job_cancel, training_job_create
 from training.models import (
     PROVISION_ENDED,

@@ -36,7 +36,7 @@ from django.core.exceptions import ValidationError
 
 from console.models import NPC, Adapter, AdapterScope, Archetype, Subfaction
 from console.models.adapters import MAX_ADAPTER_RANK
-from inference.adapters import AdapterArtifactError, adapter_register, adapter_verify
+from console.services.adapters import AdapterArtifactError, adapter_register, adapter_verify
 
 # The name of the composed adapter inside the PEFT model, and of the subfolder PEFT saves it in.
 COMPOSED = "composed"

@@ -45,7 +45,7 @@ CHOICE_TASKS: dict[str, tuple[str, str]] = {
     AdapterTask.EMOTIONAL_RESPONSE: ("emotion", "How does {name} feel hearing this?"),
 }
 # What a player says when a bark fits (the archetype's barks become in-voice replies). None is a
-# line of the eval's conversation (training.evaluation.CONVERSATION), whose replies are scored.
+# line of the eval's conversation (training.eval.harness.CONVERSATION), whose replies are scored.
 BARK_CUES = {
     "greet": ["Hello there.", "Good evening to you.", "Greetings, stranger.", "And who are you, then?"],
     "farewell": ["Farewell, then.", "I must go now.", "Goodbye, and good night."],

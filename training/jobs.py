@@ -31,7 +31,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from console.models import BaseModel
-from inference.adapters import AdapterArtifactError, adapter_import
+from console.services.adapters import AdapterArtifactError, adapter_import
 from inference.base_models import base_model_for
 from training.datasets import DatasetError, dataset_read, dataset_verify
 from training.lora import TrainingStopped, lora_fit
@@ -262,7 +262,7 @@ def _train(
     _log(job.pk, f"done: adapter {adapter} registered as a candidate", status=TrainingStatus.SUCCEEDED,
          adapter=adapter, progress=100.0, finished_at=timezone.now())  # fmt: skip
     if job.evaluate:
-        from training.evaluation import eval_run_create
+        from training.eval.harness import eval_run_create
         from training.tasks import eval_run_task
 
         run = eval_run_create(adapter=adapter)

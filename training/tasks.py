@@ -23,7 +23,7 @@ def training_job_task(job_id: int) -> str:
 @shared_task(ignore_result=True)
 def training_jobs_recover_task() -> list[int]:
     """Queue again the training jobs and eval runs whose execution died (beat, every minute)."""
-    from training.evaluation import eval_runs_recover
+    from training.eval.harness import eval_runs_recover
 
     eval_runs_recover()
     return training_jobs_recover()
@@ -33,7 +33,7 @@ def training_jobs_recover_task() -> list[int]:
 def eval_run_task(run_id: int) -> str:
     """Evaluate a candidate against its baseline; promote it if it passes (idempotent: a run
     that already ended is left alone)."""
-    from training.evaluation import eval_run_claim, eval_run_execute
+    from training.eval.harness import eval_run_claim, eval_run_execute
     from training.models import EvalRun
 
     if not eval_run_claim(run_id):  # ended, or another execution has it

@@ -17,8 +17,8 @@ from channels.testing import WebsocketCommunicator
 
 from console.asgi import application
 from console.models import AdapterTask
+from console.services.adapters import adapter_import, adapter_lora_name
 from console.services.keys import game_key_create
-from inference.adapters import adapter_import, adapter_lora_name
 from inference.context import turn_context_forget
 from inference.residency import residency_sync
 from inference.workers import worker_mark_down

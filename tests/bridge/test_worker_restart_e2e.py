@@ -14,7 +14,7 @@ import time
 import pytest
 from websockets.asyncio.client import connect
 
-from inference.adapters import BASE_ADAPTER_NAME
+from console.services.adapters import BASE_ADAPTER_NAME
 from inference.residency import worker_loras
 from inference.workers import worker_health
 

@@ -17,8 +17,8 @@ from django.urls import reverse
 from django.utils import timezone
 
 from console.models import Adapter, AdapterStatus, GameClientKey
+from console.services.adapters import adapter_folder_digest
 from console.services.keys import game_key_authenticate
-from inference.adapters import adapter_folder_digest
 from memory.events import turn_event_id
 from memory.models import MemoryEvent, MemoryEventKind
 from tests.factories import AdapterFactory, NPCFactory, UserFactory

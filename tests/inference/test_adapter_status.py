@@ -8,8 +8,8 @@ import pytest
 from django.core.exceptions import ValidationError
 
 from console.models import Adapter, AdapterStatus
+from console.services.adapters import adapter_folder_digest, adapter_lora_name, adapter_status_set
 from inference import tasks
-from inference.adapters import adapter_folder_digest, adapter_lora_name, adapter_status_set
 from inference.residency import residency_plan
 from tests.factories import AdapterFactory, ArchetypeFactory
 

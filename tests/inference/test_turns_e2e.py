@@ -9,7 +9,7 @@ import pytest
 from django.test import Client
 
 from console.models import AdapterStatus, AdapterTask, BaseModel
-from inference.adapters import BASE_ADAPTER_NAME, adapter_import, adapter_lora_name, adapter_status_set
+from console.services.adapters import BASE_ADAPTER_NAME, adapter_import, adapter_lora_name, adapter_status_set
 from inference.context import turn_context_build
 from inference.engine import EngineClient
 from inference.prompts import PromptParts, prompt_assemble, tokenizer_counter

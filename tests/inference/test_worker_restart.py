@@ -11,7 +11,7 @@ import time
 import pytest
 from django.conf import settings
 
-from inference.adapters import BASE_ADAPTER_NAME
+from console.services.adapters import BASE_ADAPTER_NAME
 from inference.context import TurnContext
 from inference.residency import adapter_unload, residency_sync, worker_loras
 from inference.turns import turn_run

@@ -11,7 +11,7 @@ import pytest
 from django.urls import reverse
 
 from console.models import Adapter, AdapterStatus, AdapterTask
-from inference.adapters import adapter_folder_digest
+from console.services.adapters import adapter_folder_digest
 from tests.factories import AdapterFactory, ArchetypeFactory
 from training.models import EvalRun, EvalStatus
 

@@ -20,7 +20,7 @@ from django.core.management import call_command
 from safetensors.torch import load_file
 
 from console.models import NPC, Adapter, AdapterScope, AdapterStatus, AdapterTask
-from inference.adapters import adapter_import, adapter_lora_name, adapter_register, adapter_verify
+from console.services.adapters import adapter_import, adapter_lora_name, adapter_register, adapter_verify
 from inference.context import turn_context_build
 from inference.workers import worker_headers
 from tests.factories import ArchetypeFactory, NPCFactory, suite_base_model

@@ -16,13 +16,19 @@ from console.lore.files import lore_file_read
 from console.lore.graph import lore_graph_refresh
 from console.lore.ingest import lore_document_ingest
 from console.models import AdapterStatus, AdapterTask
-from inference.adapters import adapter_folder_digest, adapter_import, adapter_lora_name, adapter_status_set
+from console.services.adapters import (
+    AdapterRollbackRefused,
+    adapter_folder_digest,
+    adapter_import,
+    adapter_lora_name,
+    adapter_rollback,
+    adapter_status_set,
+)
 from inference.prompts import player_text_block
 from inference.residency import worker_loras
 from tests.factories import AdapterFactory, ArchetypeFactory, NPCFactory, WorldFactory, suite_base_model
 from training.datasets import BARK_CUES, dataset_build, dataset_read
-from training.eval.metrics import INJECTION_PROBES, OUT_OF_CHARACTER, OUT_OF_CHARACTER_EXEMPLARS, gate_passes
-from training.evaluation import (
+from training.eval.harness import (
     ACTION_PROBES,
     CONVERSATION,
     PROBE_SAMPLES,
@@ -30,7 +36,6 @@ from training.evaluation import (
     EvalError,
     EvalPrompts,
     Measured,
-    adapter_rollback,
     eval_prompts,
     eval_run_claim,
     eval_run_create,
@@ -41,6 +46,7 @@ from training.evaluation import (
     evaluation_summary,
     task_gate,
 )
+from training.eval.metrics import INJECTION_PROBES, OUT_OF_CHARACTER, OUT_OF_CHARACTER_EXEMPLARS, gate_passes
 from training.lora import lora_fit
 from training.management.commands.train_pilot import EXAMPLES, PILOT, pilot_selected
 from training.models import EvalRun, EvalStatus, ExampleExchange
@@ -127,7 +133,7 @@ def test_rollback_brings_back_the_adapter_a_promotion_retired(tmp_path):
     old.refresh_from_db()
     new.refresh_from_db()
     assert (old.status, new.status) == (AdapterStatus.ACTIVE, AdapterStatus.RETIRED)
-    with pytest.raises(EvalError, match="no earlier"):
+    with pytest.raises(AdapterRollbackRefused, match="no earlier"):
         adapter_rollback(old)
 
 

@@ -14,7 +14,7 @@ from django.db import connection
 from django.utils import timezone
 
 from console.models import AdapterStatus, AdapterTask
-from inference.adapters import adapter_verify
+from console.services.adapters import adapter_verify
 from tests.factories import ArchetypeFactory, suite_base_model
 from training.datasets import dataset_build
 from training.jobs import (

@@ -19,7 +19,7 @@ import redis
 from django.utils import timezone
 
 from console.models import AdapterStatus, AdapterTask
-from inference.adapters import adapter_lora_name, adapter_status_set
+from console.services.adapters import adapter_lora_name, adapter_status_set
 from inference.context import turn_context_build
 from inference.residency import residency_sync, worker_loras
 from inference.workers import worker_headers

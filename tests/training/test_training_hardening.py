@@ -14,7 +14,7 @@ from django.utils import timezone
 from console.models import AdapterTask
 from tests.factories import AdapterFactory, ArchetypeFactory, BaseModelFactory
 from training.datasets import dataset_build
-from training.evaluation import eval_runs_recover
+from training.eval.harness import eval_runs_recover
 from training.jobs import training_jobs_recover
 from training.models import EvalRun, EvalStatus, ExampleExchange, TrainingJob, TrainingStatus
 
@@ -164,7 +164,7 @@ def test_an_eval_past_its_time_limit_makes_no_further_request(settings):
     # its deadline before each request (nothing listens on port 9: a request would fail otherwise).
     import time
 
-    from training.evaluation import EvalError, _Generator
+    from training.eval.harness import EvalError, _Generator
 
     generate = _Generator("http://127.0.0.1:9", "base", deadline=time.monotonic() - 1)
 

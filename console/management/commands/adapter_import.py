@@ -4,7 +4,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from console.models import AdapterTask, Archetype
-from inference.adapters import AdapterArtifactError, adapter_import
+from console.services.adapters import AdapterArtifactError, adapter_import
 from inference.base_models import base_model_for
 
 

@@ -30,7 +30,7 @@ from console.models import Adapter, AdapterStatus, AdapterTask, Archetype
 from console.supervisor import Supervisor
 from inference.workers import worker_health
 from training.datasets import dataset_build
-from training.evaluation import eval_run_create, eval_run_execute
+from training.eval.harness import eval_run_create, eval_run_execute
 from training.jobs import training_job_abandon, training_job_create, training_job_run
 from training.models import ExampleExchange, TrainingStatus
 

@@ -33,7 +33,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from console.models import Adapter, AdapterStatus, AdapterTask, Archetype
-from inference.adapters import BASE_ADAPTER_NAME, adapter_lora_name, adapter_status_set, adapter_verify
+from console.services.adapters import BASE_ADAPTER_NAME, adapter_lora_name, adapter_status_set, adapter_verify
 from inference.prompts import Turn
 from inference.residency import adapter_load, adapter_unload, residency_sync, worker_loras
 from inference.routing import worker_for_archetype
@@ -93,7 +93,7 @@ CHOICE_REPLY_TOKENS = 24
 # Requests in flight per model: enough for vLLM to batch a part's prompts together.
 GENERATION_CONCURRENCY = 8
 PROGRESS_EVERY_S = 2.0
-# A running eval silent for this long lost its worker (training.evaluation.eval_runs_recover).
+# A running eval silent for this long lost its worker (training.eval.harness.eval_runs_recover).
 EVAL_STALE_AFTER = timedelta(minutes=2)
 # One reply. Generous: an eval's requests queue behind each other (and behind other evals') on
 # a 2-core CPU worker, where prefill runs at a few hundred tokens a second; four pilot evals at
@@ -555,19 +555,6 @@ def eval_runs_recover() -> list[int]:
             eval_run_task.delay(pk)
             recovered.append(pk)
     return recovered
-
-
-def adapter_rollback(adapter: Adapter) -> Adapter:
-    """Make the adapter that `adapter` replaced active again (one click in the admin)."""
-    previous = (
-        Adapter.objects.filter(
-            archetype=adapter.archetype, subfaction=adapter.subfaction, npc=adapter.npc, task=adapter.task,
-            status=AdapterStatus.RETIRED, version__lt=adapter.version,
-        ).order_by("-version").first()
-    )  # fmt: skip
-    if previous is None:
-        raise EvalError(f"{adapter}: no earlier {adapter.task} adapter to roll back to")
-    return adapter_status_set(adapter=previous, status=AdapterStatus.ACTIVE)
 
 
 def evaluation_summary(run: EvalRun) -> list[dict[str, Any]]:

@@ -1,4 +1,7 @@
-"""LoRA adapter artifacts: digests, import of an existing PEFT folder, the zero "base" adapter."""
+"""The adapter lifecycle: an artifact's digest and verification, registering a trained folder,
+importing an existing PEFT folder, the zero "base" adapter, status changes (candidate, active,
+retired) and rolling back to the adapter a newer one replaced. Training writes adapters through
+here, the eval harness promotes them, residency (inference.residency) serves the active ones."""
 
 from __future__ import annotations
 
@@ -30,6 +33,10 @@ BASE_ADAPTER_NAME = "base"
 
 class AdapterArtifactError(ValueError):
     """An adapter folder is missing, malformed or does not match the registry."""
+
+
+class AdapterRollbackRefused(ValueError):
+    """No earlier adapter of the same target and task to make active again."""
 
 
 def adapter_folder_digest(folder: Path) -> tuple[str, int]:
@@ -200,3 +207,16 @@ def zero_adapter_folder(*, model_dir: Path, name: str | None = None) -> Path:
     peft_model.save_pretrained(str(staging))
     staging.rename(folder)
     return folder
+
+
+def adapter_rollback(adapter: Adapter) -> Adapter:
+    """Make the adapter that `adapter` replaced active again (one click in the admin)."""
+    previous = (
+        Adapter.objects.filter(
+            archetype=adapter.archetype, subfaction=adapter.subfaction, npc=adapter.npc, task=adapter.task,
+            status=AdapterStatus.RETIRED, version__lt=adapter.version,
+        ).order_by("-version").first()
+    )  # fmt: skip
+    if previous is None:
+        raise AdapterRollbackRefused(f"{adapter}: no earlier {adapter.task} adapter to roll back to")
+    return adapter_status_set(adapter=previous, status=AdapterStatus.ACTIVE)

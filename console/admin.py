@@ -165,7 +165,7 @@ class NPCAdmin(SimpleHistoryAdmin):
     list_display = ["name", "slug", "archetype", "subfaction", "region", "status"]
     list_filter = ["archetype", "region", "status"]
     search_fields = ["name", "slug", "backstory"]
-    list_select_related = ["archetype", "subfaction", "region", "region__world"]
+    list_select_related = ["archetype", "subfaction__archetype", "region__world"]
     autocomplete_fields = ["archetype", "subfaction", "region"]
     formfield_overrides = FORMFIELD_OVERRIDES
     fieldsets = [

@@ -1,3 +1,7 @@
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from django.core.exceptions import ValidationError
 from django.db import models
 
@@ -20,6 +24,20 @@ class World(models.Model):
         return self.name
 
 
+if TYPE_CHECKING:  # django-stubs' Manager is generic; Django's is not subscriptable at run time
+    _RegionManagerBase = models.Manager["Region"]
+else:
+    _RegionManagerBase = models.Manager
+
+
+class RegionManager(_RegionManagerBase):
+    """Regions come with their world: a region's name is shown with its world's slug (every
+    list of regions, the admin's filters and pickers, would otherwise query per region)."""
+
+    def get_queryset(self) -> models.QuerySet[Region]:
+        return super().get_queryset().select_related("world")
+
+
 class Region(models.Model):
     """A part of a world. Activation tiers and budgets are counted per region."""
 
@@ -27,7 +45,7 @@ class Region(models.Model):
     slug = models.CharField(max_length=64, validators=[lowercase_slug_validator])
     name = models.CharField(max_length=120)
     description = models.TextField(blank=True)
-    # Activation tiers (inference.tiers): distance bands to the nearest player, with hysteresis
+    # Activation tiers (inference.activation): distance bands to the nearest player, with hysteresis
     # (enter inside, leave beyond), and the most NPCs per tier at once, the closest kept.
     gold_enter_m = models.FloatField(default=25.0, help_text="An NPC this close to a player becomes Gold.")
     gold_exit_m = models.FloatField(
@@ -50,6 +68,8 @@ class Region(models.Model):
     )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+
+    objects = RegionManager()
 
     class Meta:
         ordering = ["world__name", "name"]

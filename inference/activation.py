@@ -28,10 +28,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from django.conf import settings
 from scipy.spatial import cKDTree
 
 from console.redis_clients import redis_text
 from console.validators import tier_bands_check
+from inference import metrics
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -440,10 +442,6 @@ async def tiers_apply(redis: Redis, frame: Any) -> TierUpdate:
     published (Redis, Prometheus); returns what changed. Positions of ids that are not NPCs of
     the region are ignored (counted in the update and in Prometheus). Raises UnknownRegion, and
     BadPositions (a ValueError) with the region's state and Redis untouched."""
-    from django.conf import settings
-
-    from inference import metrics
-
     config = await _region_config(frame.region)
     state = _regions.setdefault(frame.region, RegionTiers(region=frame.region))
     state.policy = config.policy

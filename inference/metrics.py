@@ -7,6 +7,9 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
 
+# Django settings are read on a client's first use, not at import.
+from console.redis_clients import redis_sync
+
 TURNS = Counter("revenant_turns_total", "NPC turns served", ["tier"])
 FALLBACKS = Counter(
     "revenant_turn_fallbacks_total",
@@ -61,8 +64,6 @@ class RedisCounters(Collector):
         yield self._family()
 
     def collect(self) -> Iterator[Metric]:
-        from console.redis_clients import redis_sync  # Django settings are read on first use
-
         family = self._family()
         try:
             with redis_sync() as client:

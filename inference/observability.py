@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from console.redis_clients import redis_text
 from inference import metrics
+from inference.activation import HISTORY_KEPT, HISTORY_KEY, REGION_KEY
 
 if TYPE_CHECKING:
     from redis import Redis as SyncRedis
@@ -219,8 +220,6 @@ def ops_player_forget(redis: SyncRedis, player_id: str) -> int:
 def region_tiers(redis: SyncRedis) -> list[dict[str, Any]]:
     """Per region the activation tiers last computed (inference.activation), with their history
     over the last hour, oldest first."""
-    from inference.activation import HISTORY_KEPT, HISTORY_KEY, REGION_KEY
-
     prefix = REGION_KEY.format(world="", region="").removesuffix(":")
     regions = []
     for key in sorted(redis.scan_iter(match=prefix + "*:*")):

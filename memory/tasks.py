@@ -9,7 +9,9 @@ from typing import Any
 
 from celery import shared_task
 
+from console.lore.packs import lore_pack_build, lore_pack_store
 from console.redis_clients import redis_sync
+from inference.context import turn_context_build
 from inference.workers import healthy_workers
 from memory.compaction import CompactionReport, memory_compact
 from memory.consolidation import pair_consolidate
@@ -45,8 +47,6 @@ def memory_rehydrate_task(npc: str, player: str) -> int:
 def memory_consolidate_task(self: Any, npc: str, player: str) -> dict[str, object]:
     """Summary, facts and relationship card from a pair's new turns (idempotent: a run sees
     only the turns after the previous one; one run at a time per pair)."""
-    from inference.context import turn_context_build
-
     client = redis_sync()
     lock = client.lock(f"memory:lock:consolidate:{npc}:{player}", timeout=_CONSOLIDATE_LOCK_S, blocking=False)
     if not lock.acquire():
@@ -97,8 +97,6 @@ def memory_compact_task() -> dict[str, int]:
 @shared_task(acks_late=True, ignore_result=True)
 def lore_pack_task(npc: str) -> int:
     """Build an NPC's lore pack into Redis (idempotent; one build at a time per NPC)."""
-    from console.lore.packs import lore_pack_build, lore_pack_store
-
     client = redis_sync()
     lock = client.lock(f"lore:lock:pack:{npc}", timeout=120, blocking=False)
     if not lock.acquire():

@@ -10,6 +10,8 @@ from typing import Any
 
 from django.db.models import Q
 
+from console.models import Concept
+
 CONDITION_KEYS = ("archetypes", "subfactions", "quests")
 
 
@@ -27,8 +29,6 @@ def gate_q(*, archetype: str | None, subfaction: str | None = None) -> Q:
     chunk's own conditions and those of every concept it mentions (a designer gates "the Red
     Testament" once, and every passage naming it follows). Quest conditions are checked per
     turn, against the player's quest card. No archetype: no filter (a designer searching)."""
-    from console.models import Concept
-
     if archetype is None:
         return Q()
     blocked = Concept.objects.exclude(conditions={}).exclude(_allowed_q(archetype, subfaction))

@@ -8,7 +8,7 @@ on both paths:
 
 - websocket: a `websockets` client sends `npc.say` to Daphne and times the first `turn.delta`
   (TTFT) and `turn.end` (total), from just before the send;
-- direct: this process calls `inference.turns.turn_run` against the same worker with the same
+- direct: this process calls `inference.turn.play.turn_run` against the same worker with the same
   context and prompt, timing the first delta and the return.
 
 Turns are seeded (TURN_SEED) so both paths generate the same reply token for token. Also
@@ -88,7 +88,7 @@ async def websocket_turn(url: str, key: str, npc: str, text: str) -> tuple[float
 
 
 async def direct_turn(context: TurnContext, worker: str, text: str) -> tuple[float, float, str]:
-    from inference.turns import turn_run
+    from inference.turn.play import turn_run
 
     started = time.perf_counter()
     first: list[float] = []

@@ -27,6 +27,8 @@ def inner_imports() -> list[str]:
                 if not isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
                     continue
                 for node in ast.walk(function):
+                    if not isinstance(node, ast.Import | ast.ImportFrom):
+                        continue
                     names = (
                         [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0
                         else [alias.name for alias in node.names] if isinstance(node, ast.Import)

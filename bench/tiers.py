@@ -19,7 +19,7 @@ Daphne process) filled up to 600 NPCs around the zombie horde, with capacities o
 one of them keeps talking to the nearest real Gold NPC. Reported: frames, tier changes, the
 most Gold and Silver NPCs any npc.tier frame counted (against the capacities), the time from a
 positions frame to its npc.tier answer, and the Gold turns' latency through the bridge next to
-the same turns run directly on the engine (inference.turns.turn_run in this process, same
+the same turns run directly on the engine (inference.turn.play.turn_run in this process, same
 worker, one after the other). A second JSON line.
 """
 
@@ -214,7 +214,7 @@ async def _live(
     from websockets.asyncio.client import connect
 
     from inference.context import turn_context_build
-    from inference.turns import turn_run
+    from inference.turn.play import turn_run
 
     players = centre + rng.uniform(-60, 60, size=(LIVE_PLAYERS, 3)) * np.array([1.0, 0.0, 1.0])
     heading = rng.uniform(0, 2 * np.pi, size=LIVE_PLAYERS)

@@ -8,13 +8,19 @@ turns in flight, counted in Redis (below).
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from django.conf import settings
+from redis.exceptions import RedisError
+
 if TYPE_CHECKING:
     from redis.asyncio import Redis
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -88,3 +94,69 @@ async def admit_release(redis: Redis, *, keys: list[str], member: str) -> None:
         for key in keys:
             pipe.zrem(key, member)
         await pipe.execute()
+
+
+async def connection_admit(redis: Redis, *, owner: str, member: str) -> tuple[list[str], str | None]:
+    """Count socket `member` against its key's cap: the sets it now counts in, and None; or why it
+    may not stay open."""
+    key = CONNECTIONS_KEY.format(owner=owner)
+    cap = settings.BRIDGE_MAX_CONNECTIONS_PER_KEY
+    try:
+        full = await admit(
+            redis, caps={key: cap}, member=member, stale_s=3 * settings.BRIDGE_CALLER_RECHECK_S
+        )
+    except RedisError as exc:
+        # Sessions need Redis anyway; the cap is not worth refusing a connection over.
+        logger.warning("connection cap not checked: %s", exc)
+        return [], None
+    if full is None:
+        return [key], None
+    return [], f"this key already holds {cap} open sockets (BRIDGE_MAX_CONNECTIONS_PER_KEY); close some"
+
+
+async def connection_refresh(redis: Redis, *, keys: list[str], member: str) -> None:
+    """Socket `member` is still open: it keeps counting against its key's cap."""
+    try:
+        await admit_refresh(redis, keys=keys, member=member)
+    except RedisError as exc:
+        logger.info("connection cap not refreshed: %s", exc)
+
+
+async def connection_release(redis: Redis, *, keys: list[str], member: str) -> None:
+    """Socket `member` closed: it stops counting against its key's cap."""
+    try:
+        await admit_release(redis, keys=keys, member=member)
+    except RedisError as exc:  # the member goes stale and stops counting
+        logger.info("connection cap not released: %s", exc)
+
+
+def turn_caps(owner: str) -> dict[str, int]:
+    """The sets a turn counts in, with their caps: its key's, and every worker's queue."""
+    workers = max(1, len(settings.INFERENCE_WORKERS))
+    return {
+        TURNS_KEY.format(owner=owner): settings.BRIDGE_MAX_TURNS_PER_KEY,
+        ALL_TURNS_KEY: settings.BRIDGE_MAX_TURNS_PER_WORKER * workers,
+    }
+
+
+async def turn_admit(redis: Redis, *, owner: str, slot: str) -> str | None:
+    """None when the turn may run, else why it is `busy` (a cap on turns in flight is reached)."""
+    caps = turn_caps(owner)
+    try:
+        full = await admit(redis, caps=caps, member=slot, stale_s=settings.BRIDGE_TURN_STALE_S)
+    except RedisError as exc:
+        logger.warning("turn caps not checked: %s", exc)  # the turn runs without its memory anyway
+        return None
+    if full is None:
+        return None
+    if full == ALL_TURNS_KEY:
+        return f"the NPC workers are at capacity ({caps[full]} turns in flight); try again in a few seconds"
+    return f"this key has {caps[full]} turns in flight (BRIDGE_MAX_TURNS_PER_KEY); wait for some to end"
+
+
+async def turn_release(redis: Redis, *, owner: str, slot: str) -> None:
+    """The turn in `slot` ended: it stops counting against its caps."""
+    try:
+        await admit_release(redis, keys=list(turn_caps(owner)), member=slot)
+    except RedisError as exc:  # the slot goes stale after BRIDGE_TURN_STALE_S and stops counting
+        logger.info("turn slot %s not released: %s", slot, exc)

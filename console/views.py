@@ -31,6 +31,7 @@ from console.models import NPC, Archetype, World
 from console.plots import line_chart_svg
 from console.selectors import ops_snapshot, playtest_npcs
 from inference.context import turn_context_build
+from inference.sampling import tier_sampling
 from memory.events import turn_event_id
 from memory.models import MemoryEvent, MemoryEventKind
 
@@ -191,9 +192,9 @@ def turn_trace(request: HttpRequest, turn_id: str) -> HttpResponse:
 @permission_required([TRACE_PERMISSION, PLAYTEST_PERMISSION], raise_exception=True)
 def turn_trace_replay(request: HttpRequest, turn_id: str) -> HttpResponse:
     """The traced prompt again, greedily, on the NPC's current adapters (an htmx fragment)."""
-    # Imported here: inference.turns loads the OpenAI client, and the URL checks import this
+    # Imported here: the turn pipeline loads the OpenAI client, and the URL checks import this
     # module in every management command (the archiver must start fast).
-    from inference.turns import turn_replay
+    from inference.turn.replay import turn_replay
 
     event = _turn_event(turn_id)
     if isinstance(event, HttpResponse):
@@ -206,8 +207,8 @@ def turn_trace_replay(request: HttpRequest, turn_id: str) -> HttpResponse:
         context = turn_context_build(npc_slug=event.npc_slug)
     except NPC.DoesNotExist:
         return HttpResponse(f"NPC {escape(event.npc_slug)} no longer exists.", status=404)
-    max_tokens = int((trace.get("sampling") or {}).get("max_tokens") or 96)
-    replay = async_to_sync(turn_replay)(context=context, messages=trace["messages"], max_tokens=max_tokens)
+    player_text = str(event.payload.get("player") or "")
+    replay = async_to_sync(turn_replay)(context=context, trace=trace, player_text=player_text)
     return render(request, "console/turn_replay.html", {"replay": replay, "then": event.payload})
 
 
@@ -275,7 +276,5 @@ def capacity_planner(request: HttpRequest) -> HttpResponse:
 
 
 def tier_tokens(tier: str) -> int:
-    """The most tokens a turn of the tier generates (inference.turns.tier_sampling)."""
-    from inference.turns import tier_sampling
-
+    """The most tokens a turn of the tier generates (inference.sampling.tier_sampling)."""
     return tier_sampling(tier).max_tokens

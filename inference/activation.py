@@ -2,7 +2,7 @@
 memory's hot, warm and archive tiers, another thing).
 
 Gold NPCs speak with full replies and memory, Silver ones briefly, Bronze ones only bark (no
-model; inference.turns.tier_sampling). A game server sends `world.positions` frames for a
+model; inference.sampling.tier_sampling). A game server sends `world.positions` frames for a
 region; each NPC's tier follows its distance to the nearest player:
 
 - bands with hysteresis: an NPC enters Gold inside `gold_enter_m` and leaves it only beyond

@@ -16,7 +16,7 @@ from openai import AsyncOpenAI, AsyncStream
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 # The priority of work no player waits on (evals, memory summaries): after every turn. Turns
-# use their tier's (inference.turns.TierSampling.priority); lower is scheduled first.
+# use their tier's (inference.sampling.TierSampling.priority); lower is scheduled first.
 BACKGROUND_PRIORITY = 10
 
 
@@ -55,7 +55,7 @@ class EngineClient:
         priority: int = 0,
     ) -> AsyncIterator[str]:
         """Yield text deltas; keep `usage` up to date as they come. A lower `priority` is scheduled
-        first (the worker runs vLLM's priority policy; inference.turns.TIER_PRIORITY)."""
+        first (the worker runs vLLM's priority policy; inference.sampling.TierSampling.priority)."""
         request: dict[str, Any] = {
             "model": model,
             "messages": messages,

@@ -76,7 +76,7 @@ def worker_argv(*, model_path: str, served_name: str, url: str) -> list[str]:
         "--max-cpu-loras", str(settings.WORKER_MAX_CPU_LORAS),
         # Prompts start with the archetype's persona, so its KV blocks are shared across NPCs.
         "--enable-prefix-caching",
-        # Requests carry their tier's priority (inference.turns.TierSampling.priority): Gold first.
+        # Requests carry their tier's priority (inference.sampling.TierSampling.priority): Gold first.
         "--scheduling-policy", "priority",
         "--disable-uvicorn-access-log",
         # Emotion and action are JSON with enums; without this the grammar lets the model pad

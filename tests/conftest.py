@@ -18,6 +18,8 @@ from console import localstack
 from console.permissions import DESIGNERS, OPS, groups_sync
 from inference.base_models import bundled_gguf_path, default_model_dir, gguf_convert
 from inference.workers import WorkerProcess
+from memory import tiers
+from memory.tiers import HotTier
 from tests.factories import UserFactory
 from training.lora import ChatExample, lora_train
 
@@ -112,6 +114,13 @@ def vllm_worker(_worker_process: WorkerProcess) -> WorkerProcess:
     if not _worker_process.alive():
         _worker_process.start()
     return _worker_process
+
+
+@pytest.fixture(autouse=True)
+def _fresh_hot_tier(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts with an empty hot tier: a pair another test left in this process's
+    memory would answer a turn before Redis does (test_quest_cards after test_hostile_clients)."""
+    monkeypatch.setattr(tiers, "_hot", HotTier())
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -16,11 +16,12 @@ import pytest
 from asgiref.sync import async_to_sync
 from django.core.management import call_command
 
-from bridge import consumers
+from bridge import world_frames
 from bridge.limits import ALL_TURNS_KEY, CONNECTIONS_KEY, TURNS_KEY
 from console.models import GameClientKey, NPCStatus
 from console.player_tokens import player_token_for, player_token_sign
 from console.services.keys import game_key_create, game_key_revoke, player_token_mint
+from inference.turn import plan
 from memory.tiers import pair_prefix
 from tests.bridge.conftest import connect, frames_until, send, started
 from tests.factories import NPCFactory, RegionFactory
@@ -111,7 +112,7 @@ def test_an_unexpected_fault_on_a_frame_is_answered_internal_and_the_socket_stay
     async def broken(*args, **kwargs):
         raise RuntimeError("a bug of ours")
 
-    monkeypatch.setattr(consumers, "tiers_apply", broken)
+    monkeypatch.setattr(world_frames, "tiers_apply", broken)
     frame = {"type": "world.positions", "region": npc.region.slug, "players": [], "npcs": []}
 
     async def scenario():
@@ -140,7 +141,7 @@ def test_a_fault_before_turn_start_still_ends_the_turn_and_frees_the_npc(
         if len(calls) == 1:
             raise IndexError("a half-written region (issue 17, item 1)")
 
-    monkeypatch.setattr(consumers, "tier_current", tier_lookup_fails_once)
+    monkeypatch.setattr(plan, "tier_current", tier_lookup_fails_once)
 
     async def scenario():
         comm = connect(game_key)

@@ -17,7 +17,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from websockets.asyncio.client import connect
 
-from bridge.consumers import OBSERVER_GROUP
+from bridge.turn_io import OBSERVER_GROUP
 from console.lore.ingest import ingest_job_run
 from console.lore.packs import pack_key
 from console.models import IngestJob, IngestStatus, LoreChunk

@@ -10,11 +10,14 @@ import json
 import re
 
 import pytest
+from asgiref.sync import async_to_sync
 from django.core.management import call_command
 from websockets.asyncio.client import connect
 
 from console.models import GameClientKey
 from console.services.keys import game_key_create
+from inference.context import turn_context_build
+from inference.turn.replay import turn_replay
 from memory.events import turn_event_id
 from memory.models import MemoryEvent
 from tests.processes import wait_for
@@ -78,6 +81,13 @@ def test_a_turn_at_gold_is_traced_replayed_and_counted(
     replay = designer_client.post(f"/ops/turns/{end['turn_id']}/replay/").content.decode()
     assert 'id="replay-error"' not in replay
     assert 'id="replay-text"></td>' not in replay  # the worker said something
+    # The replay went through the turn pipeline like the websocket turn: the same trace fields.
+    trace = MemoryEvent.objects.get(event_id=turn_event_id(end["turn_id"])).payload["trace"]
+    context = turn_context_build(npc_slug=plain_npc.slug)
+    replayed = async_to_sync(turn_replay)(context=context, trace=trace, player_text="Who are you?")
+    assert replayed.error == ""
+    assert set(replayed.trace) == set(trace)
+    assert replayed.trace["messages"] == trace["messages"]
     panel = ops_client.get("/ops/panel/").content.decode()
     assert f'data-region="{region}"' in panel
     assert 'data-tier="gold">Gold 1<' in panel

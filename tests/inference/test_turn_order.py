@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from console.models import BaseModel
-from inference import turns
 from inference.context import turn_context_build
-from inference.turns import turn_run
+from inference.turn import play
+from inference.turn.play import turn_run
 from tests.factories import ArchetypeFactory, NPCFactory
 
 pytestmark = pytest.mark.django_db
@@ -45,7 +45,7 @@ def test_emotion_and_action_are_asked_after_the_dialogues_first_token(base_model
     npc = NPCFactory(archetype=ArchetypeFactory(base_model=base_model))
     context = turn_context_build(npc_slug=npc.slug)
     events: list[str] = []
-    monkeypatch.setattr(turns, "engine_for", lambda url: _RecordingEngine(events))
+    monkeypatch.setattr(play, "engine_for", lambda url: _RecordingEngine(events))
 
     result = asyncio.run(turn_run(context=context, player_text="Hello?", workers=["http://worker"]))
 

@@ -10,7 +10,7 @@ import pytest
 from inference.context import TurnContext
 from inference.engine import EngineClient, StreamUsage
 from inference.residency import residency_sync
-from inference.turns import turn_result_payload, turn_run
+from inference.turn.play import turn_result_payload, turn_run
 from tests.factories import suite_base_model
 
 pytestmark = pytest.mark.e2e

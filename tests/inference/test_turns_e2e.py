@@ -15,7 +15,7 @@ from inference.engine import EngineClient
 from inference.prompts import PromptParts, prompt_assemble, tokenizer_counter
 from inference.residency import residency_sync, worker_loras
 from inference.tasks import residency_sync_task
-from inference.turns import structured_choice, turn_run
+from inference.turn.play import structured_choice, turn_run
 from tests.factories import ArchetypeFactory, NPCFactory, suite_base_model
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db]

@@ -11,7 +11,7 @@ import pytest
 
 from console.localstack import free_port
 from inference.context import TurnContext
-from inference.turns import turn_run
+from inference.turn.play import turn_run
 from inference.workers import WorkerProcess
 
 pytestmark = pytest.mark.e2e

@@ -14,7 +14,7 @@ from django.conf import settings
 from console.services.adapters import BASE_ADAPTER_NAME
 from inference.context import TurnContext
 from inference.residency import adapter_unload, residency_sync, worker_loras
-from inference.turns import turn_run
+from inference.turn.play import turn_run
 from inference.workers import worker_mark_down, workers_healthy
 from tests.factories import suite_base_model
 

@@ -5,17 +5,10 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
 from django.conf import settings
 from redis.asyncio import Redis
 
-from memory import tiers
-from memory.tiers import HotTier, PairMemory, memory_for_turn, memory_record_turn
-
-
-@pytest.fixture(autouse=True)
-def _fresh_hot_tier(monkeypatch):
-    monkeypatch.setattr(tiers, "_hot", HotTier())
+from memory.tiers import PairMemory, memory_for_turn, memory_record_turn
 
 
 def talk(npc: str, player: str, lines: list[str]) -> None:

@@ -150,10 +150,10 @@ class _Generator:
                 f"stopped: the eval took longer than EVAL_TIME_LIMIT_S ({settings.EVAL_TIME_LIMIT_S} s); "
                 "evaluate again when the worker is less busy, or raise the limit"
             )
-        # Imported here: inference.turns loads the OpenAI client (0.6 s), and the admin imports
+        # Imported here: inference.engine loads the OpenAI client (0.6 s), and the admin imports
         # this module at every process start (a chaos test's archiver started too late).
         from inference.engine import BACKGROUND_PRIORITY
-        from inference.turns import tier_sampling
+        from inference.sampling import tier_sampling
 
         sampling = tier_sampling("gold")
         if seed is not None and not sampling_seed_supported():

@@ -1,4 +1,8 @@
-"""Talk to an NPC from the terminal: the reply streams as the worker generates it."""
+"""Talk to an NPC from the terminal: the reply streams as the worker generates it.
+
+The turn goes through the turn pipeline (inference.turn) like a game client's, without a player:
+nothing is read from or written to any player's memory, and no lore is looked up (that needs the
+bridge's Redis and a built pack)."""
 
 import asyncio
 import json as jsonlib
@@ -8,8 +12,20 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from console.models import NPC
 from inference.context import turn_context_build
-from inference.turns import turn_result_payload, turn_run
+from inference.turn.pipeline import TurnIO, TurnOutcome, TurnRequest, turn_take
+from inference.turn.plan import TurnPlan
 from inference.workers import healthy_workers
+
+
+class _Terminal(TurnIO):
+    """The turn, printed as it streams."""
+
+    def __init__(self, command: BaseCommand) -> None:
+        self.stdout = command.stdout
+
+    async def turn_delta(self, plan: TurnPlan, text: str) -> None:
+        self.stdout.write(text, ending="")
+        self.stdout.flush()
 
 
 class Command(BaseCommand):
@@ -21,7 +37,7 @@ class Command(BaseCommand):
         parser.add_argument("--tier", default="gold", choices=["gold", "silver", "bronze"])
         parser.add_argument("--greedy", action="store_true", help="Deterministic decoding (temperature 0).")
         parser.add_argument(
-            "--trace", action="store_true", help="Print the whole turn result as JSON at the end."
+            "--trace", action="store_true", help="Print the turn's whole trace as JSON at the end."
         )
 
     def handle(
@@ -30,21 +46,15 @@ class Command(BaseCommand):
         if not NPC.objects.filter(slug=npc).exists():
             raise CommandError(f"no NPC {npc!r}: see the NPCs page, or run seed_demo")
         context = turn_context_build(npc_slug=npc)
-        healthy = healthy_workers()
-
-        async def show(piece: str) -> None:
-            self.stdout.write(piece, ending="")
-            self.stdout.flush()
-
-        self.stdout.write(f"{context.npc_name}: ", ending="")
-        result = asyncio.run(
-            turn_run(
-                context=context, player_text=text, workers=healthy, tier=tier, on_delta=show, greedy=greedy
-            )
+        request = TurnRequest(
+            context=context, player_text=text, tier=tier, greedy=greedy, workers=healthy_workers()
         )
+        self.stdout.write(f"{context.npc_name}: ", ending="")
+        outcome: TurnOutcome = asyncio.run(turn_take(request=request, io=_Terminal(self)))
+        result = outcome.result
         self.stdout.write("")
         self.stdout.write(
             f"[emotion: {result.emotion}, action: {result.action}, fallbacks: {result.fallbacks or 'none'}]"
         )
         if trace:
-            self.stdout.write(jsonlib.dumps(turn_result_payload(result), indent=2))
+            self.stdout.write(jsonlib.dumps(outcome.trace, indent=2))

@@ -1,9 +1,10 @@
-"""The turn service: an NPC answers a player, streamed, with an emotion and an action.
+"""Stage 3 of a turn, play: the NPC answers, streamed, with an emotion and an action.
 
 Three requests run in parallel on the NPC's worker, each through its task's adapter:
 dialogue (streamed), emotional_response and action_policy (structured output with enums, so
 the emotion and action are always valid). Nothing here touches the database: the caller
-passes a TurnContext built at conversation start.
+passes a TurnContext built at conversation start, and the plan's tier and the inputs' memory,
+lore and recent turns (inference.turn.plan, inference.turn.inputs).
 
 Fallbacks, each logged and counted: a task without an active adapter runs on the base model
 with the persona prompt (adapter_missing); a worker that is down or misses the tier's deadline
@@ -31,53 +32,12 @@ from inference import metrics
 from inference.context import TurnContext
 from inference.engine import EngineClient, StreamUsage
 from inference.guardrails import ReplyPolicy, StreamGuard, player_text_clean, special_token_strings
-from inference.prompts import PromptParts, Turn, prompt_assemble, tokenizer_counter
+from inference.prompts import AssembledPrompt, PromptParts, Turn, prompt_assemble, tokenizer_counter
 from inference.routing import NoHealthyWorker, worker_for_archetype
-from inference.workers import healthy_workers, worker_mark_down
+from inference.sampling import TierSampling, tier_sampling
+from inference.workers import worker_mark_down
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TierSampling:
-    max_tokens: int
-    temperature: float
-    top_p: float
-    deadline_s: float
-    uses_model: bool = True
-    # vLLM's multiplicative penalty on tokens already in the prompt or reply: small models (the
-    # bundled 135M one) otherwise loop on a phrase until max_tokens.
-    repetition_penalty: float = 1.0
-    # The worker schedules lower numbers first (vLLM's priority policy): a Gold turn is never
-    # queued behind Silver turns or background work (inference.engine.BACKGROUND_PRIORITY).
-    priority: int = 0
-
-
-def tier_sampling(tier: str) -> TierSampling:
-    """Gold: full replies; Silver: short ones; Bronze: barks without the model."""
-    deadlines = settings.TURN_DEADLINES_S
-    table = {
-        "gold": TierSampling(
-            max_tokens=96,
-            temperature=0.8,
-            top_p=0.95,
-            deadline_s=deadlines["gold"],
-            repetition_penalty=1.1,
-            priority=0,
-        ),
-        "silver": TierSampling(
-            max_tokens=48,
-            temperature=0.7,
-            top_p=0.9,
-            deadline_s=deadlines["silver"],
-            repetition_penalty=1.1,
-            priority=1,
-        ),
-        "bronze": TierSampling(max_tokens=0, temperature=0.0, top_p=1.0, deadline_s=0.0, uses_model=False),
-    }
-    if tier not in table:
-        raise ValueError(f"unknown tier {tier!r}: use gold, silver or bronze")
-    return table[tier]
 
 
 @dataclass
@@ -156,12 +116,15 @@ async def turn_run(
     on_delta: DeltaSink | None = None,
     greedy: bool = False,
     seed: int | None = None,
+    sampling: TierSampling | None = None,
+    prompt: AssembledPrompt | None = None,
 ) -> TurnResult:
-    """Run one turn. `workers` are the healthy workers; `on_delta` receives each safe text piece."""
+    """Run one turn. `workers` are the healthy workers; `on_delta` receives each safe text piece.
+    `sampling` replaces the tier's, `prompt` the one assembled from the parts (a replay's)."""
     started = time.perf_counter()
     if seed is None:
         seed = settings.TURN_SEED
-    sampling = tier_sampling(tier)
+    sampling = sampling or tier_sampling(tier)
     metrics.TURNS.labels(tier=tier).inc()
     result = TurnResult(text="", emotion="neutral", action=_default_action(context), tier=tier)
     result.adapters = dict(context.routes)
@@ -190,7 +153,7 @@ async def turn_run(
     result.worker = worker
     engine = engine_for(worker)
 
-    prompt = prompt_assemble(
+    prompt = prompt or prompt_assemble(
         PromptParts(
             persona=context.persona,
             subfaction=context.subfaction_text,
@@ -397,40 +360,3 @@ def turn_result_payload(result: TurnResult) -> dict[str, Any]:
 
 def _ms(value: float | None) -> float | None:
     return None if value is None else round(value, 1)
-
-
-# A replay also meets an adapter retired since the NPC's context was read.
-REPLAY_ERRORS: tuple[type[BaseException], ...] = (*WORKER_ERRORS, openai.NotFoundError)
-
-
-@dataclass(frozen=True)
-class Replay:
-    text: str
-    adapter: str
-    worker: str | None
-    total_ms: float
-    error: str = ""
-
-
-async def turn_replay(*, context: TurnContext, messages: list[dict[str, str]], max_tokens: int) -> Replay:
-    """A traced turn's exact prompt again, greedily, on the NPC's current dialogue adapter: what
-    the NPC would say now (the trace page compares it with what it said then)."""
-    started = time.perf_counter()
-    adapter = context.routes.get("dialogue_style", BASE_ADAPTER_NAME)
-    try:
-        # Asked afresh, not from the turn path's cached probes: a designer waits a second or two,
-        # and a cache seen from this process (a probe that timed out under load) must not say
-        # "no worker" while the worker is serving players.
-        worker = worker_for_archetype(context.archetype_slug, await asyncio.to_thread(healthy_workers))
-    except NoHealthyWorker:
-        return Replay("", adapter, None, 0.0, "no healthy worker: start one (make run starts it)")
-    pieces: list[str] = []
-    try:
-        async for delta in engine_for(worker).stream_chat(
-            model=adapter, messages=messages, max_tokens=max_tokens, temperature=0.0,
-            priority=tier_sampling("silver").priority,  # a designer waits, but players come first
-        ):  # fmt: skip
-            pieces.append(delta)
-    except REPLAY_ERRORS as exc:
-        return Replay("".join(pieces), adapter, worker, 0.0, f"the worker failed: {exc}")
-    return Replay("".join(pieces), adapter, worker, round((time.perf_counter() - started) * 1000, 1))

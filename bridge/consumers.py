@@ -10,6 +10,7 @@ layer (which drops silently at capacity) only carries finished turns to observer
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 from typing import Any
@@ -51,6 +52,9 @@ from inference.turn.background import in_background
 from inference.turn.remember import session_memory_consolidate
 
 logger = logging.getLogger(__name__)
+
+# How long an npc.say holds the socket's next frame back for its turn.start.
+TURN_START_WAIT_S = 5.0
 
 # Close codes (the 4xxx range is the application's).
 CLOSE_UNAUTHORIZED = 4401
@@ -287,6 +291,11 @@ class GameConsumer(AsyncWebsocketConsumer):
         playing = turn.play(checked, on_slow_consumer=self._slow_consumer)
         task = asyncio.get_running_loop().create_task(playing)
         session.turns[message.request_id] = task
+        # The next frame waits for turn.start (a Redis round trip for the tier): a client sees
+        # its npc.say answered before anything it sent later. Bounded, so a stuck store cannot
+        # stall the socket: the turn itself still ends with turn.end or turn.error.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(turn.answered.wait(), timeout=TURN_START_WAIT_S)
 
     async def _slow_consumer(self, exc: SlowConsumer) -> None:
         logger.warning("closing a game socket (%s): client not reading, %s", self.caller.label, exc)

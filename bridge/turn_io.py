@@ -65,6 +65,9 @@ class SocketTurn(TurnIO):
         self.released = False
         self.turn_id = ""  # known once the turn is planned
         self.end: dict[str, Any] = {}
+        # Set once turn.start (or the turn's error) is sent: the socket answers its next frame
+        # only then (docs/protocol.md, "Ordering").
+        self.answered = asyncio.Event()
 
     async def play(
         self, context: TurnContext, *, on_slow_consumer: Callable[[SlowConsumer], Awaitable[None]]
@@ -85,6 +88,7 @@ class SocketTurn(TurnIO):
             failed = turn_error_frame(request_id, "internal", "the turn failed; try again")
             await quietly(session.send(failed))
         finally:
+            self.answered.set()
             self.release()
 
     def release(self) -> None:
@@ -109,6 +113,7 @@ class SocketTurn(TurnIO):
                 "adapter": plan.adapter,
             }
         )
+        self.answered.set()
 
     async def turn_delta(self, plan: TurnPlan, text: str) -> None:
         await self.session.send(

@@ -25,12 +25,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from cachetools import TTLCache
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Q
 from pgvector.django import CosineDistance
 from redis.asyncio import Redis
+
+from console.caches import ProcessCache
 
 logger = logging.getLogger(__name__)
 
@@ -161,15 +162,15 @@ def lore_pack_store(redis: Any, pack: LorePack) -> None:
         pipe.execute()
 
 
-_packs: TTLCache[str, LorePack] = TTLCache(maxsize=2048, ttl=60)
-_packs_lock = threading.Lock()
+# Packs read from Redis, kept a minute per process: a turn reads Redis for its NPC's pack at most
+# once a minute, and a rebuilt pack reaches every process within that minute.
+_packs: ProcessCache[str, LorePack] = ProcessCache("memory.lore.packs", ttl_s=60, maxsize=2048)
 
 
 async def lore_pack_load(redis: Redis, npc: str) -> LorePack | None:
     """The NPC's pack: from this process (a minute old at most) or Redis; None when Redis has
     none (the caller queues a build)."""
-    with _packs_lock:
-        pack = _packs.get(npc)
+    pack = _packs.get(npc)
     if pack is not None:
         return pack
     raw = await redis.hgetall(pack_key(npc))
@@ -184,14 +185,13 @@ async def lore_pack_load(redis: Redis, npc: str) -> LorePack | None:
         else np.zeros((0, 384), np.float32)
     )
     pack = LorePack(npc, meta["ids"], meta["texts"], meta["conditions"], matrix, meta["built_at"])
-    with _packs_lock:
-        _packs[npc] = pack
+    _packs.set(npc, pack)
     return pack
 
 
 def lore_packs_forget() -> None:
-    with _packs_lock:
-        _packs.clear()
+    """Drop this process's packs: the next turns read them from Redis again."""
+    _packs.clear()
 
 
 def lore_rank(

@@ -9,7 +9,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from console.models import NPC
 from inference.context import turn_context_build
 from inference.turns import turn_result_payload, turn_run
-from inference.workers import healthy_workers
+from inference.workers import workers_probe_now
 
 
 class Command(BaseCommand):
@@ -30,7 +30,7 @@ class Command(BaseCommand):
         if not NPC.objects.filter(slug=npc).exists():
             raise CommandError(f"no NPC {npc!r}: see the NPCs page, or run seed_demo")
         context = turn_context_build(npc_slug=npc)
-        healthy = healthy_workers()
+        healthy = workers_probe_now()
 
         async def show(piece: str) -> None:
             self.stdout.write(piece, ending="")

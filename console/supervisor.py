@@ -190,15 +190,16 @@ class Supervisor:
 
     def stop_all(self, *, grace_s: float = 10.0) -> None:
         """SIGTERM every process group (newest first), then SIGKILL what is left after the grace."""
-        running = []
+        # Exited ones too: processes_stop also kills what their group left behind (an orphaned engine).
+        children = []
         for process in reversed(self.processes):
             process.restart_at = None
             if process.popen is None:
                 continue
             if process.popen.poll() is None:
                 print(f"stopping {process.name}…")
-            running.append(process.popen)
-        processes_stop(running, grace_s=grace_s)
+            children.append(process.popen)
+        processes_stop(children, grace_s=grace_s)
 
 
 def _say(line: str) -> None:

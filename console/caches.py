@@ -2,7 +2,8 @@
 the test suite clears between tests (tests/conftest.py).
 
 A module that keeps something in memory across calls (a worker's health, an NPC's turn context,
-a tokenizer, a lore pack) declares a `ProcessCache` at module level with a unique name:
+a tokenizer, a lore pack, the hot memory tier) declares a `ProcessCache` at module level, named
+after where it lives (the name is for people reading a repr or a log):
 
     _health: ProcessCache[str, bool] = ProcessCache("inference.workers.health",
                                                     ttl_s=lambda: settings.WORKER_HEALTH_TTL_S)
@@ -25,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Hashable
 from dataclasses import dataclass
@@ -107,6 +109,14 @@ class ProcessCache(Generic[K, V]):
         with self._lock:
             self._entries.pop(key, None)
 
+    def pop_where(self, predicate: Callable[[K], bool]) -> int:
+        """Drop every entry whose key matches; how many there were (a player forgotten)."""
+        with self._lock:
+            keys = [key for key in self._entries if predicate(key)]
+            for key in keys:
+                del self._entries[key]
+            return len(keys)
+
     def clear(self) -> None:
         """Forget every entry and every refresh in flight (a task of a closed loop, in tests)."""
         with self._lock:
@@ -137,24 +147,25 @@ class ProcessCache(Generic[K, V]):
         return f"<ProcessCache {self.name}: {len(self)} entries>"
 
 
-_registry: dict[str, ProcessCache[Any, Any]] = {}
+# Weak: a cache made for one test (a HotTier of its own) goes away with it; a module's cache lives
+# as long as its module.
+_registry: weakref.WeakSet[ProcessCache[Any, Any]] = weakref.WeakSet()
 _registry_lock = threading.Lock()
 
 
 def cache_register(cache: ProcessCache[Any, Any]) -> None:
-    """Add a cache to the registry (ProcessCache does it itself). A name names one cache: a module
-    imported again (importlib.reload) replaces its old cache, which nothing reaches any more."""
+    """Add a cache to the registry (ProcessCache does it itself)."""
     with _registry_lock:
-        _registry[cache.name] = cache
+        _registry.add(cache)
 
 
-def caches_registered() -> dict[str, ProcessCache[Any, Any]]:
-    """Every registered cache by name (what `caches_clear` clears)."""
+def caches_registered() -> list[ProcessCache[Any, Any]]:
+    """Every live registered cache (what `caches_clear` clears)."""
     with _registry_lock:
-        return dict(_registry)
+        return list(_registry)
 
 
 def caches_clear() -> None:
     """Empty every registered cache of this process (tests, between each)."""
-    for cache in caches_registered().values():
+    for cache in caches_registered():
         cache.clear()

@@ -65,8 +65,11 @@ migrations-check: $(STAMP)
 	DJANGO_SETTINGS_MODULE=console.settings.test $(PY) manage.py makemigrations --check --dry-run
 
 # Production settings must pass Django's deployment checklist with secrets from the environment.
+# The database URL is a dummy: `check --deploy` opens no connection, and production settings
+# refuse to start without one (they never start the embedded server).
 deploy-check: $(STAMP)
 	DJANGO_SETTINGS_MODULE=console.settings.production \
+	DATABASE_URL=postgres://revenant:unused@db.invalid:5432/revenant \
 	SECRET_KEY="$$($(PY) -c 'import secrets; print(secrets.token_urlsafe(50))')" \
 	ALLOWED_HOSTS=revenant.example.org \
 	INFERENCE_API_KEY="$$($(PY) -c 'import secrets; print(secrets.token_urlsafe(32))')" \

@@ -13,7 +13,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -85,21 +84,25 @@ class Stack:
         """Daphne as `make run` starts it, on a free port, talking to `worker`; its ws:// URL."""
         from bridge.server import daphne_argv
         from console import localstack
-        from console.localstack import free_port
+        from console.processes import process_start, ready_wait
 
-        port = free_port()
+        port = localstack.free_port()
         log = self.logs / f"daphne-{name}.log"
-        with log.open("wb") as output:
-            process = subprocess.Popen(
-                daphne_argv(host="127.0.0.1", port=port), env={**os.environ, "TEST_INFERENCE_WORKER": worker},
-                stdout=output, stderr=subprocess.STDOUT, cwd=localstack.PROJECT_DIR,
-            )  # fmt: skip
+        process = process_start(
+            argv=daphne_argv(host="127.0.0.1", port=port),
+            log_path=log,
+            env={"TEST_INFERENCE_WORKER": worker},
+            cwd=localstack.PROJECT_DIR,
+        )
         self.daphnes.append(process)
-        deadline = time.monotonic() + 60
-        while localstack.port_is_free("127.0.0.1", port):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"Daphne did not start: {log.read_text()[-2000:]}")
-            time.sleep(0.2)
+        ready_wait(
+            lambda: not localstack.port_is_free("127.0.0.1", port),
+            timeout_s=60,
+            what=f"Daphne {name} to listen",
+            every_s=0.2,
+            process=process,
+            log_path=log,
+        )
         return f"ws://127.0.0.1:{port}/ws/game/"
 
 
@@ -108,6 +111,7 @@ def stack_running(*, worker: bool = True) -> Iterator[Stack]:
     """A vLLM worker on the base model with the adapters residency wants (when `worker`), and
     room for Daphne processes; everything is stopped on the way out."""
     from console.localstack import free_port
+    from console.processes import processes_stop
     from inference.base_models import bundled_gguf_path, default_model_dir, gguf_convert
     from inference.residency import residency_sync
     from inference.workers import WorkerProcess
@@ -128,9 +132,7 @@ def stack_running(*, worker: bool = True) -> Iterator[Stack]:
             stack.worker_url = process.url
         yield stack
     finally:
-        for daphne in stack.daphnes:
-            daphne.terminate()
-            daphne.wait(timeout=20)
+        processes_stop(stack.daphnes, grace_s=20)
         if process is not None:
             process.stop()
 

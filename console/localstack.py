@@ -1,6 +1,6 @@
 """Local infrastructure for a developer or CI machine: the embedded PostgreSQL and Redis.
 
-`make run`, the test suite and Django settings all call these functions, so that a fresh
+`make run`, the test suite and the dev and test settings call these functions, so that a fresh
 clone works with no manual setup. Production points DATABASE_URL and REDIS_URL at real
 servers and none of this runs.
 """

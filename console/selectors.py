@@ -6,6 +6,7 @@ from typing import Any
 
 from django.db.models import QuerySet
 
+from console.caches import ProcessCache
 from console.models import NPC
 from console.models.npcs import NPCStatus
 
@@ -25,29 +26,28 @@ def playtest_npcs() -> QuerySet[NPC]:
 # Worker answers are cached this long: a dashboard polled every 2 s by several people must not
 # query each worker that often.
 WORKER_FIGURES_TTL_S = 5.0
-_worker_figures: tuple[float, list[dict[str, Any]]] | None = None
+_worker_figures: ProcessCache[str, list[dict[str, Any]]] = ProcessCache(
+    "console.selectors.worker_figures", ttl_s=WORKER_FIGURES_TTL_S, maxsize=1
+)
 
 
 def _workers_figures() -> list[dict[str, Any]]:
     """Each configured worker's health and the adapters it holds (cached WORKER_FIGURES_TTL_S)."""
-    global _worker_figures
-    import time
+    return _worker_figures.get_or_set("all", _workers_figures_read)
 
+
+def _workers_figures_read() -> list[dict[str, Any]]:
     from django.conf import settings
 
     from console.services.adapters import BASE_ADAPTER_NAME
     from inference.workers import worker_health
 
-    now = time.monotonic()
-    if _worker_figures is not None and now - _worker_figures[0] < WORKER_FIGURES_TTL_S:
-        return _worker_figures[1]
     figures = []
     for url in settings.INFERENCE_WORKERS:
         health = worker_health(url, timeout_s=1.0)
         # /v1/models lists the base model, then each LoRA; the zero "base" LoRA is not an adapter.
         adapters = [name for name in health.models[1:] if name != BASE_ADAPTER_NAME] if health.healthy else []
         figures.append({"url": url, "healthy": health.healthy, "detail": health.detail, "adapters": adapters})
-    _worker_figures = (now, figures)
     return figures
 
 

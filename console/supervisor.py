@@ -18,7 +18,6 @@ a port taken, a broken setting) stops everything, as does Ctrl-C or SIGTERM.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -28,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
+
+from console.processes import process_group_signal, process_start, processes_stop, ready_wait
 
 
 @dataclass
@@ -101,32 +102,22 @@ class Supervisor:
         return process
 
     def _spawn(self, process: ManagedProcess) -> None:
-        log = process.log_path.open("ab")
-        process.popen = subprocess.Popen(
-            list(process.argv),
-            cwd=self.cwd,
-            env={**os.environ, **process.env},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            # Its own group: Ctrl-C reaches us only, and we stop each group in order.
-            start_new_session=True,
+        # Its own group (console.processes): Ctrl-C reaches us only, and we stop each group in order.
+        process.popen = process_start(
+            argv=process.argv, log_path=process.log_path, env=process.env, cwd=self.cwd
         )
-        log.close()
         process.started_at = time.monotonic()
         process.restart_at = None
 
     def wait_until(self, process: ManagedProcess, ready: Callable[[], bool], *, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if ready():
-                return
-            if process.popen is not None and process.popen.poll() is not None:
-                raise RuntimeError(
-                    f"{process.name} exited with code {process.popen.returncode}; see {process.log_path}"
-                )
-            time.sleep(0.25)
-        raise RuntimeError(f"{process.name} was not ready after {timeout_s:.0f} s; see {process.log_path}")
+        """Wait for `ready`; ProcessError (a RuntimeError) when the child exits or time runs out."""
+        ready_wait(
+            ready,
+            timeout_s=timeout_s,
+            what=f"{process.name} to be ready",
+            process=process.popen,
+            log_path=process.log_path,
+        )
 
     def first_exited(self) -> ManagedProcess | None:
         for process in self.processes:
@@ -159,7 +150,7 @@ class Supervisor:
                     process.on_ready()
                 continue
             # Orphans of the dead child (vLLM's engine process) would hold its port and memory.
-            _signal_group(process.popen.pid, signal.SIGKILL)
+            process_group_signal(process.popen.pid, signal.SIGKILL)
             if now - process.started_at < policy.startup_s:
                 process.quick_failures.append(now)
             else:
@@ -199,33 +190,20 @@ class Supervisor:
 
     def stop_all(self, *, grace_s: float = 10.0) -> None:
         """SIGTERM every process group (newest first), then SIGKILL what is left after the grace."""
+        # Exited ones too: processes_stop also kills what their group left behind (an orphaned engine).
+        children = []
         for process in reversed(self.processes):
             process.restart_at = None
-            if process.popen is not None and process.popen.poll() is None:
-                print(f"stopping {process.name}…")
-                _signal_group(process.popen.pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
-        for process in self.processes:
             if process.popen is None:
                 continue
-            try:
-                process.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                _signal_group(process.popen.pid, signal.SIGKILL)
-                process.popen.wait()
-            # Children of a leader that already exited (an orphaned engine process).
-            _signal_group(process.popen.pid, signal.SIGKILL)
+            if process.popen.poll() is None:
+                print(f"stopping {process.name}…")
+            children.append(process.popen)
+        processes_stop(children, grace_s=grace_s)
 
 
 def _say(line: str) -> None:
     print(f"[supervisor {time.strftime('%H:%M:%S')}] {line}", file=sys.stderr, flush=True)
-
-
-def _signal_group(pid: int, signum: int) -> None:
-    try:
-        os.killpg(pid, signum)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 # How many times `make run` restarted each child, for the ops page (Redis: every process of the

@@ -6,9 +6,7 @@ it) so that the turn itself touches no database.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,11 +14,11 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 from django.db.models import Q
 
+from console.caches import ProcessCache
 from console.models import NPC, Adapter, AdapterStatus, AdapterTask
 from console.services.adapters import BASE_ADAPTER_NAME, adapter_lora_name
 from inference.base_models import base_model_for
 from inference.routing import adapter_route_pick
-from inference.single_flight import single_flight
 
 logger = logging.getLogger(__name__)
 
@@ -120,12 +118,13 @@ def turn_context_build(*, npc_slug: str) -> TurnContext:
     )
 
 
-# npc slug -> (monotonic time read, context); per process. An entry older than
-# TURN_CONTEXT_TTL_S is still served while a background read refreshes it
-# (stale-while-revalidate): a turn waits on Postgres only for an NPC this process has never
-# seen, and a Postgres outage leaves known NPCs talking with what was last read.
-_context_cache: dict[str, tuple[float, TurnContext]] = {}
-_context_refresh: dict[str, asyncio.Task[None]] = {}
+# npc slug -> context; per process. An entry older than TURN_CONTEXT_TTL_S is still served while
+# a background read refreshes it (stale-while-revalidate): a turn waits on Postgres only for an
+# NPC this process has never seen, and a Postgres outage leaves known NPCs talking with what was
+# last read.
+_context_cache: ProcessCache[str, TurnContext] = ProcessCache(
+    "inference.context.turn_contexts", ttl_s=lambda: settings.TURN_CONTEXT_TTL_S
+)
 
 
 async def turn_context_cached(npc_slug: str) -> TurnContext:
@@ -134,25 +133,25 @@ async def turn_context_cached(npc_slug: str) -> TurnContext:
     Raises NPC.DoesNotExist for an unknown slug. Async callers (the bridge) use this; the
     database read runs in Django's sync thread, never on the event loop.
     """
-    cached = _context_cache.get(npc_slug)
+    cached = _context_cache.entry(npc_slug)
     if cached is None:
         context = await database_sync_to_async(turn_context_build)(npc_slug=npc_slug)
-        _context_cache[npc_slug] = (time.monotonic(), context)
+        _context_cache.set(npc_slug, context)
         return context
-    if time.monotonic() - cached[0] >= settings.TURN_CONTEXT_TTL_S:
-        single_flight(_context_refresh, npc_slug, lambda: _context_reread(npc_slug))
-    return cached[1]
+    if cached.stale:
+        _context_cache.refresh(npc_slug, lambda: _context_reread(npc_slug))
+    return cached.value
 
 
 async def _context_reread(npc_slug: str) -> None:
     try:
         context = await database_sync_to_async(turn_context_build)(npc_slug=npc_slug)
     except NPC.DoesNotExist:
-        _context_cache.pop(npc_slug, None)  # deleted: the next turn says unknown_npc
+        _context_cache.pop(npc_slug)  # deleted: the next turn says unknown_npc
     except Exception as exc:  # noqa: BLE001 - Postgres down: keep serving what was read
         logger.warning("turn context of %s not refreshed, serving the last one: %s", npc_slug, exc)
     else:
-        _context_cache[npc_slug] = (time.monotonic(), context)
+        _context_cache.set(npc_slug, context)
 
 
 def turn_context_forget(npc_slug: str | None = None) -> None:
@@ -160,4 +159,4 @@ def turn_context_forget(npc_slug: str | None = None) -> None:
     if npc_slug is None:
         _context_cache.clear()
     else:
-        _context_cache.pop(npc_slug, None)
+        _context_cache.pop(npc_slug)

@@ -13,8 +13,9 @@ import re
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
+
+from console.caches import ProcessCache
 
 PLAYER_TEXT_MAX_CHARS = 500
 
@@ -66,12 +67,21 @@ TEMPLATE_MARKERS = re.compile(
 )
 
 
-@lru_cache(maxsize=8)
+# Read once per process and model (every turn's prompt neutralises its untrusted text with them).
+_special_tokens: ProcessCache[str, tuple[str, ...]] = ProcessCache(
+    "inference.guardrails.special_tokens", maxsize=8
+)
+
+
 def special_token_strings(model_path: str) -> tuple[str, ...]:
     """The special and added token strings of the tokenizer in `model_path` (a Hugging Face
     folder), longest first; () when the folder has no tokenizer files (the generic markers
     above still apply). Read from the JSON files rather than through `transformers`: the
     bridge's turn path imports no torch."""
+    return _special_tokens.get_or_set(model_path, lambda: _special_tokens_read(model_path))
+
+
+def _special_tokens_read(model_path: str) -> tuple[str, ...]:
     if not model_path:  # a context without a base model: the generic markers only
         return ()
     folder = Path(model_path)

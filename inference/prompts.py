@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 
+from console.caches import ProcessCache
 from inference.guardrails import player_text_block, untrusted_text_neutralise
 
 RULES = (
@@ -57,9 +57,17 @@ class AssembledPrompt:
 TokenCounter = Callable[[str], int]
 
 
-@lru_cache(maxsize=4)
+# A process serves one base model, a few when models are compared (evals, benchmarks).
+_token_counters: ProcessCache[str, TokenCounter] = ProcessCache("inference.prompts.token_counters", maxsize=4)
+
+
 def tokenizer_counter(model_path: str) -> TokenCounter:
-    """Counts tokens with the base model's own tokenizer (the fast Rust one, no torch)."""
+    """Counts tokens with the base model's own tokenizer (the fast Rust one, no torch); the
+    tokenizer is loaded once per process and model."""
+    return _token_counters.get_or_set(model_path, lambda: _tokenizer_counter_load(model_path))
+
+
+def _tokenizer_counter_load(model_path: str) -> TokenCounter:
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_file(str(Path(model_path) / "tokenizer.json"))

@@ -11,10 +11,8 @@ import importlib.metadata
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +21,8 @@ from urllib.parse import urlsplit
 import httpx
 from django.conf import settings
 
-from inference.single_flight import single_flight
+from console.caches import ProcessCache
+from console.processes import process_start, process_stop, ready_wait
 
 logger = logging.getLogger(__name__)
 
@@ -157,23 +156,16 @@ class WorkerProcess:
             self.external = True
             return
         argv = worker_argv(model_path=str(self.base_model_dir), served_name=self.served_name, url=self.url)
-        log = self.log_path.open("ab")
-        # Its own process group: vLLM spawns an engine process, and a kill must reach it too.
-        self.process = subprocess.Popen(
-            argv,
-            env={**os.environ, **worker_env()},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+        # Its own process group (console.processes): vLLM spawns an engine process, and a stop must reach it.
+        self.process = process_start(argv=argv, log_path=self.log_path, env=worker_env())
+        ready_wait(
+            lambda: worker_health(self.url).healthy,
+            timeout_s=self.start_timeout_s,
+            what=f"the vLLM worker at {self.url} to be healthy",
+            every_s=1.0,
+            process=self.process,
+            log_path=self.log_path,
         )
-        deadline = time.monotonic() + self.start_timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"vLLM worker exited ({self.process.returncode}); see {self.log_path}")
-            if worker_health(self.url).healthy:
-                return
-            time.sleep(1)
-        raise RuntimeError(f"vLLM worker not healthy after {self.start_timeout_s:.0f} s; see {self.log_path}")
 
     def alive(self) -> bool:
         if self.external:
@@ -181,14 +173,9 @@ class WorkerProcess:
         return self.process is not None and self.process.poll() is None
 
     def stop(self) -> None:
-        if not self.external and self.alive():
-            assert self.process is not None
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        if not self.external and self.process is not None:
+            # vLLM drains and frees its engine within seconds; 30 s covers a busy CPU worker.
+            process_stop(self.process, grace_s=30)
 
 
 # Health as the turn path sees it. A worker seen for the first time is probed before the answer;
@@ -199,8 +186,9 @@ class WorkerProcess:
 # A worker seen going from down to up may have restarted, and a restarted vLLM holds no adapters
 # (not even the zero "base" one every request uses): a residency sync is queued at once rather
 # than waiting for beat's minute (inference.tasks.residency_sync_task).
-_health_seen: dict[str, tuple[bool, float]] = {}
-_probes: dict[str, asyncio.Task[bool]] = {}
+_health_seen: ProcessCache[str, bool] = ProcessCache(
+    "inference.workers.health", ttl_s=lambda: settings.WORKER_HEALTH_TTL_S
+)
 
 
 async def _health_probe(url: str) -> bool:
@@ -209,9 +197,9 @@ async def _health_probe(url: str) -> bool:
             healthy = (await client.get(f"{url}/health")).status_code == 200
     except httpx.HTTPError:
         healthy = False
-    was = _health_seen.get(url)
-    _health_seen[url] = (healthy, time.monotonic())
-    if healthy and was is not None and not was[0]:
+    was = _health_seen.entry(url)
+    _health_seen.set(url, healthy)
+    if healthy and was is not None and not was.value:
         logger.info("worker %s is up again: queueing a residency sync", url)
         await worker_came_up(url)
     return healthy
@@ -229,31 +217,37 @@ async def worker_came_up(url: str) -> None:
         logger.warning("could not queue a residency sync after %s came up: %s", url, exc)
 
 
-def healthy_workers() -> list[str]:
-    """The INFERENCE_WORKERS that answer their health probe now (2 s at most each), from sync
-    code (Celery tasks, commands); the turn path uses `workers_healthy`."""
+def workers_probe_now() -> list[str]:
+    """The INFERENCE_WORKERS that answer their health probe now: each is asked (2 s at most) on
+    every call, nothing cached. For sync code off the turn path (Celery tasks, commands, the eval
+    harness) that must not act on a stale answer; the turn path uses `workers_healthy_cached`."""
     return [url for url in settings.INFERENCE_WORKERS if worker_health(url).healthy]
 
 
-async def workers_healthy(urls: Sequence[str] | None = None) -> list[str]:
-    """The workers of INFERENCE_WORKERS (or `urls`) that answer /health, as last seen."""
+async def workers_healthy_cached(urls: Sequence[str] | None = None) -> list[str]:
+    """The workers of INFERENCE_WORKERS (or `urls`) that answered /health, as last seen: async,
+    for the turn path. Only a worker never seen is probed before the answer; a stale answer
+    (older than WORKER_HEALTH_TTL_S) is served while a probe refreshes it in the background."""
     urls = list(settings.INFERENCE_WORKERS if urls is None else urls)
     unknown = [url for url in urls if url not in _health_seen]
     if unknown:
         # Turns arriving together share one probe per worker (bench.clients: 50 at once).
         await asyncio.gather(*(_probe_shared(url) for url in unknown))
-    now = time.monotonic()
+    healthy = []
     for url in urls:
-        if now - _health_seen[url][1] > settings.WORKER_HEALTH_TTL_S:
+        seen = _health_seen.entry(url)
+        if seen is None or seen.stale:
             _probe_shared(url)
-    return [url for url in urls if _health_seen[url][0]]
+        if seen is not None and seen.value:
+            healthy.append(url)
+    return healthy
 
 
 def _probe_shared(url: str) -> asyncio.Task[bool]:
     """The probe of `url` in flight, or a new one: one at a time per worker."""
-    return single_flight(_probes, url, lambda: _health_probe(url))
+    return _health_seen.refresh(url, lambda: _health_probe(url))
 
 
 def worker_mark_down(url: str) -> None:
     """A turn saw `url` fail: route around it until its next probe succeeds."""
-    _health_seen[url] = (False, time.monotonic())
+    _health_seen.set(url, False)

@@ -12,7 +12,7 @@ from celery import shared_task
 from console.lore.packs import lore_pack_build, lore_pack_store
 from console.redis_clients import redis_sync
 from inference.context import turn_context_build
-from inference.workers import healthy_workers
+from inference.workers import workers_probe_now
 from memory.compaction import CompactionReport, memory_compact
 from memory.consolidation import pair_consolidate
 from memory.services import memory_rehydrate
@@ -56,7 +56,7 @@ def memory_consolidate_task(self: Any, npc: str, player: str) -> dict[str, objec
         raise self.retry(countdown=10)
     try:
         context = turn_context_build(npc_slug=npc)
-        workers = healthy_workers()
+        workers = workers_probe_now()
         report = asyncio.run(
             pair_consolidate(
                 redis=client,
@@ -88,7 +88,7 @@ def memory_compact_task() -> dict[str, int]:
         logger.info("memory compaction: another run is in progress")
         return asdict(CompactionReport())
     try:
-        report = memory_compact(workers=healthy_workers(), on_progress=lambda done, total: lock.reacquire())
+        report = memory_compact(workers=workers_probe_now(), on_progress=lambda done, total: lock.reacquire())
     finally:
         lock.release()
     return asdict(report)

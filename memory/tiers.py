@@ -33,11 +33,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from cachetools import TTLCache
 from django.conf import settings
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, WatchError
 
+from console.caches import ProcessCache
 from console.redis_clients import redis_sync, redis_text
 from inference.guardrails import player_text_clean, untrusted_text_neutralise
 from memory.events import MemoryEventRecord, turn_event_id
@@ -146,33 +146,27 @@ def relationship_encode(card: dict[str, Any]) -> dict[str, str]:
 
 class HotTier:
     """Per-process memory of recently active pairs: an LRU whose entries expire after the
-    last interaction (cachetools' TTLCache, re-set on every turn)."""
+    last interaction (a console.caches.ProcessCache, re-set on every turn; thread-safe, as
+    evictions arrive on the listener's thread)."""
 
     def __init__(self, *, max_pairs: int | None = None, ttl_s: float | None = None) -> None:
-        self._pairs: TTLCache[tuple[str, str], PairMemory] = TTLCache(
-            maxsize=max_pairs or settings.MEMORY_HOT_PAIRS, ttl=ttl_s or settings.MEMORY_HOT_TTL_S
+        self._pairs: ProcessCache[tuple[str, str], PairMemory] = ProcessCache(
+            "memory.tiers.hot",
+            ttl_s=ttl_s or settings.MEMORY_HOT_TTL_S,
+            maxsize=max_pairs or settings.MEMORY_HOT_PAIRS,
         )
-        # TTLCache is not thread-safe and evictions arrive on the listener's thread.
-        self._lock = threading.Lock()
 
     def get(self, npc: str, player: str) -> PairMemory | None:
-        with self._lock:
-            return self._pairs.get((npc, player))
+        return self._pairs.get((npc, player))
 
     def put(self, npc: str, player: str, memory: PairMemory) -> None:
-        with self._lock:
-            self._pairs[(npc, player)] = memory
+        self._pairs.set((npc, player), memory)
 
     def evict(self, player: str, npc: str | None = None) -> int:
-        with self._lock:
-            keys = [key for key in list(self._pairs.keys()) if key[1] == player and npc in (None, key[0])]
-            for key in keys:
-                self._pairs.pop(key, None)
-            return len(keys)
+        return self._pairs.pop_where(lambda key: key[1] == player and npc in (None, key[0]))
 
     def __len__(self) -> int:
-        with self._lock:
-            return len(self._pairs)
+        return len(self._pairs)
 
 
 _hot = HotTier()

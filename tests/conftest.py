@@ -15,6 +15,7 @@ from django.contrib.auth.models import Group
 from django.test import Client
 
 from console import localstack
+from console.caches import caches_clear
 from console.permissions import DESIGNERS, OPS, groups_sync
 from inference.base_models import bundled_gguf_path, default_model_dir, gguf_convert
 from inference.workers import WorkerProcess
@@ -28,6 +29,15 @@ from training.lora import ChatExample, lora_train
 def _redis_running() -> None:
     """The suite talks to a real Redis; start a local one if none answers."""
     localstack.redis_ensure(settings.REDIS_URL)
+
+
+@pytest.fixture(autouse=True)
+def _process_caches_cleared() -> Iterator[None]:
+    """Every per-process cache (console.caches) starts and ends each test empty: a worker's
+    health, an NPC's context or a lore pack seen by one test must not answer the next."""
+    caches_clear()
+    yield
+    caches_clear()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,19 +14,17 @@ from typing import Any
 from django.db import connection
 
 from bridge.server import daphne_argv
-from console import localstack
+from console import localstack, processes
+from console.processes import ProcessError, ready_wait
 
 
 def wait_for(check: Callable[[], Any], *, timeout_s: float = 300, what: str, every_s: float = 1.0) -> Any:
     """Poll `check` until it returns something true (and return that), or fail saying `what`
     never happened: what the e2e tests wait on lives in other processes."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(every_s)
-    raise AssertionError(f"timed out waiting for {what}")
+    try:
+        return ready_wait(check, timeout_s=timeout_s, what=what, every_s=every_s)
+    except ProcessError as exc:
+        raise AssertionError(str(exc)) from None
 
 
 def process_log(name: str) -> Path:
@@ -38,31 +35,26 @@ def process_log(name: str) -> Path:
 @contextmanager
 def process_running(name: str, argv: list[str], env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
     """`argv` running for the block; stopped with SIGTERM (SIGKILL after 20 s) at its end."""
-    with process_log(name).open("ab") as output:
-        process = subprocess.Popen(
-            argv, env=env, stdout=output, stderr=subprocess.STDOUT, cwd=localstack.PROJECT_DIR
-        )
-    try:
+    with processes.process_running(
+        argv=argv, log_path=process_log(name), env=env, cwd=localstack.PROJECT_DIR, grace_s=20
+    ) as process:
         yield process
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @contextmanager
 def daphne_running(name: str, env: dict[str, str]) -> Iterator[str]:
     """Daphne (started like `make run` does) on a free port for the block; its ws:// URL."""
     port = localstack.free_port()
-    with process_running(name, daphne_argv(host="127.0.0.1", port=port), env) as process:
-        deadline = time.monotonic() + 60
-        while localstack.port_is_free("127.0.0.1", port):
-            assert process.poll() is None, f"Daphne exited; see {process_log(name)}"
-            assert time.monotonic() < deadline, "Daphne did not listen within 60 s"
-            time.sleep(0.2)
+    with processes.process_running(
+        argv=daphne_argv(host="127.0.0.1", port=port),
+        log_path=process_log(name),
+        env=env,
+        cwd=localstack.PROJECT_DIR,
+        ready=lambda: not localstack.port_is_free("127.0.0.1", port),
+        ready_timeout_s=60,
+        what="Daphne to listen",
+        grace_s=20,
+    ):
         yield f"ws://127.0.0.1:{port}/ws/game/"
 
 

@@ -23,12 +23,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from cachetools import TTLCache
 from django.conf import settings
 from django.db import connection, transaction
 from pgvector.django import CosineDistance
 from redis.asyncio import Redis
 
+from console.caches import ProcessCache
 from console.lore.embeddings import embed, embedding_model
 from console.lore.gating import conditions_allow, conditions_merge, gate_q
 from console.lore.search import iterative_scan_on
@@ -100,15 +100,15 @@ def lore_pack_store(redis: Any, pack: LorePack) -> None:
         pipe.execute()
 
 
-_packs: TTLCache[str, LorePack] = TTLCache(maxsize=2048, ttl=60)
-_packs_lock = threading.Lock()
+# Packs read from Redis, kept a minute per process: a turn reads Redis for its NPC's pack at most
+# once a minute, and a rebuilt pack reaches every process within that minute.
+_packs: ProcessCache[str, LorePack] = ProcessCache("memory.lore.packs", ttl_s=60, maxsize=2048)
 
 
 async def lore_pack_load(redis: Redis, npc: str) -> LorePack | None:
     """The NPC's pack: from this process (a minute old at most) or Redis; None when Redis has
     none (the caller queues a build)."""
-    with _packs_lock:
-        pack = _packs.get(npc)
+    pack = _packs.get(npc)
     if pack is not None:
         return pack
     raw = await redis.hgetall(pack_key(npc))
@@ -123,14 +123,13 @@ async def lore_pack_load(redis: Redis, npc: str) -> LorePack | None:
         else np.zeros((0, 384), np.float32)
     )
     pack = LorePack(npc, meta["ids"], meta["texts"], meta["conditions"], matrix, meta["built_at"])
-    with _packs_lock:
-        _packs[npc] = pack
+    _packs.set(npc, pack)
     return pack
 
 
 def lore_packs_forget() -> None:
-    with _packs_lock:
-        _packs.clear()
+    """Drop this process's packs: the next turns read them from Redis again."""
+    _packs.clear()
 
 
 def lore_rank(

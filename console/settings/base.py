@@ -7,11 +7,12 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import environ
 from celery.schedules import crontab
 
-from console.localstack import PROJECT_DIR, VAR_DIR, embedded_postgres_url
+from console.localstack import PROJECT_DIR, VAR_DIR
 
 BASE_DIR: Path = PROJECT_DIR
 env = environ.Env()
@@ -79,21 +80,28 @@ TEMPLATES = [
 ]
 
 # --- Database -------------------------------------------------------------------------
-# DATABASE_URL when set; otherwise the embedded PostgreSQL 18 + pgvector under var/pgdata,
-# started on first use so that every entry point (make run, manage.py, pytest) just works.
-DATABASE_URL: str = env.str("DATABASE_URL", default="") or embedded_postgres_url()
-DATABASES = {"default": env.db_url_config(DATABASE_URL)}
-DATABASES["default"]["CONN_MAX_AGE"] = 0
-# With the pool, Django passes psycopg's check to it: a connection is tested as it leaves the
-# pool (one round trip, never on a turn's path). After a Postgres restart the pool's
-# connections are dead; without the check the first requests after an outage failed with
-# "terminating connection due to administrator command".
-DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
-DATABASES["default"]["OPTIONS"] = {
-    **DATABASES["default"].get("OPTIONS", {}),
-    # psycopg 3's pool: Daphne and Celery reuse connections instead of opening one per request.
-    "pool": {"min_size": 1, "max_size": env.int("DATABASE_POOL_MAX", default=10), "timeout": 10},
-}
+# Each settings module reads DATABASE_URL itself. Without it, dev and test settings start the
+# embedded PostgreSQL 18 + pgvector under var/pgdata (console.localstack) so that make run,
+# manage.py and pytest just work; production refuses to start. Nothing here starts a server.
+
+
+def database_settings(url: str) -> dict[str, dict[str, Any]]:
+    """Django's DATABASES for `url`, with the connection pool and health checks every process uses."""
+    default: dict[str, Any] = env.db_url_config(url)
+    default["CONN_MAX_AGE"] = 0
+    # With the pool, Django passes psycopg's check to it: a connection is tested as it leaves the
+    # pool (one round trip, never on a turn's path). After a Postgres restart the pool's
+    # connections are dead; without the check the first requests after an outage failed with
+    # "terminating connection due to administrator command".
+    default["CONN_HEALTH_CHECKS"] = True
+    default["OPTIONS"] = {
+        **default.get("OPTIONS", {}),
+        # psycopg 3's pool: Daphne and Celery reuse connections instead of opening one per request.
+        "pool": {"min_size": 1, "max_size": env.int("DATABASE_POOL_MAX", default=10), "timeout": 10},
+    }
+    return {"default": default}
+
+
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis, Channels, Celery ------------------------------------------------------------

@@ -6,9 +6,19 @@ Passes `manage.py check --deploy --fail-level WARNING` (make test checks it).
 from django.core.exceptions import ImproperlyConfigured
 
 from .base import *  # noqa: F403
-from .base import env
+from .base import database_settings, env
 
 DEBUG = False
+# A production host never starts a database of its own: without DATABASE_URL it would have run
+# on an empty local server in var/pgdata instead of failing.
+DATABASE_URL = env.str("DATABASE_URL", default="")
+if not DATABASE_URL:
+    raise ImproperlyConfigured(
+        "DATABASE_URL must be set to the PostgreSQL (with pgvector) this deployment uses, e.g. "
+        "postgres://revenant:PASSWORD@db.example.org:5432/revenant; production settings never start "
+        "the embedded development server."
+    )
+DATABASES = database_settings(DATABASE_URL)
 SECRET_KEY = env.str("SECRET_KEY", default="")
 if len(SECRET_KEY) < 50:
     raise ImproperlyConfigured("SECRET_KEY must be set to a random string of at least 50 characters.")

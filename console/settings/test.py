@@ -1,7 +1,12 @@
 """Settings for the test suite: real Postgres and Redis, isolated keys and databases."""
 
+from console.localstack import embedded_postgres_url
+
 from .base import *  # noqa: F403
-from .base import CHANNEL_LAYERS, DATABASES, env
+from .base import CHANNEL_LAYERS, database_settings, env
+
+# Without DATABASE_URL, the embedded PostgreSQL under var/pgdata (started here if it is not running).
+DATABASES = database_settings(env.str("DATABASE_URL", default="") or embedded_postgres_url())
 
 SECRET_KEY = "test-only-key-not-for-any-deployment-7a1f0c9e2b4d"  # noqa: S105 - tests only
 DEBUG = False

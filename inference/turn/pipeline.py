@@ -19,7 +19,7 @@ from inference.turn.inputs import TurnInputs, turn_inputs_load
 from inference.turn.plan import TurnPlan, turn_plan
 from inference.turn.play import TurnResult, turn_run
 from inference.turn.remember import TurnSession, turn_remember, turn_trace
-from inference.workers import workers_healthy
+from inference.workers import workers_healthy_cached
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class TurnRequest:
     tier_reason: str = "requested"  # why, when `tier` is given
     sampling: TierSampling | None = None  # None: the tier's
     inputs: TurnInputs | None = None  # given (a replay's): not loaded
-    # The healthy workers; None: the turn path's cached probes (inference.workers.workers_healthy).
+    # The healthy workers; None: the turn path's cached probes (inference.workers.workers_healthy_cached).
     workers: Sequence[str] | None = None
     greedy: bool = False
     seed: int | None = None  # None: TURN_SEED
@@ -90,7 +90,7 @@ async def turn_take(*, request: TurnRequest, io: TurnIO) -> TurnOutcome:
     result = await turn_run(
         context=context,
         player_text=request.player_text,
-        workers=request.workers if request.workers is not None else await workers_healthy(),
+        workers=request.workers if request.workers is not None else await workers_healthy_cached(),
         history=inputs.history,
         memory=inputs.memory_text,
         lore=inputs.lore.slot,

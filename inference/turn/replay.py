@@ -14,7 +14,7 @@ from inference.context import TurnContext
 from inference.sampling import tier_sampling
 from inference.turn.inputs import turn_inputs_from_trace
 from inference.turn.pipeline import TurnIO, TurnRequest, turn_take
-from inference.workers import healthy_workers
+from inference.workers import workers_probe_now
 
 # A designer waits for a replay; it is not a player's turn, so the tier's deadline (which cuts a
 # slow reply short with a bark) does not apply. The engine's own timeouts still do.
@@ -48,7 +48,7 @@ async def turn_replay(*, context: TurnContext, trace: dict[str, Any], player_tex
         # Asked afresh, not from the turn path's cached probes: a designer waits a second or two,
         # and a cache seen from this process (a probe that timed out under load) must not say
         # "no worker" while the worker is serving players.
-        workers=await asyncio.to_thread(healthy_workers),
+        workers=await asyncio.to_thread(workers_probe_now),
     )  # fmt: skip
     outcome = await turn_take(request=request, io=TurnIO())
     result = outcome.result

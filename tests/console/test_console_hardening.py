@@ -148,6 +148,7 @@ def _production_settings(monkeypatch, **env: str):
     monkeypatch.setenv("SECRET_KEY", "x" * 60)
     monkeypatch.setenv("ALLOWED_HOSTS", "revenant.example.org")
     monkeypatch.setenv("INFERENCE_API_KEY", "k" * 40)
+    monkeypatch.setenv("DATABASE_URL", "postgres://revenant:unused@db.invalid:5432/revenant")
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     sys.modules.pop("console.settings.production", None)
@@ -155,6 +156,24 @@ def _production_settings(monkeypatch, **env: str):
         return importlib.import_module("console.settings.production")
     finally:
         sys.modules.pop("console.settings.production", None)
+
+
+def test_production_settings_refuse_to_start_without_a_database_url(monkeypatch):
+    # Given a production environment complete but for DATABASE_URL
+    monkeypatch.setenv("METRICS_TOKEN", "m" * 40)
+
+    # When the settings are imported without it, they refuse and say what to set
+    with pytest.raises(ImproperlyConfigured, match=r"DATABASE_URL must be set .*postgres://"):
+        _production_settings(monkeypatch, DATABASE_URL="")
+
+    # And with it, they use that server (no embedded one is started)
+    url = "postgres://revenant:secret@db.example.org:5432/revenant"
+    database = _production_settings(monkeypatch, DATABASE_URL=url).DATABASES["default"]
+    assert (database["HOST"], database["NAME"], database["OPTIONS"]["pool"]["max_size"]) == (
+        "db.example.org",
+        "revenant",
+        10,
+    )
 
 
 def test_production_settings_refuse_to_start_without_a_metrics_token(monkeypatch):

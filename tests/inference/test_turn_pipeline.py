@@ -57,9 +57,9 @@ def worker(base_model_dir, settings, monkeypatch) -> Iterator[_Worker]:
         return [WORKER]
 
     monkeypatch.setattr(play, "engine_for", lambda url: double)
-    monkeypatch.setattr(pipeline, "workers_healthy", healthy)
-    monkeypatch.setattr(replay, "healthy_workers", lambda: [WORKER])
-    monkeypatch.setattr(npc_say, "healthy_workers", lambda: [WORKER])
+    monkeypatch.setattr(pipeline, "workers_healthy_cached", healthy)
+    monkeypatch.setattr(replay, "workers_probe_now", lambda: [WORKER])
+    monkeypatch.setattr(npc_say, "workers_probe_now", lambda: [WORKER])
     turn_context_forget()
     yield double
     turn_context_forget()
@@ -130,7 +130,7 @@ def test_a_replay_without_a_worker_keeps_the_trace_fields_and_says_why(
     npc, worker, redis_client, monkeypatch
 ):
     end, live = _socket_turn(redis_client, npc.slug, "Who are you?")
-    monkeypatch.setattr(replay, "healthy_workers", list)
+    monkeypatch.setattr(replay, "workers_probe_now", list)
 
     replayed = async_to_sync(turn_replay)(
         context=turn_context_build(npc_slug=npc.slug), trace=live, player_text="Who are you?"

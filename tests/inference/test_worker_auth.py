@@ -32,6 +32,7 @@ def test_production_settings_refuse_to_start_without_an_inference_api_key(monkey
     monkeypatch.setenv("SECRET_KEY", "x" * 60)
     monkeypatch.setenv("ALLOWED_HOSTS", "revenant.example.org")
     monkeypatch.setenv("METRICS_TOKEN", "m" * 40)
+    monkeypatch.setenv("DATABASE_URL", "postgres://revenant:unused@db.invalid:5432/revenant")
     monkeypatch.delenv("INFERENCE_API_KEY", raising=False)
     sys.modules.pop("console.settings.production", None)
     try:

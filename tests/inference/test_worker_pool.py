@@ -12,7 +12,7 @@ import pytest
 
 from console.localstack import free_port
 from inference.routing import worker_for_archetype
-from inference.workers import worker_mark_down, workers_healthy
+from inference.workers import worker_mark_down, workers_healthy_cached
 
 
 class _Health(BaseHTTPRequestHandler):
@@ -40,19 +40,19 @@ def test_dead_workers_are_left_out_and_a_failed_worker_is_routed_around_until_it
     dead = f"http://127.0.0.1:{free_port()}"
     other_live = live_url.replace("127.0.0.1", "localhost")  # a second name for the same live server
 
-    assert asyncio.run(workers_healthy([dead, live_url, other_live])) == [live_url, other_live]
+    assert asyncio.run(workers_healthy_cached([dead, live_url, other_live])) == [live_url, other_live]
 
     owner = worker_for_archetype("vampire", [live_url, other_live])
     worker_mark_down(owner)
-    survivors = asyncio.run(workers_healthy([dead, live_url, other_live]))
+    survivors = asyncio.run(workers_healthy_cached([dead, live_url, other_live]))
     assert owner not in survivors
     assert worker_for_archetype("vampire", survivors) != owner
 
     async def after_the_ttl():
         await asyncio.sleep(0.6)
-        stale = await workers_healthy([dead, live_url, other_live])  # from the table; probes start
+        stale = await workers_healthy_cached([dead, live_url, other_live])  # from the table; probes start
         await asyncio.sleep(0.3)
-        return stale, await workers_healthy([dead, live_url, other_live])
+        return stale, await workers_healthy_cached([dead, live_url, other_live])
 
     stale, fresh = asyncio.run(after_the_ttl())
     assert owner not in stale
@@ -75,7 +75,7 @@ def test_a_turn_never_waits_on_a_probe_of_a_worker_already_seen(settings):
         spent = []
         for _ in range(3):
             started = time.perf_counter()
-            assert await workers_healthy([url]) == [url]
+            assert await workers_healthy_cached([url]) == [url]
             spent.append(time.perf_counter() - started)
             await asyncio.sleep(0.2)  # past the TTL: the next call finds the entry stale
         return spent

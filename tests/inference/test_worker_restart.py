@@ -15,7 +15,7 @@ from console.services.adapters import BASE_ADAPTER_NAME
 from inference.context import TurnContext
 from inference.residency import adapter_unload, residency_sync, worker_loras
 from inference.turn.play import turn_run
-from inference.workers import worker_mark_down, workers_healthy
+from inference.workers import worker_mark_down, workers_healthy_cached
 from tests.factories import suite_base_model
 
 BARKS = {"greet": ["Who disturbs my rest?"], "farewell": ["Begone."]}
@@ -60,7 +60,7 @@ def test_a_worker_seen_coming_back_up_queues_a_residency_sync(vllm_worker, redis
     # When its next health probe finds it up
     async def until_up() -> None:
         deadline = time.monotonic() + 10
-        while await workers_healthy([url]) != [url]:
+        while await workers_healthy_cached([url]) != [url]:
             assert time.monotonic() < deadline, "the worker's probe never found it up"
             await asyncio.sleep(0.1)
         await asyncio.sleep(0.5)  # the sync is queued from a thread

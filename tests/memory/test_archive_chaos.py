@@ -23,7 +23,8 @@ import pytest
 import redis
 from redis.exceptions import RedisError
 
-from console.localstack import free_port
+from console.localstack import free_port, redis_ping
+from console.processes import process_start, ready_wait
 from memory.archiver import archive_backlog
 from memory.events import MemoryEventRecord, memory_event_emit_sync
 from memory.models import MemoryEvent
@@ -49,18 +50,10 @@ class OwnRedis:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        with process_log("chaos-redis").open("ab") as log:
-            self.process = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT)
-        client = redis.Redis.from_url(self.url, socket_timeout=1)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if client.ping():  # answers only once the AOF is loaded
-                    return
-            except RedisError:
-                pass
-            assert time.monotonic() < deadline, "the test's redis-server did not answer within 30 s"
-            time.sleep(0.05)
+        self.process = process_start(argv=self.argv, log_path=process_log("chaos-redis"))
+        # It answers only once the AOF is loaded.
+        ready_wait(lambda: redis_ping(self.url), timeout_s=30, what="the test's redis-server", every_s=0.05,
+                   process=self.process, log_path=process_log("chaos-redis"))  # fmt: skip
 
     def kill(self) -> None:
         assert self.process is not None
@@ -122,10 +115,9 @@ def test_every_acknowledged_event_is_archived_exactly_once_through_kills_and_a_r
     try:
         for kill in range(KILLS):
             started = _archivers_started()
-            with process_log("chaos-archiver").open("ab") as log:
-                archiver = subprocess.Popen(
-                    [*argv, "--name", f"chaos-{kill % 2}"], env=env, stdout=log, stderr=subprocess.STDOUT
-                )
+            archiver = process_start(
+                argv=[*argv, "--name", f"chaos-{kill % 2}"], log_path=process_log("chaos-archiver"), env=env
+            )
             # Once it says it archives (Django's start takes 1-3 s on a busy 2-core machine), a
             # kill at a random moment: a few land before it has read, most while it archives.
             wait_for(lambda: _archivers_started() > started, timeout_s=30, what="the archiver's start")  # noqa: B023
@@ -147,10 +139,9 @@ def test_every_acknowledged_event_is_archived_exactly_once_through_kills_and_a_r
         # One last archiver, left to finish; then stopped as an operator stops it (once it runs:
         # a SIGTERM during Django's start is not the shutdown under test).
         started = _archivers_started()
-        with process_log("chaos-archiver").open("ab") as log:
-            archiver = subprocess.Popen(
-                [*argv, "--name", "chaos-0"], env=env, stdout=log, stderr=subprocess.STDOUT
-            )
+        archiver = process_start(
+            argv=[*argv, "--name", "chaos-0"], log_path=process_log("chaos-archiver"), env=env
+        )
         wait_for(lambda: _archivers_started() > started, timeout_s=30, what="the last archiver's start")
         client = redis.Redis.from_url(own_redis.url)
         deadline = time.monotonic() + 180

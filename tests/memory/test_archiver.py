@@ -18,6 +18,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from console.localstack import free_port
+from console.processes import process_start, ready_wait
 from memory.archiver import GROUP, Archiver, archive_backlog
 from memory.events import ENTRY_FIELD, MemoryEventRecord, memory_event_emit_sync, redis_aof_ensure
 from memory.models import MemoryEvent
@@ -147,19 +148,17 @@ def _redis_server(tmp_path, config: str) -> tuple[subprocess.Popen, redis.Redis]
         conf.write_text(config)
     binary = shutil.which("redis-server")
     assert binary, "redis-server is missing: apt-get install -y redis-server"
-    process = subprocess.Popen(
-        [binary, str(conf), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL,
-    )
+    return _redis_started(tmp_path, [binary, str(conf), "--port", str(port), "--bind", "127.0.0.1",
+                                     "--dir", str(tmp_path)], port=port)  # fmt: skip
+
+
+def _redis_started(tmp_path, argv: list[str], *, port: int) -> tuple[subprocess.Popen, redis.Redis]:
+    log = tmp_path / "redis-server.log"
+    process = process_start(argv=argv, log_path=log)
     client = redis.Redis(port=port, socket_timeout=5)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            client.ping()
-            return process, client
-        except redis.ConnectionError:
-            assert time.monotonic() < deadline, "the test's redis-server did not answer"
-            time.sleep(0.05)
+    ready_wait(lambda: _answers(client), timeout_s=10, what="the test's redis-server", every_s=0.05,
+               process=process, log_path=log)  # fmt: skip
+    return process, client
 
 
 def _stop(process: subprocess.Popen, client: redis.Redis) -> None:
@@ -197,17 +196,14 @@ def test_a_redis_without_aof_is_warned_about(tmp_path, caplog, settings):
 
 def test_aof_turned_on_without_a_config_file_is_warned_about_as_lost_on_restart(tmp_path, caplog):
     binary = shutil.which("redis-server")
+    assert binary, "redis-server is missing: apt-get install -y redis-server"
     port = free_port()
-    process = subprocess.Popen(
+    process, client = _redis_started(
+        tmp_path,
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path), "--save", ""],
-        stdout=subprocess.DEVNULL,
+        port=port,
     )
-    client = redis.Redis(port=port, socket_timeout=5)
     try:
-        deadline = time.monotonic() + 10
-        while not _answers(client):
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
         with caplog.at_level(logging.WARNING, logger="memory.events"):
             assert redis_aof_ensure(client) == "turned on"
         assert "lost when" in caplog.text

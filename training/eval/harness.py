@@ -37,7 +37,7 @@ from console.services.adapters import BASE_ADAPTER_NAME, adapter_lora_name, adap
 from inference.prompts import Turn
 from inference.residency import adapter_load, adapter_unload, residency_sync, worker_loras
 from inference.routing import worker_for_archetype
-from inference.workers import healthy_workers, sampling_seed_supported, worker_headers
+from inference.workers import sampling_seed_supported, worker_headers, workers_probe_now
 from training.datasets import CHOICE_TASKS, Prompter, dataset_examples_read, dataset_read
 from training.eval.metrics import (
     DEFAULT_GATES,
@@ -420,7 +420,7 @@ def eval_samples(prompts: EvalPrompts, candidate: Measured, baseline: Measured) 
 
 
 def _worker_for(adapter: Adapter) -> str:
-    healthy = healthy_workers()
+    healthy = workers_probe_now()
     if not healthy:
         raise EvalError("no inference worker answers: start one (make run, or make worker)")
     return worker_for_archetype(adapter.archetype.slug if adapter.archetype else "", healthy)

@@ -14,7 +14,7 @@ from console.models import NPC
 from inference.context import turn_context_build
 from inference.turn.pipeline import TurnIO, TurnOutcome, TurnRequest, turn_take
 from inference.turn.plan import TurnPlan
-from inference.workers import healthy_workers
+from inference.workers import workers_probe_now
 
 
 class _Terminal(TurnIO):
@@ -47,7 +47,7 @@ class Command(BaseCommand):
             raise CommandError(f"no NPC {npc!r}: see the NPCs page, or run seed_demo")
         context = turn_context_build(npc_slug=npc)
         request = TurnRequest(
-            context=context, player_text=text, tier=tier, greedy=greedy, workers=healthy_workers()
+            context=context, player_text=text, tier=tier, greedy=greedy, workers=workers_probe_now()
         )
         self.stdout.write(f"{context.npc_name}: ", ending="")
         outcome: TurnOutcome = asyncio.run(turn_take(request=request, io=_Terminal(self)))

@@ -7,7 +7,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from inference.workers import healthy_workers
+from inference.workers import workers_probe_now
 from memory.compaction import memory_compact
 
 
@@ -37,7 +37,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, no_model: bool, batch_size: int | None, **options: Any) -> None:
-        workers = [] if no_model else healthy_workers()
+        workers = [] if no_model else workers_probe_now()
         self.stdout.write(
             f"compacting with {len(workers)} inference worker(s)"
             + ("" if workers else ": summaries from the lines")

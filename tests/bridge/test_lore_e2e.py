@@ -18,7 +18,8 @@ from django.conf import settings
 from websockets.asyncio.client import connect
 
 from bridge.consumers import OBSERVER_GROUP
-from console.models import IngestJob, IngestStatus, LoreChunk
+from console.jobs.models import JobStatus
+from console.models import IngestJob, LoreChunk
 from console.services.lore import ingest_job_run
 from inference.residency import residency_sync
 from memory.lore import pack_key
@@ -49,7 +50,7 @@ def lore_world(base_model_dir, vllm_worker):
             archetype=archetype, region=region, name=name, slug=f"{slug}-{uuid.uuid4().hex[:6]}"
         )
     job = ingest_job_run(IngestJob.objects.create(world=world, source=str(DEMO_LORE)))
-    assert job.status == IngestStatus.SUCCEEDED, job.error
+    assert job.status == JobStatus.SUCCEEDED, job.error
     residency_sync(workers=[vllm_worker.url])
     return npcs
 

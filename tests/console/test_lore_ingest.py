@@ -11,7 +11,8 @@ from django.conf import settings
 from django.core.management import CommandError, call_command
 from pgvector.django import CosineDistance
 
-from console.models import IngestJob, IngestStatus, LoreChunk, LoreDocument, LoreDocumentVersion
+from console.jobs.models import JobStatus
+from console.models import IngestJob, LoreChunk, LoreDocument, LoreDocumentVersion
 from console.services.lore import (
     LoreFileError,
     ingest_job_run,
@@ -113,7 +114,7 @@ def test_a_bad_file_fails_the_job_with_a_clear_error_and_nothing_is_written(
     ingest_job_run(job)
 
     job.refresh_from_db()
-    assert job.status == IngestStatus.FAILED
+    assert job.status == JobStatus.FAILED
     assert message in job.error
     assert name in job.error
     assert not LoreDocument.objects.exists()  # not even the good file: all are checked first
@@ -135,7 +136,7 @@ def test_the_ingest_command_writes_the_demo_lore_once_with_progress_in_the_job(t
     call_command("ingest", str(tmp_path), world="ravenmoor", stdout=out)
 
     first, second = IngestJob.objects.order_by("created_at")
-    assert (first.status, first.progress, first.documents_written) == (IngestStatus.SUCCEEDED, 100.0, 3)
+    assert (first.status, first.progress, first.documents_written) == (JobStatus.SUCCEEDED, 100.0, 3)
     assert (second.documents_written, second.documents_skipped, second.chunks_written) == (0, 3, 0)
     assert "33% " in first.log
     assert "3 documents written" in out.getvalue()
@@ -148,8 +149,8 @@ def test_the_celery_task_runs_a_queued_job_once(tmp_path):
     (tmp_path / "a.md").write_text("# A\n\nA short text about the Greywood.")
     job = IngestJob.objects.create(world=WorldFactory(), source=str(tmp_path))
 
-    assert lore_ingest_task(job.pk) == IngestStatus.SUCCEEDED
-    assert lore_ingest_task(job.pk) == IngestStatus.SUCCEEDED  # finished: left alone
+    assert lore_ingest_task(job.pk) == JobStatus.SUCCEEDED
+    assert lore_ingest_task(job.pk) == JobStatus.SUCCEEDED  # finished: left alone
 
     job.refresh_from_db()
     assert job.log.count("started on") == 1

@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 from django.db.models import Q
 
+from console.jobs.models import JobStatus
 from console.models import Adapter, AdapterStatus
 from inference.adapters import (
     BASE_ADAPTER_NAME,
@@ -95,8 +96,6 @@ def residency_plan(*, healthy: Sequence[str]) -> dict[str, dict[str, Adapter]]:
     """worker -> {lora name: adapter} for every active adapter, and every candidate an eval is
     measuring: the eval loads it (training.evaluation) and a sync between two of its requests,
     by beat or by another eval, must not take it away before the verdict."""
-    from console.jobs.models import JobStatus
-
     plan: dict[str, dict[str, Adapter]] = {url: {} for url in healthy}
     adapters = (
         Adapter.objects.filter(Q(status=AdapterStatus.ACTIVE) | Q(eval_runs__status=JobStatus.RUNNING))

@@ -29,7 +29,8 @@ def _append(job: IngestJob, line: str) -> None:
 def _in_threads(count: int, work: Callable[[int], object]) -> list[object]:
     """Run `work(index)` in `count` threads that start together, each on its own database
     connection (closed at the end), as a run, its heartbeat and a recovery sweep do."""
-    start, results = threading.Barrier(count), [None] * count
+    start = threading.Barrier(count)
+    results: list[object] = [None] * count
 
     def thread(index: int) -> None:
         try:

@@ -272,7 +272,7 @@ class AdapterAdmin(SimpleHistoryAdmin):
         queued = []
         for adapter in queryset:
             try:
-                run = eval_run_start(adapter=adapter)
+                run = eval_run_start(adapter=adapter, created_by=request.user)
             except EvalError as exc:
                 self.message_user(request, str(exc), messages.WARNING)
                 continue

@@ -174,7 +174,9 @@ class EvalRunAdmin(JobAdminMixin, admin.ModelAdmin):
     list_select_related = ["adapter__archetype", "adapter__subfaction", "adapter__npc"]
     # Metrics, gate, reasons, samples, log and error are laid out by the change form's status
     # fragment (they change while the run goes on); the plain fields are the ones that do not.
-    fields = readonly_fields = ("adapter", "baseline", "created_at", "finished_at")
+    fields = readonly_fields = (
+        "adapter", "baseline", "created_by", "created_at", "started_at", "finished_at",
+    )  # fmt: skip
     change_form_template = "admin/training/evalrun/change_form.html"
     job_status_template = "admin/training/evalrun/_status.html"
 

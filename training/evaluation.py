@@ -435,22 +435,24 @@ def eval_run_check(adapter: Adapter) -> None:
         raise EvalError(f"{adapter}: an evaluation is already under way.")
 
 
-def eval_run_create(*, adapter: Adapter) -> EvalRun:
+def eval_run_create(*, adapter: Adapter, created_by: Any = None) -> EvalRun:
     """The run's row, queued, against the adapter's baseline (not sent: see `eval_run_start`)."""
     active = Adapter.objects.filter(
         archetype=adapter.archetype, subfaction=adapter.subfaction, npc=adapter.npc, task=adapter.task,
         status=AdapterStatus.ACTIVE,
     ).exclude(pk=adapter.pk).first()  # fmt: skip
     baseline = adapter_lora_name(active) if active else BASE_ADAPTER_NAME
-    return EvalRun.objects.create(adapter=adapter, baseline=baseline, gate=task_gate(adapter))
+    return EvalRun.objects.create(
+        adapter=adapter, baseline=baseline, gate=task_gate(adapter), created_by=created_by
+    )
 
 
-def eval_run_start(*, adapter: Adapter) -> EvalRun:
+def eval_run_start(*, adapter: Adapter, created_by: Any = None) -> EvalRun:
     """Check, create the run and send it to a training worker once the transaction commits."""
     from training.tasks import eval_run_task
 
     eval_run_check(adapter)
-    run = eval_run_create(adapter=adapter)
+    run = eval_run_create(adapter=adapter, created_by=created_by)
     job_enqueue(eval_run_task, run.pk)
     return run
 

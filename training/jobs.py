@@ -201,7 +201,7 @@ def training_job_run(
     elif job.status == JobStatus.SUCCEEDED and job.evaluate and job.adapter is not None:
         from training.evaluation import eval_run_start
 
-        run = eval_run_start(adapter=job.adapter)
+        run = eval_run_start(adapter=job.adapter, created_by=job.created_by)
         _log(job.pk, f"evaluation {run.pk} queued against {run.baseline}")
         job.refresh_from_db()
     return job

@@ -3,17 +3,20 @@ versions, idempotent re-ingestion, refused files, the command and the Celery tas
 
 from __future__ import annotations
 
+from datetime import timedelta
 from io import StringIO
 from pathlib import Path
 
 import pytest
 from django.conf import settings
 from django.core.management import CommandError, call_command
+from django.utils import timezone
 from pgvector.django import CosineDistance
 
 from console.jobs.models import JobStatus
 from console.models import IngestJob, LoreChunk, LoreDocument, LoreDocumentVersion
 from console.services.lore import (
+    INGEST_STALE_AFTER,
     LoreFileError,
     ingest_job_run,
     lore_document_ingest,
@@ -155,3 +158,25 @@ def test_the_celery_task_runs_a_queued_job_once(tmp_path):
     job.refresh_from_db()
     assert job.log.count("started on") == 1
     assert LoreChunk.objects.count() == 1
+
+
+def test_a_redelivered_task_leaves_a_running_job_alone_and_takes_one_whose_worker_went_silent(tmp_path):
+    # Given a job another worker is running now, and one whose worker stopped writing long ago
+    (tmp_path / "moor.md").write_text("# The moor\n\nThe moor is quiet at night.\n")
+    world = WorldFactory()
+    alive, silent = (
+        IngestJob.objects.create(
+            world=world, source=str(tmp_path), status=JobStatus.RUNNING, heartbeat_at=when
+        )
+        for when in (timezone.now(), timezone.now() - INGEST_STALE_AFTER - timedelta(minutes=1))
+    )
+
+    # When the task is delivered again for each
+    left = lore_ingest_task(alive.pk)
+    taken = lore_ingest_task(silent.pk)
+
+    # Then the running one is left to its worker; the silent one is run to its end here
+    assert left == JobStatus.RUNNING
+    assert IngestJob.objects.get(pk=alive.pk).log == ""
+    assert taken == JobStatus.SUCCEEDED
+    assert IngestJob.objects.get(pk=silent.pk).documents_written == 1

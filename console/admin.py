@@ -3,25 +3,24 @@
 from __future__ import annotations
 
 import json
-from functools import partial
 from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
-from django.core.exceptions import PermissionDenied, ValidationError
-from django.db import models, transaction
+from django.core.exceptions import ValidationError
+from django.db import models
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import get_object_or_404, render
 from django.template.response import TemplateResponse
-from django.urls import path, reverse
+from django.urls import reverse
 from django.utils.cache import add_never_cache_headers
 from django.utils.html import format_html, format_html_join
 from simple_history.admin import SimpleHistoryAdmin
 
+from console.jobs.admin import JobAdminMixin
 from console.lore.files import LoreFileError
-from console.lore.ingest import lore_upload_check
+from console.lore.ingest import ingest_job_start, lore_upload_check
 from console.lore.packs import lore_packs_drop
 from console.models import (
     NPC,
@@ -35,7 +34,6 @@ from console.models import (
     GameClientKey,
     GameKeyScope,
     IngestJob,
-    IngestStatus,
     LoreChunk,
     LoreDocument,
     LoreDocumentVersion,
@@ -47,13 +45,11 @@ from console.models import (
 from console.models.adapters import MAX_ADAPTER_RANK
 from console.services.adapters import AdapterRollbackRefused, adapter_rollback, adapter_status_set
 from console.services.keys import game_key_create, game_key_revoke
-from console.tasks import lore_ingest_task
 from inference.tasks import residency_sync_enqueue
-from training.admin import ExampleExchangeInline, eval_run_verdict, provision_start
+from training.admin import ExampleExchangeInline, eval_run_verdict, provision_from_admin
 from training.composition import CompositionError, adapter_compose
-from training.eval.harness import eval_run_create
-from training.models import EvalRun, EvalStatus, ProvisionRun
-from training.tasks import eval_run_task
+from training.eval.harness import EvalError, eval_run_start
+from training.models import EvalRun, ProvisionRun
 
 admin.site.site_header = "Revenant console"
 admin.site.site_title = "Revenant"
@@ -138,7 +134,7 @@ class ArchetypeAdmin(SimpleHistoryAdmin):
     )
     def provision(self, request: HttpRequest, queryset: QuerySet[Archetype]) -> None:
         for archetype in queryset:
-            provision_start(request, archetype)
+            provision_from_admin(request, archetype)
 
     def has_provision_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("training.add_provisionrun")
@@ -277,17 +273,11 @@ class AdapterAdmin(SimpleHistoryAdmin):
     def evaluate_adapters(self, request: HttpRequest, queryset: QuerySet[Adapter]) -> None:
         queued = []
         for adapter in queryset:
-            # A second run of the same adapter would hold the training queue for nothing and could
-            # judge it against itself once the first one promotes it.
-            if EvalRun.objects.filter(
-                adapter=adapter, status__in=[EvalStatus.QUEUED, EvalStatus.RUNNING]
-            ).exists():
-                self.message_user(
-                    request, f"{adapter}: an evaluation is already under way.", messages.WARNING
-                )
+            try:
+                run = eval_run_start(adapter=adapter, created_by=request.user)
+            except EvalError as exc:
+                self.message_user(request, str(exc), messages.WARNING)
                 continue
-            run = eval_run_create(adapter=adapter)
-            transaction.on_commit(partial(eval_run_task.delay, run.pk))
             queued.append(run)
         if queued:
             links = format_html_join(
@@ -466,8 +456,6 @@ class GameClientKeyAdmin(admin.ModelAdmin):
 
 # --- Lore ------------------------------------------------------------------------------
 
-ENDED = (IngestStatus.SUCCEEDED, IngestStatus.FAILED)
-
 
 class LoreVersionInline(admin.TabularInline):
     model = LoreDocumentVersion
@@ -588,7 +576,7 @@ class IngestUploadForm(forms.ModelForm):
 
 
 @admin.register(IngestJob)
-class IngestJobAdmin(admin.ModelAdmin):
+class IngestJobAdmin(JobAdminMixin, admin.ModelAdmin):
     """Ingestion runs: status, percent, log and error. *Add* uploads a file (a Celery worker
     ingests it); `manage.py ingest` runs folders. A job's page follows it live (htmx)."""
 
@@ -604,6 +592,8 @@ class IngestJobAdmin(admin.ModelAdmin):
     list_filter = ["status", "world"]
     readonly_fields = [field.name for field in IngestJob._meta.fields]
     change_form_template = "admin/console/ingestjob/change_form.html"
+    job_status_template = "admin/console/ingestjob/_status.html"
+    job_poll_every = "1s"  # an upload of a few files is over in seconds
 
     def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
         if obj is None:
@@ -620,30 +610,9 @@ class IngestJobAdmin(admin.ModelAdmin):
         return False
 
     def save_model(self, request: HttpRequest, obj: IngestJob, form: Any, change: bool) -> None:
-        obj.source = f"upload:{obj.upload.name.rsplit('/', 1)[-1]}"
-        obj.created_by = request.user  # type: ignore[assignment]
-        super().save_model(request, obj, form, change)
-        pk = obj.pk
-        transaction.on_commit(lambda: lore_ingest_task.delay(pk))
-
-    def change_view(
-        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: Any = None
-    ) -> HttpResponse:
-        job = IngestJob.objects.filter(pk=object_id).only("status").first()
-        extra = {**(extra_context or {}), "original_done": job is None or job.status in ENDED}
-        return super().change_view(request, object_id, form_url, extra_context=extra)
-
-    def get_urls(self) -> list[Any]:
-        status = path(
-            "<int:pk>/status/", self.admin_site.admin_view(self.status_view), name="console_ingestjob_status"
-        )
-        return [status, *super().get_urls()]
-
-    def status_view(self, request: HttpRequest, pk: int) -> HttpResponse:
-        """The job's status, percent and log: an htmx fragment that polls until the job ends."""
-        if not self.has_view_permission(request):
-            raise PermissionDenied
-        job = get_object_or_404(IngestJob, pk=pk)
-        return render(
-            request, "admin/console/ingestjob/status.html", {"job": job, "done": job.status in ENDED}
-        )
+        upload = form.cleaned_data["upload"]
+        job = ingest_job_start(
+            world=obj.world, source=f"upload:{upload.name.rsplit('/', 1)[-1]}", upload=upload,
+            created_by=request.user,
+        )  # fmt: skip
+        obj.pk, obj.source = job.pk, job.source  # the admin's message and redirect name this row

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from console.lore.ingest import ingest_job_run
-from console.models import IngestJob, IngestStatus
+from console.lore.ingest import ingest_job_claim, ingest_job_run
+from console.models import IngestJob
 
 
 @shared_task(acks_late=True, ignore_result=True)
 def lore_ingest_task(job_id: int) -> str:
-    """Run an ingestion job. Idempotent: a finished job is left alone, and a job run again
-    (a worker died half-way) skips the documents it had written, as unchanged."""
-    job = IngestJob.objects.select_related("world").get(pk=job_id)
-    if job.status in (IngestStatus.SUCCEEDED, IngestStatus.FAILED):
-        return job.status
-    return ingest_job_run(job).status
+    """Run an ingestion job. Idempotent: an ended job, or one another execution is running, is
+    left alone; a job whose worker died half-way is taken again and skips the documents it had
+    written, as unchanged."""
+    if not ingest_job_claim(job_id):
+        return str(IngestJob.objects.get(pk=job_id).status)
+    return str(ingest_job_run(IngestJob.objects.select_related("world").get(pk=job_id)).status)

@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 from django.db.models import Q
 
+from console.jobs.models import JobStatus
 from console.models import Adapter, AdapterStatus
 from console.services.adapters import (
     BASE_ADAPTER_NAME,
@@ -95,11 +96,9 @@ def residency_plan(*, healthy: Sequence[str]) -> dict[str, dict[str, Adapter]]:
     """worker -> {lora name: adapter} for every active adapter, and every candidate an eval is
     measuring: the eval loads it (training.eval.harness) and a sync between two of its requests,
     by beat or by another eval, must not take it away before the verdict."""
-    from training.models import EvalStatus
-
     plan: dict[str, dict[str, Adapter]] = {url: {} for url in healthy}
     adapters = (
-        Adapter.objects.filter(Q(status=AdapterStatus.ACTIVE) | Q(eval_runs__status=EvalStatus.RUNNING))
+        Adapter.objects.filter(Q(status=AdapterStatus.ACTIVE) | Q(eval_runs__status=JobStatus.RUNNING))
         .select_related("archetype", "subfaction__archetype", "npc__archetype")
         .distinct()
     )

@@ -11,27 +11,19 @@ from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
-from django.shortcuts import get_object_or_404, render
+from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
 
+from console.jobs.admin import JobAdminMixin
+from console.jobs.models import JOB_ENDED, JobStatus
 from console.models import Archetype
 from training.datasets import DatasetError, dataset_build, dataset_check
 from training.eval.harness import evaluation_summary
 from training.eval.metrics import gate_metric_check
-from training.jobs import TrainingJobError, training_job_cancel, training_job_create
-from training.models import (
-    PROVISION_ENDED,
-    TRAINING_ENDED,
-    Dataset,
-    EvalRun,
-    EvalStatus,
-    ExampleExchange,
-    ProvisionRun,
-    TrainingJob,
-    TranscriptApproval,
-)
+from training.jobs import TrainingJobError, training_job_cancel, training_job_start
+from training.models import Dataset, EvalRun, ExampleExchange, ProvisionRun, TrainingJob, TranscriptApproval
 from training.plots import loss_plot_svg
-from training.provisioning import ProvisionError, provision_create
+from training.provisioning import ProvisionError, provision_start
 
 
 class ExampleExchangeInline(admin.TabularInline):
@@ -105,7 +97,7 @@ class DatasetAdmin(admin.ModelAdmin):
     def train(self, request: HttpRequest, queryset: QuerySet[Dataset]) -> None:
         for dataset in queryset:
             try:
-                job = training_job_create(dataset=dataset, created_by=request.user)
+                job = training_job_start(dataset=dataset, created_by=request.user)
             except TrainingJobError as exc:
                 self.message_user(request, str(exc), messages.ERROR)
                 continue
@@ -116,7 +108,7 @@ class DatasetAdmin(admin.ModelAdmin):
 
 
 @admin.register(TrainingJob)
-class TrainingJobAdmin(admin.ModelAdmin):
+class TrainingJobAdmin(JobAdminMixin, admin.ModelAdmin):
     """Training runs: a live progress bar, the loss plot, the log; cancel from the job's page."""
 
     list_display = ["pk", "dataset", "status", "progress", "step", "steps", "adapter", "created_at"]
@@ -124,41 +116,21 @@ class TrainingJobAdmin(admin.ModelAdmin):
     readonly_fields = [field.name for field in TrainingJob._meta.fields if field.name != "losses"]
     exclude = ["losses"]
     change_form_template = "admin/training/trainingjob/change_form.html"
+    job_status_template = "admin/training/trainingjob/_status.html"
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # started from a dataset (the Datasets list's action)
 
-    def get_urls(self) -> list[Any]:
+    def job_urls(self) -> list[Any]:
         wrap = self.admin_site.admin_view
-        return [
-            path("<int:pk>/status/", wrap(self.status_view), name="training_trainingjob_status"),
-            path("<int:pk>/cancel/", wrap(self.cancel_view), name="training_trainingjob_cancel"),
-            *super().get_urls(),
-        ]
+        return [path("<int:pk>/cancel/", wrap(self.cancel_view), name="training_trainingjob_cancel")]
 
-    def _status(self, request: HttpRequest, job: TrainingJob) -> dict[str, Any]:
+    def job_status_context(self, request: HttpRequest, job: TrainingJob) -> dict[str, Any]:
         return {
-            "job": job,
-            "done": job.status in TRAINING_ENDED,
             "plot": loss_plot_svg(job.losses, total_steps=job.steps),
-            "may_cancel": job.status not in TRAINING_ENDED
+            "may_cancel": job.status not in JOB_ENDED
             and request.user.has_perm("training.change_trainingjob"),
         }
-
-    def change_view(
-        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: Any = None
-    ) -> Any:
-        job = get_object_or_404(TrainingJob, pk=object_id)
-        return super().change_view(
-            request, object_id, form_url, {**(extra_context or {}), **self._status(request, job)}
-        )
-
-    def status_view(self, request: HttpRequest, pk: int) -> HttpResponse:
-        """Progress, loss plot and log: an htmx fragment that polls until the job ends."""
-        if not self.has_view_permission(request):
-            raise PermissionDenied
-        job = get_object_or_404(TrainingJob, pk=pk)
-        return render(request, "admin/training/trainingjob/status.html", self._status(request, job))
 
     def cancel_view(self, request: HttpRequest, pk: int) -> HttpResponse:
         if request.method != "POST" or not request.user.has_perm("training.change_trainingjob"):
@@ -170,13 +142,10 @@ class TrainingJobAdmin(admin.ModelAdmin):
         return HttpResponseRedirect(reverse("admin:training_trainingjob_change", args=[job.pk]))
 
 
-EVAL_ENDED = (EvalStatus.SUCCEEDED, EvalStatus.FAILED)
-
-
 def eval_run_verdict(run: EvalRun) -> str:
     """The run's verdict in words, for its page and the adapter's."""
     if run.passed is None:
-        return "failed before a verdict" if run.status == EvalStatus.FAILED else "not judged yet"
+        return "failed before a verdict" if run.status == JobStatus.FAILED else "not judged yet"
     if not run.passed:
         return "did not pass"
     return "passed — promoted" if run.promoted else "passed"
@@ -196,7 +165,7 @@ def _summary_rows(run: EvalRun) -> list[dict[str, Any]]:
 
 
 @admin.register(EvalRun)
-class EvalRunAdmin(admin.ModelAdmin):
+class EvalRunAdmin(JobAdminMixin, admin.ModelAdmin):
     """Evaluations (started from the adapters list, or by training): followed live, then the
     candidate's metrics beside the baseline's, the gate, its reasons and sample answers."""
 
@@ -205,8 +174,11 @@ class EvalRunAdmin(admin.ModelAdmin):
     list_select_related = ["adapter__archetype", "adapter__subfaction", "adapter__npc"]
     # Metrics, gate, reasons, samples, log and error are laid out by the change form's status
     # fragment (they change while the run goes on); the plain fields are the ones that do not.
-    fields = readonly_fields = ("adapter", "baseline", "created_at", "finished_at")
+    fields = readonly_fields = (
+        "adapter", "baseline", "created_by", "created_at", "started_at", "finished_at",
+    )  # fmt: skip
     change_form_template = "admin/training/evalrun/change_form.html"
+    job_status_template = "admin/training/evalrun/_status.html"
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # runs come from the adapters list's action, or from training
@@ -214,36 +186,8 @@ class EvalRunAdmin(admin.ModelAdmin):
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False  # a run is a record: evaluate again for a new one
 
-    def get_urls(self) -> list[Any]:
-        wrap = self.admin_site.admin_view
-        return [
-            path("<int:pk>/status/", wrap(self.status_view), name="training_evalrun_status"),
-            *super().get_urls(),
-        ]
-
-    def _status(self, run: EvalRun) -> dict[str, Any]:
-        return {
-            "run": run,
-            "done": run.status in EVAL_ENDED,
-            "rows": _summary_rows(run),
-            "verdict": eval_run_verdict(run),
-        }
-
-    def change_view(
-        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: Any = None
-    ) -> Any:
-        run = get_object_or_404(EvalRun, pk=object_id)
-        return super().change_view(
-            request, object_id, form_url, {**(extra_context or {}), **self._status(run)}
-        )
-
-    def status_view(self, request: HttpRequest, pk: int) -> HttpResponse:
-        """Status, progress and (once measured) the comparison: an htmx fragment that polls until
-        the run ends, so the results appear without a reload."""
-        if not self.has_view_permission(request):
-            raise PermissionDenied
-        run = get_object_or_404(EvalRun, pk=pk)
-        return render(request, "admin/training/evalrun/_status.html", self._status(run))
+    def job_status_context(self, request: HttpRequest, job: EvalRun) -> dict[str, Any]:
+        return {"rows": _summary_rows(job), "verdict": eval_run_verdict(job)}
 
 
 @admin.register(TranscriptApproval)
@@ -263,10 +207,10 @@ class TranscriptApprovalAdmin(admin.ModelAdmin):
         return f"{payload.get('player', '')[:60]} → {payload.get('npc', '')[:80]}"
 
 
-def provision_start(request: HttpRequest, archetype: Archetype) -> ProvisionRun | None:
+def provision_from_admin(request: HttpRequest, archetype: Archetype) -> ProvisionRun | None:
     """Start an archetype's provisioning for the archetype pages; a refusal becomes a message."""
     try:
-        run = provision_create(archetype=archetype, created_by=request.user)
+        run = provision_start(archetype=archetype, created_by=request.user)
     except ProvisionError as exc:
         messages.error(request, str(exc))
         return None
@@ -279,7 +223,7 @@ def provision_start(request: HttpRequest, archetype: Archetype) -> ProvisionRun 
 
 
 @admin.register(ProvisionRun)
-class ProvisionRunAdmin(admin.ModelAdmin):
+class ProvisionRunAdmin(JobAdminMixin, admin.ModelAdmin):
     """One-click provisioning runs (started from an archetype's page): each task's dataset,
     training job and eval, followed live."""
 
@@ -288,6 +232,7 @@ class ProvisionRunAdmin(admin.ModelAdmin):
     list_select_related = ["archetype"]
     fields = readonly_fields = ("archetype", "created_by", "created_at", "started_at", "finished_at")
     change_form_template = "admin/training/provisionrun/change_form.html"
+    job_status_template = "admin/training/provisionrun/_status.html"
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # started from the archetype's page
@@ -295,37 +240,15 @@ class ProvisionRunAdmin(admin.ModelAdmin):
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False  # a record; the jobs it started have their own pages
 
-    def get_urls(self) -> list[Any]:
+    def job_urls(self) -> list[Any]:
         wrap = self.admin_site.admin_view
-        return [
-            path("<int:pk>/status/", wrap(self.status_view), name="training_provisionrun_status"),
-            path("start/<int:archetype_pk>/", wrap(self.start_view), name="training_provisionrun_start"),
-            *super().get_urls(),
-        ]
-
-    def _status(self, run: ProvisionRun) -> dict[str, Any]:
-        return {"run": run, "done": run.status in PROVISION_ENDED}
-
-    def change_view(
-        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: Any = None
-    ) -> Any:
-        run = get_object_or_404(ProvisionRun, pk=object_id)
-        return super().change_view(
-            request, object_id, form_url, {**(extra_context or {}), **self._status(run)}
-        )
-
-    def status_view(self, request: HttpRequest, pk: int) -> HttpResponse:
-        """Steps, progress and log: an htmx fragment that polls until the run ends."""
-        if not self.has_view_permission(request):
-            raise PermissionDenied
-        run = get_object_or_404(ProvisionRun, pk=pk)
-        return render(request, "admin/training/provisionrun/_status.html", self._status(run))
+        return [path("start/<int:archetype_pk>/", wrap(self.start_view), name="training_provisionrun_start")]
 
     def start_view(self, request: HttpRequest, archetype_pk: int) -> HttpResponse:
         if request.method != "POST" or not request.user.has_perm("training.add_provisionrun"):
             raise PermissionDenied
         archetype = get_object_or_404(Archetype, pk=archetype_pk)
-        run = provision_start(request, archetype)
+        run = provision_from_admin(request, archetype)
         if run is None:
             return HttpResponseRedirect(reverse("admin:console_archetype_change", args=[archetype.pk]))
         return HttpResponseRedirect(reverse("admin:training_provisionrun_change", args=[run.pk]))

@@ -23,19 +23,21 @@ import time
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
-from django.db import close_old_connections, connection, transaction
+from django.db import close_old_connections, connection
 from django.db.models import F, Q
-from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from console.jobs.models import JOB_ENDED, JobStatus
+from console.jobs.services import JobCancelled, JobInterrupted, job_claim, job_enqueue, job_log, job_run
 from console.models import BaseModel
 from console.services.adapters import AdapterArtifactError, adapter_import
 from inference.base_models import base_model_for
 from training.datasets import DatasetError, dataset_read, dataset_verify
-from training.lora import TrainingStopped, lora_fit
-from training.models import TRAINING_ENDED, Dataset, TrainingJob, TrainingStatus, row_log
+from training.lora import lora_fit
+from training.models import Dataset, TrainingJob
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +50,7 @@ class TrainingJobError(Exception):
     """A training job that cannot be created; the message says what to fix."""
 
 
-class TrainingTimeLimit(TrainingStopped):
+class TrainingTimeLimit(Exception):
     """The run went past TRAINING_TIME_LIMIT_S. Checked by the run itself at every step: the
     training worker's solo pool (like the io worker's thread pool) enforces no Celery time limit."""
 
@@ -59,21 +61,19 @@ def execution_name() -> str:
 
 
 def _log(job_id: int, line: str, **fields: object) -> None:
-    row_log(TrainingJob, job_id, line, **fields)
+    job_log(TrainingJob, job_id, line, **fields)
 
 
 def _fail(job_id: int, error: str) -> None:
-    _log(job_id, f"failed: {error}", status=TrainingStatus.FAILED, error=error, finished_at=timezone.now())
+    _log(job_id, f"failed: {error}", status=JobStatus.FAILED, error=error, finished_at=timezone.now())
 
 
 def training_job_create(
     *, dataset: Dataset, steps: int = 200, rank: int = 8, alpha: int = 16, learning_rate: float = 2e-3,
-    base_model: BaseModel | None = None, created_by: object | None = None, enqueue: bool = True,
-    evaluate: bool = True,
+    base_model: BaseModel | None = None, created_by: object | None = None, evaluate: bool = True,
 ) -> TrainingJob:  # fmt: skip
-    """Check the dataset and the base model, create the job row and queue it (after commit)."""
-    from training.tasks import training_job_task
-
+    """Check the dataset and the base model and create the job row (queued, not sent: see
+    `training_job_start`; `make train-pilot` runs it in the foreground)."""
     try:
         dataset_verify(dataset)
     except DatasetError as exc:
@@ -94,34 +94,42 @@ def training_job_create(
     )  # fmt: skip
     job.full_clean()
     job.save()
-    if enqueue:
-        pk = job.pk
-        transaction.on_commit(lambda: training_job_task.delay(pk))
+    return job
+
+
+def training_job_start(*, dataset: Dataset, **options: Any) -> TrainingJob:
+    """`training_job_create`, and the job sent to a training worker once the transaction commits."""
+    from training.tasks import training_job_task
+
+    job = training_job_create(dataset=dataset, **options)
+    job_enqueue(training_job_task, job.pk)
     return job
 
 
 def lease_take(job_id: int, owner: str) -> bool:
     """Take the job's lease if nobody holds it (or it lapsed): one conditional UPDATE."""
     now = timezone.now()
-    taken = (
-        TrainingJob.objects.filter(pk=job_id, attempts__lt=settings.TRAINING_MAX_ATTEMPTS)
-        .exclude(status__in=TRAINING_ENDED)
-        .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now) | Q(lease_owner=owner))
-        .update(
-            lease_owner=owner,
-            lease_until=now + timedelta(seconds=settings.TRAINING_LEASE_S),
-            attempts=F("attempts") + 1,
-            status=TrainingStatus.RUNNING,
-            started_at=Coalesce(F("started_at"), now),
-        )
+    return job_claim(
+        TrainingJob,
+        job_id,
+        # Not only a queued job: a running one whose execution died (its lease lapsed) is resumed.
+        when=Q(attempts__lt=settings.TRAINING_MAX_ATTEMPTS)
+        & ~Q(status__in=JOB_ENDED)
+        & (Q(lease_until__isnull=True) | Q(lease_until__lt=now) | Q(lease_owner=owner)),
+        lease_owner=owner,
+        lease_until=now + timedelta(seconds=settings.TRAINING_LEASE_S),
+        attempts=F("attempts") + 1,
     )
-    return taken == 1
 
 
 def lease_renew(job_id: int, owner: str) -> bool:
     """Extend our lease; False when another execution holds it now."""
-    until = timezone.now() + timedelta(seconds=settings.TRAINING_LEASE_S)
-    return TrainingJob.objects.filter(pk=job_id, lease_owner=owner).update(lease_until=until) == 1
+    now = timezone.now()
+    until = now + timedelta(seconds=settings.TRAINING_LEASE_S)
+    renewed = TrainingJob.objects.filter(pk=job_id, lease_owner=owner).update(
+        lease_until=until, heartbeat_at=now
+    )
+    return renewed == 1
 
 
 def lease_release(job_id: int, owner: str) -> None:
@@ -171,7 +179,7 @@ def training_job_run(
         elif training_job_exhausted(job):
             _fail(job_id, attempts_error(job.attempts))
             job.refresh_from_db()
-        elif job.status not in TRAINING_ENDED:
+        elif job.status not in JOB_ENDED:
             _log(job_id, f"execution {owner} left: the lease is held by {job.lease_owner}")
             job.refresh_from_db()
         return job
@@ -179,39 +187,30 @@ def training_job_run(
     heartbeat.start()
     job = TrainingJob.objects.select_related("dataset__archetype", "base_model").get(pk=job_id)
     try:
-        _train(job, owner, heartbeat, on_step)
-    except TrainingTimeLimit as exc:
-        _fail(job_id, str(exc))
-    except TrainingStopped:
-        if heartbeat.lost.is_set():
-            _log(job_id, f"execution {owner} stopped: it lost the lease")
-        else:
-            _log(job_id, "cancelled", status=TrainingStatus.CANCELLED, finished_at=timezone.now())
-            shutil.rmtree(checkpoint_folder(job), ignore_errors=True)
-    except (DatasetError, AdapterArtifactError) as exc:
-        _log(
-            job_id, f"failed: {exc}", status=TrainingStatus.FAILED, error=str(exc), finished_at=timezone.now()
+        job_run(
+            job,
+            lambda job: _train(job, owner, heartbeat, on_step),
+            expected=(DatasetError, AdapterArtifactError, TrainingTimeLimit),
         )
-    except Exception as exc:
-        _log(
-            job_id,
-            f"failed: {exc!r}",
-            status=TrainingStatus.FAILED,
-            error=repr(exc),
-            finished_at=timezone.now(),
-        )
-        logger.exception("training job %s failed", job_id)
     finally:
         heartbeat.stopped.set()
         heartbeat.join(timeout=5)
         lease_release(job_id, owner)
-    job.refresh_from_db()
+    if job.status == JobStatus.CANCELLED:
+        shutil.rmtree(checkpoint_folder(job), ignore_errors=True)
+    elif job.status == JobStatus.SUCCEEDED and job.evaluate and job.adapter is not None:
+        from training.eval.harness import eval_run_start
+
+        run = eval_run_start(adapter=job.adapter, created_by=job.created_by)
+        _log(job.pk, f"evaluation {run.pk} queued against {run.baseline}")
+        job.refresh_from_db()
     return job
 
 
 def _train(
     job: TrainingJob, owner: str, heartbeat: _Heartbeat, progress: Callable[[int, int], None] | None
-) -> None:
+) -> str:
+    """The work of one execution (job_run brackets it); returns the row's last line."""
     folder = dataset_verify(job.dataset)
     conversations = dataset_read(folder)
     checkpoints = checkpoint_folder(job)
@@ -237,9 +236,9 @@ def _train(
             reported[0] = int(percent) // 5
             _log(job.pk, f"{percent:.0f}% step {step}/{job.steps} loss {loss:.3f}")
         if heartbeat.lost.is_set():
-            raise TrainingStopped("lease lost")
+            raise JobInterrupted(f"execution {owner} stopped: it lost the lease")
         if TrainingJob.objects.filter(pk=job.pk, cancel_requested=True).exists():
-            raise TrainingStopped("cancelled")
+            raise JobCancelled("cancelled")
         if time.monotonic() > deadline:
             raise TrainingTimeLimit(
                 f"stopped at step {step}/{job.steps}: the run took longer than TRAINING_TIME_LIMIT_S "
@@ -259,24 +258,17 @@ def _train(
         path=output, archetype=job.dataset.archetype, task=job.dataset.task, base_model=job.base_model
     )
     shutil.rmtree(checkpoints, ignore_errors=True)
-    _log(job.pk, f"done: adapter {adapter} registered as a candidate", status=TrainingStatus.SUCCEEDED,
-         adapter=adapter, progress=100.0, finished_at=timezone.now())  # fmt: skip
-    if job.evaluate:
-        from training.eval.harness import eval_run_create
-        from training.tasks import eval_run_task
-
-        run = eval_run_create(adapter=adapter)
-        eval_run_task.delay(run.pk)
-        _log(job.pk, f"evaluation {run.pk} queued against {run.baseline}")
+    TrainingJob.objects.filter(pk=job.pk).update(adapter=adapter)
+    return f"done: adapter {adapter} registered as a candidate"
 
 
 def training_job_cancel(job: TrainingJob) -> TrainingJob:
     """Ask a job to stop: a queued one ends now, a running one at its next step."""
-    if job.status == TrainingStatus.QUEUED and not job.lease_owner:
-        TrainingJob.objects.filter(pk=job.pk, status=TrainingStatus.QUEUED).update(
-            status=TrainingStatus.CANCELLED, cancel_requested=True, finished_at=timezone.now()
+    if job.status == JobStatus.QUEUED and not job.lease_owner:
+        TrainingJob.objects.filter(pk=job.pk, status=JobStatus.QUEUED).update(
+            status=JobStatus.CANCELLED, cancel_requested=True, finished_at=timezone.now()
         )
-    elif job.status not in TRAINING_ENDED:
+    elif job.status not in JOB_ENDED:
         TrainingJob.objects.filter(pk=job.pk).update(cancel_requested=True)
         _log(job.pk, "cancel requested")
     job.refresh_from_db()
@@ -286,8 +278,8 @@ def training_job_cancel(job: TrainingJob) -> TrainingJob:
 def training_job_abandon(job_id: int, reason: str) -> None:
     """End a job whose foreground run was interrupted (Ctrl-C in `make train-pilot`): cancelled,
     lease released, so the recovery beat does not resume it behind the operator's back."""
-    TrainingJob.objects.filter(pk=job_id).exclude(status__in=TRAINING_ENDED).update(
-        status=TrainingStatus.CANCELLED, cancel_requested=True, lease_owner="", lease_until=None,
+    TrainingJob.objects.filter(pk=job_id).exclude(status__in=JOB_ENDED).update(
+        status=JobStatus.CANCELLED, cancel_requested=True, lease_owner="", lease_until=None,
         finished_at=timezone.now(),
     )  # fmt: skip
     _log(job_id, f"cancelled: {reason}")
@@ -297,7 +289,7 @@ def training_job_exhausted(job: TrainingJob) -> bool:
     """Whether the job used up its executions with none of them ending it (each died: a job
     that kills its worker, out of memory for one, would otherwise be resumed for ever)."""
     return (
-        job.status not in TRAINING_ENDED
+        job.status not in JOB_ENDED
         and job.attempts >= settings.TRAINING_MAX_ATTEMPTS
         and (job.lease_until is None or job.lease_until < timezone.now())
     )
@@ -320,10 +312,8 @@ def training_jobs_recover() -> list[int]:
     close_old_connections()
     now = timezone.now()
     stale = TrainingJob.objects.filter(
-        Q(status=TrainingStatus.RUNNING, lease_until__lt=now)
-        | Q(
-            status=TrainingStatus.QUEUED, lease_until__isnull=True, created_at__lt=now - timedelta(minutes=10)
-        )
+        Q(status=JobStatus.RUNNING, lease_until__lt=now)
+        | Q(status=JobStatus.QUEUED, lease_until__isnull=True, created_at__lt=now - timedelta(minutes=10))
     ).values_list("pk", "checkpoint_step", "attempts")
     recovered = []
     for pk, step, attempts in stale:

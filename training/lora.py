@@ -87,10 +87,6 @@ def lora_train(
 TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
 
-class TrainingStopped(Exception):
-    """The caller asked the run to stop (cancel, or the lease was lost)."""
-
-
 def _assistant_labels(
     tokenizer: Any, messages: list[dict[str, str]], max_tokens: int
 ) -> tuple[list[int], list[int]]:
@@ -146,7 +142,8 @@ def lora_fit(
     on_checkpoint: Callable[[int], None] | None = None,
 ) -> Path:
     """Train a LoRA for `steps` steps (resuming from `checkpoint_dir` when it holds one); save a
-    PEFT folder to `output_dir` and return it. `on_step` may raise TrainingStopped."""
+    PEFT folder to `output_dir` and return it. `on_step` may raise to stop the run (a cancel, a
+    lost lease, a time limit): the exception reaches the caller."""
     import torch
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer

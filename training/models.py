@@ -3,25 +3,11 @@ and the training jobs that turn a dataset into an adapter."""
 
 from __future__ import annotations
 
-import logging
-
 from django.conf import settings
 from django.db import models
-from django.db.models import F, Value
-from django.db.models.functions import Concat
-from django.utils import timezone
 
+from console.jobs.models import Job
 from console.models import AdapterTask
-
-logger = logging.getLogger(__name__)
-
-
-def row_log(model: type[models.Model], pk: int, line: str, **fields: object) -> None:
-    """Append a stamped line to a job row's `log` (and set `fields`) in one UPDATE: the row is
-    what the console polls, and a heartbeat thread may be writing to it at the same time."""
-    stamp = timezone.now().strftime("%H:%M:%S")
-    model._default_manager.filter(pk=pk).update(log=Concat(F("log"), Value(f"{stamp} {line}\n")), **fields)
-    logger.info("%s %s: %s", model._meta.verbose_name, pk, line)
 
 
 class ExampleExchange(models.Model):
@@ -94,18 +80,7 @@ class Dataset(models.Model):
         return f"{self.archetype.slug} {self.task} v{self.version}"
 
 
-class TrainingStatus(models.TextChoices):
-    QUEUED = "queued", "Queued"
-    RUNNING = "running", "Running"
-    SUCCEEDED = "succeeded", "Succeeded"
-    FAILED = "failed", "Failed"
-    CANCELLED = "cancelled", "Cancelled"
-
-
-TRAINING_ENDED = (TrainingStatus.SUCCEEDED, TrainingStatus.FAILED, TrainingStatus.CANCELLED)
-
-
-class TrainingJob(models.Model):
+class TrainingJob(Job):
     """A LoRA training run: one dataset in, one candidate adapter out.
 
     Exactly one execution holds the job at a time: `lease_owner` until `lease_until`, renewed by
@@ -114,17 +89,13 @@ class TrainingJob(models.Model):
 
     dataset = models.ForeignKey(Dataset, on_delete=models.PROTECT, related_name="training_jobs")
     base_model = models.ForeignKey("console.BaseModel", on_delete=models.PROTECT, related_name="+")
-    status = models.CharField(max_length=16, choices=TrainingStatus.choices, default=TrainingStatus.QUEUED)
     steps = models.PositiveIntegerField(default=200)
     rank = models.PositiveSmallIntegerField(default=8)
     alpha = models.PositiveSmallIntegerField(default=16)
     learning_rate = models.FloatField(default=2e-3)
     step = models.PositiveIntegerField(default=0, help_text="Steps done.")
-    progress = models.FloatField(default=0.0, help_text="Percent done.")
     losses = models.JSONField(default=list, blank=True, help_text="Training loss per step.")
     checkpoint_step = models.PositiveIntegerField(default=0)
-    log = models.TextField(blank=True)
-    error = models.TextField(blank=True)
     attempts = models.PositiveIntegerField(default=0, help_text="Executions that took the lease.")
     lease_owner = models.CharField(max_length=100, blank=True)
     lease_until = models.DateTimeField(null=True, blank=True)
@@ -136,12 +107,6 @@ class TrainingJob(models.Model):
     adapter = models.ForeignKey(
         "console.Adapter", on_delete=models.SET_NULL, null=True, blank=True, related_name="training_jobs"
     )
-    created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
-    )
-    created_at = models.DateTimeField(auto_now_add=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
@@ -154,22 +119,13 @@ class TrainingJob(models.Model):
         return f"training {self.pk}: {self.dataset}"
 
 
-class EvalStatus(models.TextChoices):
-    QUEUED = "queued", "Queued"
-    RUNNING = "running", "Running"
-    SUCCEEDED = "succeeded", "Succeeded"
-    FAILED = "failed", "Failed"
-
-
-class EvalRun(models.Model):
+class EvalRun(Job):
     """A candidate adapter measured against its baseline (the active adapter of its task, else
     the base model) on the same prompts: metrics side by side, the gate's verdict, and whether
     the candidate was promoted."""
 
     adapter = models.ForeignKey("console.Adapter", on_delete=models.CASCADE, related_name="eval_runs")
     baseline = models.CharField(max_length=200, help_text="What the candidate was compared with.")
-    status = models.CharField(max_length=16, choices=EvalStatus.choices, default=EvalStatus.QUEUED)
-    progress = models.FloatField(default=0.0, help_text="Percent done.")
     candidate_metrics = models.JSONField(default=dict, blank=True)
     baseline_metrics = models.JSONField(default=dict, blank=True)
     gate = models.JSONField(
@@ -179,13 +135,6 @@ class EvalRun(models.Model):
     reasons = models.JSONField(default=list, blank=True, help_text="The gate's verdict, metric by metric.")
     samples = models.JSONField(default=list, blank=True, help_text="Some prompts with both answers.")
     promoted = models.BooleanField(default=False)
-    log = models.TextField(blank=True)
-    error = models.TextField(blank=True)
-    heartbeat_at = models.DateTimeField(
-        null=True, blank=True, help_text="Last sign of life of the execution (every few seconds)."
-    )
-    created_at = models.DateTimeField(auto_now_add=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
@@ -194,17 +143,7 @@ class EvalRun(models.Model):
         return f"eval {self.pk}: {self.adapter}"
 
 
-class ProvisionStatus(models.TextChoices):
-    QUEUED = "queued", "Queued"
-    RUNNING = "running", "Running"
-    SUCCEEDED = "succeeded", "Succeeded"
-    FAILED = "failed", "Failed"
-
-
-PROVISION_ENDED = (ProvisionStatus.SUCCEEDED, ProvisionStatus.FAILED)
-
-
-class ProvisionRun(models.Model):
+class ProvisionRun(Job):
     """One click's worth of work for an archetype: per hot-path task, a dataset, a training job
     and an eval, one task after the other (training.provisioning). `plan` holds a step per task:
     {"task", "steps", "dataset", "job", "eval", "outcome"} as they come to exist."""
@@ -212,17 +151,7 @@ class ProvisionRun(models.Model):
     archetype = models.ForeignKey(
         "console.Archetype", on_delete=models.CASCADE, related_name="provision_runs"
     )
-    status = models.CharField(max_length=16, choices=ProvisionStatus.choices, default=ProvisionStatus.QUEUED)
     plan = models.JSONField(default=list)
-    progress = models.FloatField(default=0.0, help_text="Percent done.")
-    log = models.TextField(blank=True)
-    error = models.TextField(blank=True)
-    created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
-    )
-    created_at = models.DateTimeField(auto_now_add=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]

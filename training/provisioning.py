@@ -16,29 +16,18 @@ locked while it decides, and a step already started is never started twice.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
 
+from console.jobs.models import JOB_ENDED, JobStatus
+from console.jobs.services import job_enqueue, job_log
 from console.models import AdapterTask, Archetype
 from inference.base_models import base_model_for
 from training.datasets import DatasetError, dataset_build, dataset_check
-from training.jobs import TrainingJobError, training_job_create
-from training.models import (
-    PROVISION_ENDED,
-    TRAINING_ENDED,
-    EvalRun,
-    EvalStatus,
-    ProvisionRun,
-    ProvisionStatus,
-    TrainingJob,
-    TrainingStatus,
-    row_log,
-)
-
-logger = logging.getLogger(__name__)
+from training.jobs import TrainingJobError, training_job_start
+from training.models import EvalRun, ProvisionRun, TrainingJob
 
 # The tasks a turn uses an adapter for, in the order they are provisioned (the voice first).
 PROVISION_TASKS = (AdapterTask.DIALOGUE_STYLE, AdapterTask.ACTION_POLICY)
@@ -49,15 +38,10 @@ PROVISION_LEARNING_RATE: dict[str, float] = {
     AdapterTask.DIALOGUE_STYLE: 2e-3,
     AdapterTask.ACTION_POLICY: 3e-3,
 }
-EVAL_ENDED = (EvalStatus.SUCCEEDED, EvalStatus.FAILED)
 
 
 class ProvisionError(Exception):
     """A provisioning run that cannot start; the message says what to fix."""
-
-
-def _log(run_id: int, line: str, **fields: object) -> None:
-    row_log(ProvisionRun, run_id, line, **fields)
 
 
 def provision_check(archetype: Archetype, tasks: tuple[str, ...] = PROVISION_TASKS) -> None:
@@ -65,7 +49,7 @@ def provision_check(archetype: Archetype, tasks: tuple[str, ...] = PROVISION_TAS
     enough examples for every task's dataset."""
     if base_model_for(archetype) is None:
         raise ProvisionError(f"{archetype.slug} has no base model: set one on the archetype or register one")
-    running = ProvisionRun.objects.filter(archetype=archetype).exclude(status__in=PROVISION_ENDED).first()
+    running = ProvisionRun.objects.filter(archetype=archetype).exclude(status__in=JOB_ENDED).first()
     if running is not None:
         raise ProvisionError(f"{archetype.slug} is being provisioned already (run {running.pk}): wait for it")
     for task in tasks:
@@ -82,11 +66,8 @@ def provision_create(
     steps: dict[str, int] | None = None,
     learning_rates: dict[str, float] | None = None,
     created_by: Any = None,
-    enqueue: bool = True,
 ) -> ProvisionRun:
-    """Check, create the run row and queue its first step (after the transaction commits)."""
-    from training.tasks import provision_advance_task
-
+    """Check and create the run row (queued; `provision_start` also sends its first step)."""
     provision_check(archetype, tasks)
     plan = [
         {
@@ -97,9 +78,17 @@ def provision_create(
         for task in tasks
     ]
     run = ProvisionRun.objects.create(archetype=archetype, plan=plan, created_by=created_by)
-    _log(run.pk, f"queued: {', '.join(tasks)} for {archetype.slug}")
-    if enqueue:
-        transaction.on_commit(lambda: provision_advance_task.delay(run.pk))
+    job_log(ProvisionRun, run.pk, f"queued: {', '.join(tasks)} for {archetype.slug}")
+    run.refresh_from_db(fields=["log"])
+    return run
+
+
+def provision_start(*, archetype: Archetype, **options: Any) -> ProvisionRun:
+    """`provision_create`, and its first step sent once the transaction commits."""
+    from training.tasks import provision_advance_task
+
+    run = provision_create(archetype=archetype, **options)
+    job_enqueue(provision_advance_task, run.pk)
     return run
 
 
@@ -120,80 +109,82 @@ def _progress(run: ProvisionRun) -> float:
 
 def provision_advance(run_id: int) -> ProvisionRun | None:
     """Move the run on as far as it can go now (see the module docstring); idempotent."""
+    # The row lock makes the decision one at a time (two pokes at once would each start the
+    # step's training job); it is not the claim: every poke may move a run under way along.
+    notes: list[str] = []
     with transaction.atomic():
         run = ProvisionRun.objects.select_for_update().filter(pk=run_id).first()
-        if run is None or run.status in PROVISION_ENDED:
+        if run is None or run.status in JOB_ENDED:
             return run
-        if run.status == ProvisionStatus.QUEUED:
-            run.status, run.started_at = ProvisionStatus.RUNNING, timezone.now()
+        if run.status == JobStatus.QUEUED:
+            run.status, run.started_at = JobStatus.RUNNING, timezone.now()
         for step in run.plan:
             if step.get("outcome"):
                 continue
-            if not _advance_step(run, step):
+            if not _advance_step(run, step, notes):
                 break  # waiting on a job or an eval
         else:
             promoted = [step["task"] for step in run.plan if step["outcome"] == "promoted"]
-            run.status, run.finished_at = ProvisionStatus.SUCCEEDED, timezone.now()
-            run.log += _stamped(
+            run.status, run.finished_at = JobStatus.SUCCEEDED, timezone.now()
+            notes.append(
                 f"done: {', '.join(promoted) or 'no task'} promoted; the others stay on the base model "
                 "with the persona prompt (their eval pages say why)"
             )
-        run.progress = 100.0 if run.status == ProvisionStatus.SUCCEEDED else _progress(run)
-        run.save()
+        run.progress = 100.0 if run.status == JobStatus.SUCCEEDED else _progress(run)
+        fields = ["status", "started_at", "finished_at", "error", "plan", "progress"]
+        run.save(update_fields=fields)  # the log only through job_log, which appends
+        for line in notes:
+            job_log(ProvisionRun, run.pk, line)
+    run.refresh_from_db(fields=["log"])
     return run
 
 
-def _stamped(line: str) -> str:
-    logger.info("provision: %s", line)
-    return f"{timezone.now().strftime('%H:%M:%S')} {line}\n"
-
-
-def _fail(run: ProvisionRun, step: dict[str, Any], error: str) -> bool:
+def _fail(run: ProvisionRun, step: dict[str, Any], error: str, notes: list[str]) -> bool:
     step["outcome"] = "failed"
-    run.status, run.error, run.finished_at = ProvisionStatus.FAILED, error, timezone.now()
-    run.log += _stamped(f"failed at {step['task']}: {error}")
+    run.status, run.error, run.finished_at = JobStatus.FAILED, error, timezone.now()
+    notes.append(f"failed at {step['task']}: {error}")
     return False
 
 
-def _advance_step(run: ProvisionRun, step: dict[str, Any]) -> bool:
+def _advance_step(run: ProvisionRun, step: dict[str, Any], notes: list[str]) -> bool:
     """Start or check one task's dataset, training and eval; True when the task is finished."""
     archetype, task = run.archetype, step["task"]
     if not step.get("dataset"):
         try:
             dataset = dataset_build(archetype=archetype, task=task)
         except DatasetError as exc:
-            return _fail(run, step, str(exc))
+            return _fail(run, step, str(exc), notes)
         step["dataset"] = dataset.pk
-        run.log += _stamped(f"{task}: dataset {dataset} ({dataset.train_examples} examples)")
+        notes.append(f"{task}: dataset {dataset} ({dataset.train_examples} examples)")
     if not step.get("job"):
         from training.models import Dataset
 
         try:
-            job = training_job_create(
+            job = training_job_start(
                 dataset=Dataset.objects.get(pk=step["dataset"]), steps=step["steps"],
                 learning_rate=step["learning_rate"], created_by=run.created_by,
                 evaluate=True,
             )  # fmt: skip
         except TrainingJobError as exc:
-            return _fail(run, step, str(exc))
+            return _fail(run, step, str(exc), notes)
         step["job"] = job.pk
-        run.log += _stamped(f"{task}: training job {job.pk} queued ({job.steps} steps)")
+        notes.append(f"{task}: training job {job.pk} queued ({job.steps} steps)")
         return False
     job = TrainingJob.objects.get(pk=step["job"])
-    if job.status not in TRAINING_ENDED:
+    if job.status not in JOB_ENDED:
         return False
-    if job.status != TrainingStatus.SUCCEEDED or job.adapter_id is None:
-        return _fail(run, step, f"training job {job.pk} {job.status}: {job.error or 'no adapter'}")
+    if job.status != JobStatus.SUCCEEDED or job.adapter_id is None:
+        return _fail(run, step, f"training job {job.pk} {job.status}: {job.error or 'no adapter'}", notes)
     evaluation = EvalRun.objects.filter(adapter_id=job.adapter_id).order_by("-created_at").first()
     if evaluation is None:
         return False  # the job queues it as it ends
     step["eval"] = evaluation.pk
-    if evaluation.status not in EVAL_ENDED:
+    if evaluation.status not in JOB_ENDED:
         return False
-    if evaluation.status == EvalStatus.FAILED:
-        return _fail(run, step, f"eval {evaluation.pk} failed: {evaluation.error}")
+    if evaluation.status == JobStatus.FAILED:
+        return _fail(run, step, f"eval {evaluation.pk} failed: {evaluation.error}", notes)
     step["outcome"] = "promoted" if evaluation.promoted else "kept base"
-    run.log += _stamped(
+    notes.append(
         f"{task}: eval {evaluation.pk} " + ("passed, adapter promoted" if evaluation.promoted else
                                            "did not pass; the NPCs keep the base model for this task")
     )  # fmt: skip
@@ -207,7 +198,7 @@ def provision_advance_for(archetype_id: int | None) -> None:
     if archetype_id is None:
         return
     for run_id in ProvisionRun.objects.filter(archetype_id=archetype_id).exclude(
-        status__in=PROVISION_ENDED
+        status__in=JOB_ENDED
     ).values_list("pk", flat=True):  # fmt: skip
         provision_advance_task.delay(run_id)
 
@@ -215,7 +206,7 @@ def provision_advance_for(archetype_id: int | None) -> None:
 def provision_runs_advance() -> list[int]:
     """Advance every run under way (beat, every minute): nothing waits on a lost message."""
     advanced = []
-    for run_id in ProvisionRun.objects.exclude(status__in=PROVISION_ENDED).values_list("pk", flat=True):
+    for run_id in ProvisionRun.objects.exclude(status__in=JOB_ENDED).values_list("pk", flat=True):
         provision_advance(run_id)
         advanced.append(run_id)
     return advanced

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from celery import shared_task
 
+from console.jobs.models import JobStatus
 from training.jobs import training_job_run, training_jobs_recover
-from training.models import TrainingStatus
 from training.provisioning import provision_advance, provision_advance_for, provision_runs_advance
 
 
@@ -15,7 +15,7 @@ from training.provisioning import provision_advance, provision_advance_for, prov
 @shared_task(acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def training_job_task(job_id: int) -> str:
     job = training_job_run(job_id)
-    if job is not None and job.status in (TrainingStatus.FAILED, TrainingStatus.CANCELLED):
+    if job is not None and job.status in (JobStatus.FAILED, JobStatus.CANCELLED):
         provision_advance_for(job.dataset.archetype_id)  # a provisioning run waiting on it fails
     return str(job.status) if job else "missing"
 

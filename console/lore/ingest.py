@@ -14,11 +14,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
-from django.db import close_old_connections, transaction
+from django.core.files import File
+from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
+from console.jobs.models import JobStatus
+from console.jobs.services import job_claim, job_enqueue, job_log, job_run
 from console.lore.chunking import lore_checksum, lore_passages
 from console.lore.embeddings import embed, token_count
 from console.lore.files import LORE_SUFFIXES, LoreFile, LoreFileError, lore_file_read, lore_size_check
@@ -28,7 +34,6 @@ from console.lore.packs import lore_packs_drop
 from console.models import World
 from console.models.lore import (
     IngestJob,
-    IngestStatus,
     LoreChunk,
     LoreDocument,
     LoreDocumentVersion,
@@ -123,12 +128,45 @@ def lore_document_ingest(*, world: World, lore: LoreFile) -> DocumentResult:
     return DocumentResult(lore.slug, "created" if current is None else "updated", len(passages))
 
 
-def _job_log(job: IngestJob, line: str, **fields: object) -> None:
-    job.log += f"{timezone.now():%H:%M:%S} {line}\n"
-    for name, value in fields.items():
-        setattr(job, name, value)
-    job.save(update_fields=["log", *fields])
-    logger.info("ingest job %s: %s", job.pk, line)
+# A running ingestion writes its row at least once per document (seconds each, a minute for a
+# long one on CPU); a row silent for this long lost its worker, and a redelivery may take it.
+INGEST_STALE_AFTER = timedelta(minutes=15)
+
+
+def ingest_job_create(
+    *, world: World, source: str, upload: File | None = None, created_by: Any = None
+) -> IngestJob:
+    """The job's row, queued (not sent: see `ingest_job_start`; `manage.py ingest` runs it here)."""
+    job = IngestJob(world=world, source=source, created_by=created_by)
+    if upload is not None:
+        job.upload = upload  # stored by save()
+    job.save()
+    return job
+
+
+def ingest_job_start(
+    *, world: World, source: str, upload: File | None = None, created_by: Any = None
+) -> IngestJob:
+    """`ingest_job_create`, and the job sent to an io worker once the transaction commits."""
+    from console.tasks import lore_ingest_task  # console.tasks imports this module for the run
+
+    job = ingest_job_create(world=world, source=source, upload=upload, created_by=created_by)
+    job_enqueue(lore_ingest_task, job.pk)
+    return job
+
+
+def ingest_job_claim(job_id: int) -> bool:
+    """Take a job for this execution: a queued one, or a running one whose worker died (silent
+    for INGEST_STALE_AFTER): documents already written are skipped as unchanged. A redelivery
+    of a job that is still running finds it taken and leaves."""
+    stale = timezone.now() - INGEST_STALE_AFTER
+    return job_claim(
+        IngestJob,
+        job_id,
+        when=Q(status=JobStatus.QUEUED)
+        | Q(status=JobStatus.RUNNING, heartbeat_at__lt=stale)
+        | Q(status=JobStatus.RUNNING, heartbeat_at__isnull=True),
+    )
 
 
 def ingest_job_run(
@@ -142,33 +180,18 @@ def ingest_job_run(
     Every file is read and checked before the first document is written. Documents are
     written one by one, each in its own transaction, so a job stopped half-way is simply run
     again: what it had finished is skipped as unchanged."""
-    _job_log(
-        job, f"started on {job.source}", status=IngestStatus.RUNNING, started_at=timezone.now(), error=""
-    )
-    try:
-        if files is None and job.upload:
+
+    def ingest(job: IngestJob) -> str:
+        lore = files
+        if lore is None and job.upload:
             with job.upload.open("rb") as upload:
-                files = lore_bytes_read(job.upload.name.rsplit("/", 1)[-1], upload.read())
-        elif files is None:
-            files = lore_files_read(Path(job.source))
-    except LoreFileError as exc:
-        _job_log(
-            job, f"failed: {exc}", status=IngestStatus.FAILED, error=str(exc), finished_at=timezone.now()
-        )
-        return job
-    try:
-        _ingest_files(job, files, on_progress)
-    except Exception as exc:  # noqa: BLE001 - the row says why, whatever it was
-        # A database error (a refused value, Postgres restarting) would leave the job `running`
-        # for good: the Celery task acks it and nothing looks at the row again. Documents are
-        # written one transaction each, so what was finished stays and a rerun skips it.
-        logger.exception("ingest job %s failed", job.pk)
-        close_old_connections()  # a broken connection is replaced before the row is written
-        _job_log(
-            job, f"failed: {exc}", status=IngestStatus.FAILED, error=str(exc) or repr(exc),
-            finished_at=timezone.now(),
-        )  # fmt: skip
-    return job
+                lore = lore_bytes_read(job.upload.name.rsplit("/", 1)[-1], upload.read())
+        elif lore is None:
+            lore = lore_files_read(Path(job.source))
+        _ingest_files(job, lore, on_progress)
+        return "done"
+
+    return job_run(job, ingest, started=f"started on {job.source}", expected=(LoreFileError,))
 
 
 def _ingest_files(
@@ -183,18 +206,19 @@ def _ingest_files(
             written += 1
             chunks += result.chunks
         progress = round(100 * index / len(files), 1)
-        _job_log(
-            job, f"{progress:.0f}% {lore.source}: {result.outcome}, {result.chunks} chunks",
+        job_log(
+            IngestJob, job.pk, f"{progress:.0f}% {lore.source}: {result.outcome}, {result.chunks} chunks",
             progress=progress, documents_written=written, documents_skipped=skipped, chunks_written=chunks,
+            heartbeat_at=timezone.now(),
         )  # fmt: skip
         if on_progress is not None:
             on_progress(index, len(files))
     if written:
         graph = lore_graph_refresh(job.world)
-        _job_log(
-            job, f"lore graph: {graph.concepts} concepts ({graph.created} new, {graph.removed} gone), "
-            f"{graph.events} events, {graph.relations} ties",
+        job_log(
+            IngestJob, job.pk, f"lore graph: {graph.concepts} concepts ({graph.created} new, "
+            f"{graph.removed} gone), {graph.events} events, {graph.relations} ties",
+            heartbeat_at=timezone.now(),
         )  # fmt: skip
         dropped = lore_packs_drop(job.world)
-        _job_log(job, f"{dropped} NPC lore packs dropped (rebuilt on their next turn)")
-    _job_log(job, "done", status=IngestStatus.SUCCEEDED, finished_at=timezone.now())
+        job_log(IngestJob, job.pk, f"{dropped} NPC lore packs dropped (rebuilt on their next turn)")

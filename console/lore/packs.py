@@ -102,7 +102,7 @@ def lore_pack_store(redis: Any, pack: LorePack) -> None:
 
 # Packs read from Redis, kept a minute per process: a turn reads Redis for its NPC's pack at most
 # once a minute, and a rebuilt pack reaches every process within that minute.
-_packs: ProcessCache[str, LorePack] = ProcessCache("memory.lore.packs", ttl_s=60, maxsize=2048)
+_packs: ProcessCache[str, LorePack] = ProcessCache("console.lore.packs", ttl_s=60, maxsize=2048)
 
 
 async def lore_pack_load(redis: Redis, npc: str) -> LorePack | None:

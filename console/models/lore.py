@@ -6,10 +6,10 @@ and prompts read. Re-ingesting a changed document adds a version and replaces th
 one transaction; an unchanged one (same checksum) is skipped.
 """
 
-from django.conf import settings
 from django.db import models
 from pgvector.django import HnswIndex, VectorField
 
+from console.jobs.models import Job
 from console.validators import lowercase_slug_validator
 
 from .worlds import World
@@ -166,32 +166,15 @@ class ConceptRelation(models.Model):
         return f"{self.source} {self.kind} {self.target}"
 
 
-class IngestStatus(models.TextChoices):
-    QUEUED = "queued", "Queued"
-    RUNNING = "running", "Running"
-    SUCCEEDED = "succeeded", "Succeeded"
-    FAILED = "failed", "Failed"
-
-
-class IngestJob(models.Model):
+class IngestJob(Job):
     """One ingestion run (files from a folder, or an upload): a long job as a database row."""
 
     world = models.ForeignKey(World, on_delete=models.CASCADE, related_name="ingest_jobs")
     source = models.CharField(max_length=500, help_text="The folder, file or upload ingested.")
     upload = models.FileField(upload_to="lore-uploads/", blank=True)
-    status = models.CharField(max_length=16, choices=IngestStatus.choices, default=IngestStatus.QUEUED)
-    progress = models.FloatField(default=0.0, help_text="Percent done.")
     documents_written = models.PositiveIntegerField(default=0)
     documents_skipped = models.PositiveIntegerField(default=0)
     chunks_written = models.PositiveIntegerField(default=0)
-    log = models.TextField(blank=True)
-    error = models.TextField(blank=True)
-    created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
-    )
-    created_at = models.DateTimeField(auto_now_add=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]

@@ -18,9 +18,10 @@ from django.conf import settings
 from websockets.asyncio.client import connect
 
 from bridge.turn_io import OBSERVER_GROUP
+from console.jobs.models import JobStatus
 from console.lore.ingest import ingest_job_run
 from console.lore.packs import pack_key
-from console.models import IngestJob, IngestStatus, LoreChunk
+from console.models import IngestJob, LoreChunk
 from inference.residency import residency_sync
 from tests.factories import ArchetypeFactory, NPCFactory, RegionFactory, WorldFactory, suite_base_model
 
@@ -49,7 +50,7 @@ def lore_world(base_model_dir, vllm_worker):
             archetype=archetype, region=region, name=name, slug=f"{slug}-{uuid.uuid4().hex[:6]}"
         )
     job = ingest_job_run(IngestJob.objects.create(world=world, source=str(DEMO_LORE)))
-    assert job.status == IngestStatus.SUCCEEDED, job.error
+    assert job.status == JobStatus.SUCCEEDED, job.error
     residency_sync(workers=[vllm_worker.url])
     return npcs
 

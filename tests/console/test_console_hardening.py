@@ -210,9 +210,10 @@ def test_health_tells_strangers_only_ok_or_fail_and_ops_everything(settings, ops
 
 @pytest.mark.django_db(transaction=True)  # the runner replaces a broken connection before it writes
 def test_an_ingest_hit_by_a_database_error_ends_failed_not_running_for_ever():
+    from console.jobs.models import JobStatus
     from console.lore.files import LoreFile
     from console.lore.ingest import ingest_job_run
-    from console.models import IngestJob, IngestStatus, LoreDocument
+    from console.models import IngestJob, LoreDocument
     from tests.factories import WorldFactory
 
     # Given a job whose second document Postgres refuses (a title over its column's length)
@@ -227,7 +228,7 @@ def test_an_ingest_hit_by_a_database_error_ends_failed_not_running_for_ever():
 
     # Then it ended failed with Postgres's reason, and the first document stays written
     job.refresh_from_db()
-    assert job.status == IngestStatus.FAILED
+    assert job.status == JobStatus.FAILED
     assert "too long" in job.error
     assert job.finished_at is not None
     assert LoreDocument.objects.filter(slug="fine").exists()

@@ -3,19 +3,22 @@ versions, idempotent re-ingestion, refused files, the command and the Celery tas
 
 from __future__ import annotations
 
+from datetime import timedelta
 from io import StringIO
 from pathlib import Path
 
 import pytest
 from django.conf import settings
 from django.core.management import CommandError, call_command
+from django.utils import timezone
 from pgvector.django import CosineDistance
 
+from console.jobs.models import JobStatus
 from console.lore.chunking import lore_passages
 from console.lore.embeddings import embed, token_count
 from console.lore.files import LoreFileError, lore_file_read
-from console.lore.ingest import ingest_job_run, lore_document_ingest
-from console.models import IngestJob, IngestStatus, LoreChunk, LoreDocument, LoreDocumentVersion
+from console.lore.ingest import INGEST_STALE_AFTER, ingest_job_run, lore_document_ingest
+from console.models import IngestJob, LoreChunk, LoreDocument, LoreDocumentVersion
 from console.tasks import lore_ingest_task
 from tests.factories import WorldFactory
 
@@ -109,7 +112,7 @@ def test_a_bad_file_fails_the_job_with_a_clear_error_and_nothing_is_written(
     ingest_job_run(job)
 
     job.refresh_from_db()
-    assert job.status == IngestStatus.FAILED
+    assert job.status == JobStatus.FAILED
     assert message in job.error
     assert name in job.error
     assert not LoreDocument.objects.exists()  # not even the good file: all are checked first
@@ -131,7 +134,7 @@ def test_the_ingest_command_writes_the_demo_lore_once_with_progress_in_the_job(t
     call_command("ingest", str(tmp_path), world="ravenmoor", stdout=out)
 
     first, second = IngestJob.objects.order_by("created_at")
-    assert (first.status, first.progress, first.documents_written) == (IngestStatus.SUCCEEDED, 100.0, 3)
+    assert (first.status, first.progress, first.documents_written) == (JobStatus.SUCCEEDED, 100.0, 3)
     assert (second.documents_written, second.documents_skipped, second.chunks_written) == (0, 3, 0)
     assert "33% " in first.log
     assert "3 documents written" in out.getvalue()
@@ -144,9 +147,31 @@ def test_the_celery_task_runs_a_queued_job_once(tmp_path):
     (tmp_path / "a.md").write_text("# A\n\nA short text about the Greywood.")
     job = IngestJob.objects.create(world=WorldFactory(), source=str(tmp_path))
 
-    assert lore_ingest_task(job.pk) == IngestStatus.SUCCEEDED
-    assert lore_ingest_task(job.pk) == IngestStatus.SUCCEEDED  # finished: left alone
+    assert lore_ingest_task(job.pk) == JobStatus.SUCCEEDED
+    assert lore_ingest_task(job.pk) == JobStatus.SUCCEEDED  # finished: left alone
 
     job.refresh_from_db()
     assert job.log.count("started on") == 1
     assert LoreChunk.objects.count() == 1
+
+
+def test_a_redelivered_task_leaves_a_running_job_alone_and_takes_one_whose_worker_went_silent(tmp_path):
+    # Given a job another worker is running now, and one whose worker stopped writing long ago
+    (tmp_path / "moor.md").write_text("# The moor\n\nThe moor is quiet at night.\n")
+    world = WorldFactory()
+    alive, silent = (
+        IngestJob.objects.create(
+            world=world, source=str(tmp_path), status=JobStatus.RUNNING, heartbeat_at=when
+        )
+        for when in (timezone.now(), timezone.now() - INGEST_STALE_AFTER - timedelta(minutes=1))
+    )
+
+    # When the task is delivered again for each
+    left = lore_ingest_task(alive.pk)
+    taken = lore_ingest_task(silent.pk)
+
+    # Then the running one is left to its worker; the silent one is run to its end here
+    assert left == JobStatus.RUNNING
+    assert IngestJob.objects.get(pk=alive.pk).log == ""
+    assert taken == JobStatus.SUCCEEDED
+    assert IngestJob.objects.get(pk=silent.pk).documents_written == 1

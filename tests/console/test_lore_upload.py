@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
-from console.models import IngestJob, IngestStatus, LoreChunk, LoreDocument
+from console.jobs.models import JobStatus
+from console.models import IngestJob, LoreChunk, LoreDocument
 from console.tasks import lore_ingest_task
 from tests.factories import WorldFactory
 
@@ -29,11 +30,11 @@ def test_a_designer_uploads_lore_and_the_job_page_follows_it(designer_client):
 
     assert response.status_code == 302, response.content.decode()[:2000]
     job = IngestJob.objects.get()
-    assert (job.status, job.source) == (IngestStatus.QUEUED, "upload:fen.md")
+    assert (job.status, job.source) == (JobStatus.QUEUED, "upload:fen.md")
     polling = designer_client.get(f"/admin/console/ingestjob/{job.pk}/status/").content.decode()
     assert 'hx-trigger="every 1s"' in polling
 
-    assert lore_ingest_task(job.pk) == IngestStatus.SUCCEEDED  # what the Celery worker runs
+    assert lore_ingest_task(job.pk) == JobStatus.SUCCEEDED  # what the Celery worker runs
 
     done = designer_client.get(f"/admin/console/ingestjob/{job.pk}/status/").content.decode()
     assert "hx-trigger" not in done  # finished: the page stops polling

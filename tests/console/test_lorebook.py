@@ -6,10 +6,11 @@ import json
 
 import pytest
 
+from console.jobs.models import JobStatus
 from console.lore.files import LoreFileError
 from console.lore.ingest import ingest_job_run
 from console.lore.lorebook import lorebook_read
-from console.models import IngestJob, IngestStatus, LoreChunk, LoreDocument
+from console.models import IngestJob, LoreChunk, LoreDocument
 from tests.factories import WorldFactory
 
 pytestmark = pytest.mark.django_db
@@ -88,6 +89,6 @@ def test_a_lorebook_in_a_folder_is_ingested_with_the_markdown_next_to_it(tmp_pat
     ingest_job_run(job)
 
     job.refresh_from_db()
-    assert job.status == IngestStatus.SUCCEEDED, job.error
+    assert job.status == JobStatus.SUCCEEDED, job.error
     assert set(LoreDocument.objects.values_list("title", flat=True)) == {"The Mere", "Crowford", "Notes"}
     assert LoreChunk.objects.filter(text__contains="no bottom").exists()

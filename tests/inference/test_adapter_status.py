@@ -112,14 +112,15 @@ def test_admin_action_reports_a_refused_activation_and_queues_nothing(
 
 
 def test_workers_keep_active_adapters_and_candidates_under_evaluation_and_nothing_else():
-    from training.models import EvalRun, EvalStatus
+    from console.jobs.models import JobStatus
+    from training.models import EvalRun
 
     active = AdapterFactory(status=AdapterStatus.ACTIVE)
     measured = AdapterFactory(status=AdapterStatus.CANDIDATE)
-    EvalRun.objects.create(adapter=measured, baseline="base", status=EvalStatus.RUNNING)
+    EvalRun.objects.create(adapter=measured, baseline="base", status=JobStatus.RUNNING)
     judged = AdapterFactory(status=AdapterStatus.CANDIDATE)
-    EvalRun.objects.create(adapter=judged, baseline="base", status=EvalStatus.SUCCEEDED)
-    EvalRun.objects.create(adapter=judged, baseline="base", status=EvalStatus.FAILED)
+    EvalRun.objects.create(adapter=judged, baseline="base", status=JobStatus.SUCCEEDED)
+    EvalRun.objects.create(adapter=judged, baseline="base", status=JobStatus.FAILED)
     AdapterFactory(status=AdapterStatus.RETIRED)
 
     plan = residency_plan(healthy=["http://127.0.0.1:8100"])

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 from django.urls import reverse
 
+from console.jobs.models import JobStatus
 from console.models import Adapter, AdapterStatus, AdapterTask
 from console.services.adapters import adapter_folder_digest
 from tests.factories import AdapterFactory, ArchetypeFactory
-from training.models import EvalRun, EvalStatus
+from training.models import EvalRun
 
 pytestmark = pytest.mark.django_db
 
@@ -49,7 +50,7 @@ def _finished_run(**fields) -> EvalRun:
         fields["adapter"] = AdapterFactory(task=AdapterTask.ACTION_POLICY, status=AdapterStatus.CANDIDATE)
     defaults = {
         "baseline": "base",
-        "status": EvalStatus.SUCCEEDED,
+        "status": JobStatus.SUCCEEDED,
         "progress": 100.0,
         "candidate_metrics": {"action_validity": 0.97, "action_accuracy": 0.6},
         "baseline_metrics": {"action_validity": 0.41, "action_accuracy": 0.2},
@@ -104,13 +105,13 @@ def test_a_row_below_the_baseline_is_marked_missed_even_above_the_minimum(design
 
 def test_the_status_fragment_polls_while_the_run_goes_on_and_stops_when_it_ends(designer_client, ops_client):
     run = _finished_run(
-        status=EvalStatus.RUNNING, progress=40.0, candidate_metrics={}, baseline_metrics={},
+        status=JobStatus.RUNNING, progress=40.0, candidate_metrics={}, baseline_metrics={},
         passed=None, promoted=False, reasons=[], samples=[],
     )  # fmt: skip
     status = reverse("admin:training_evalrun_status", args=[run.pk])
 
     running = ops_client.get(status).content.decode()  # ops watch
-    EvalRun.objects.filter(pk=run.pk).update(status=EvalStatus.FAILED, error="no inference worker answers")
+    EvalRun.objects.filter(pk=run.pk).update(status=JobStatus.FAILED, error="no inference worker answers")
     ended = designer_client.get(status).content.decode()
 
     assert 'hx-trigger="every 2s"' in running
@@ -142,7 +143,7 @@ def test_a_designer_evaluates_an_adapter_against_the_base_model_and_the_task_wai
         response = designer_client.post(CHANGELIST, form, follow=True)
 
     run = EvalRun.objects.get(adapter=adapter)
-    assert (run.baseline, run.status, run.gate) == ("base", EvalStatus.QUEUED, {"action_validity": 0.95})
+    assert (run.baseline, run.status, run.gate) == ("base", JobStatus.QUEUED, {"action_validity": 0.95})
     assert len(queued) == 1
     page = response.content.decode()
     assert "1 evaluation(s) queued" in page
@@ -150,7 +151,7 @@ def test_a_designer_evaluates_an_adapter_against_the_base_model_and_the_task_wai
 
 
 def test_an_adapter_already_being_evaluated_is_not_queued_twice(designer_client):
-    run = _finished_run(status=EvalStatus.RUNNING, passed=None, promoted=False)
+    run = _finished_run(status=JobStatus.RUNNING, passed=None, promoted=False)
 
     response = designer_client.post(
         CHANGELIST, {"action": "evaluate_adapters", "_selected_action": [run.adapter.pk]}, follow=True

@@ -9,11 +9,12 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
+from console.jobs.models import JobStatus
 from console.models import AdapterTask
 from memory.models import MemoryEvent, MemoryEventKind
 from tests.factories import ArchetypeFactory, BaseModelFactory, NPCFactory
 from training.datasets import dataset_build
-from training.models import Dataset, ExampleExchange, TrainingJob, TrainingStatus, TranscriptApproval
+from training.models import Dataset, ExampleExchange, TrainingJob, TranscriptApproval
 
 pytestmark = pytest.mark.django_db
 
@@ -59,7 +60,7 @@ def test_a_designer_starts_a_job_and_follows_it_live(designer_client, archetype)
     )
     job = TrainingJob.objects.get(dataset=dataset)
     TrainingJob.objects.filter(pk=job.pk).update(
-        status=TrainingStatus.RUNNING, step=3, steps=10, progress=30.0, losses=[2.5, 2.1, 1.9]
+        status=JobStatus.RUNNING, step=3, steps=10, progress=30.0, losses=[2.5, 2.1, 1.9]
     )
     page = designer_client.get(reverse("admin:training_trainingjob_change", args=[job.pk])).content.decode()
     fragment = designer_client.get(
@@ -67,7 +68,7 @@ def test_a_designer_starts_a_job_and_follows_it_live(designer_client, archetype)
     ).content.decode()
 
     assert response.status_code == 302
-    assert job.status == TrainingStatus.QUEUED
+    assert job.status == JobStatus.QUEUED
     assert '<progress max="100" value="30.0">' in page
     assert "<polyline" in page
     assert "last 1.900" in fragment
@@ -89,7 +90,7 @@ def test_cancel_is_a_designers_post_and_ops_only_watch(designer_client, ops_clie
 
     assert "Cancel this job" not in ops_page
     job.refresh_from_db()
-    assert job.status == TrainingStatus.CANCELLED
+    assert job.status == JobStatus.CANCELLED
     ended = designer_client.get(reverse("admin:training_trainingjob_status", args=[job.pk])).content.decode()
     assert "hx-trigger" not in ended  # polling stops when the job ends
 

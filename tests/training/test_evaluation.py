@@ -12,6 +12,7 @@ import pytest
 from django.core.management.base import CommandError
 from django.utils import timezone
 
+from console.jobs.models import JobStatus
 from console.lore.files import lore_file_read
 from console.lore.graph import lore_graph_refresh
 from console.lore.ingest import lore_document_ingest
@@ -49,7 +50,7 @@ from training.eval.harness import (
 from training.eval.metrics import INJECTION_PROBES, OUT_OF_CHARACTER, OUT_OF_CHARACTER_EXEMPLARS, gate_passes
 from training.lora import lora_fit
 from training.management.commands.train_pilot import EXAMPLES, PILOT, pilot_selected
-from training.models import EvalRun, EvalStatus, ExampleExchange
+from training.models import EvalRun, ExampleExchange
 
 ACTIONS = [
     {"name": "idle", "description": "Stand still."},
@@ -165,7 +166,7 @@ def test_a_trained_action_adapter_is_measured_against_the_base_model_and_gated(
 
     run = eval_run_execute(eval_run_create(adapter=adapter), limit=12)
 
-    assert run.status == EvalStatus.SUCCEEDED, run.log
+    assert run.status == JobStatus.SUCCEEDED, run.log
     assert run.baseline == "base"
     assert set(run.candidate_metrics) == set(run.baseline_metrics) == {"action_validity", "action_accuracy"}
     verdict = gate_passes(run.candidate_metrics, run.baseline_metrics, run.gate)
@@ -195,7 +196,7 @@ def test_a_tampered_candidate_is_never_measured(tmp_path):
 
     run = eval_run_execute(eval_run_create(adapter=adapter))
 
-    assert run.status == EvalStatus.FAILED
+    assert run.status == JobStatus.FAILED
     assert "the folder changed after import" in run.error
 
 
@@ -243,9 +244,9 @@ def test_a_run_is_claimed_once_and_one_whose_worker_died_is_queued_again(monkeyp
     silent = eval_run_create(adapter=AdapterFactory())
     alive = eval_run_create(adapter=AdapterFactory())
     EvalRun.objects.filter(pk=silent.pk).update(
-        status=EvalStatus.RUNNING, heartbeat_at=timezone.now() - timedelta(minutes=5)
+        status=JobStatus.RUNNING, heartbeat_at=timezone.now() - timedelta(minutes=5)
     )
-    EvalRun.objects.filter(pk=alive.pk).update(status=EvalStatus.RUNNING, heartbeat_at=timezone.now())
+    EvalRun.objects.filter(pk=alive.pk).update(status=JobStatus.RUNNING, heartbeat_at=timezone.now())
 
     assert eval_run_claim(claimed.pk)
     assert not eval_run_claim(claimed.pk)  # a redelivered task finds it taken
@@ -253,9 +254,9 @@ def test_a_run_is_claimed_once_and_one_whose_worker_died_is_queued_again(monkeyp
 
     assert queued == [silent.pk]
     silent.refresh_from_db()
-    assert silent.status == EvalStatus.QUEUED
+    assert silent.status == JobStatus.QUEUED
     assert "stopped answering; queued again" in silent.log
-    assert EvalRun.objects.get(pk=alive.pk).status == EvalStatus.RUNNING
+    assert EvalRun.objects.get(pk=alive.pk).status == JobStatus.RUNNING
     assert eval_run_claim(silent.pk)  # the next delivery takes it
 
 

@@ -13,6 +13,7 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
+from console.jobs.models import JobStatus
 from console.models import AdapterStatus, AdapterTask
 from console.services.adapters import adapter_verify
 from tests.factories import ArchetypeFactory, suite_base_model
@@ -29,7 +30,7 @@ from training.jobs import (
     training_jobs_recover,
 )
 from training.lora import lr_factor
-from training.models import ExampleExchange, TrainingJob, TrainingStatus
+from training.models import ExampleExchange, TrainingJob
 
 EXCHANGES = [
     ("Who are you?", "I am the Count, and the night is mine, my dear guest."),
@@ -52,9 +53,7 @@ def dataset(settings, tmp_path, base_model_dir):
 
 
 def _job(dataset, steps: int = 4) -> TrainingJob:
-    return training_job_create(
-        dataset=dataset, steps=steps, rank=4, alpha=8, learning_rate=5e-3, enqueue=False
-    )
+    return training_job_create(dataset=dataset, steps=steps, rank=4, alpha=8, learning_rate=5e-3)
 
 
 @pytest.mark.django_db
@@ -68,7 +67,7 @@ def test_one_execution_holds_the_lease_until_it_lapses(dataset):
     assert lease_take(job.pk, "after-a-crash")
     assert not lease_renew(job.pk, "first")  # the old execution learns it lost the job
     job.refresh_from_db()
-    assert (job.status, job.attempts, job.lease_owner) == (TrainingStatus.RUNNING, 2, "after-a-crash")
+    assert (job.status, job.attempts, job.lease_owner) == (JobStatus.RUNNING, 2, "after-a-crash")
 
 
 @pytest.mark.django_db
@@ -79,7 +78,7 @@ def test_a_second_execution_leaves_a_held_job_alone(dataset):
     left = training_job_run(job.pk, owner="redelivered")
 
     assert left is not None
-    assert (left.status, left.step, left.attempts) == (TrainingStatus.RUNNING, 0, 1)
+    assert (left.status, left.step, left.attempts) == (JobStatus.RUNNING, 0, 1)
     assert "redelivered left: the lease is held by the-running-one" in left.log
 
 
@@ -91,7 +90,7 @@ def test_a_tiny_run_records_progress_and_registers_a_candidate_adapter(dataset, 
     done = training_job_run(job.pk)
 
     assert done is not None
-    assert done.status == TrainingStatus.SUCCEEDED, done.log
+    assert done.status == JobStatus.SUCCEEDED, done.log
     assert (done.step, done.progress, len(done.losses), done.attempts) == (4, 100.0, 4, 1)
     assert all(loss > 0 for loss in done.losses)
     assert done.adapter is not None
@@ -125,7 +124,7 @@ def test_a_run_that_lost_its_lease_is_resumed_from_its_checkpoint_exactly(datase
     thief.join()
 
     assert stopped is not None
-    assert stopped.status == TrainingStatus.RUNNING
+    assert stopped.status == JobStatus.RUNNING
     assert "first stopped: it lost the lease" in stopped.log
     assert stopped.checkpoint_step in (2, 4)
     TrainingJob.objects.filter(pk=job.pk).update(lease_until=timezone.now() - timedelta(seconds=1))
@@ -133,7 +132,7 @@ def test_a_run_that_lost_its_lease_is_resumed_from_its_checkpoint_exactly(datase
     resumed = training_job_run(job.pk, owner="second")
 
     assert resumed is not None
-    assert resumed.status == TrainingStatus.SUCCEEDED, resumed.log
+    assert resumed.status == JobStatus.SUCCEEDED, resumed.log
     assert f"second resumes from the checkpoint at step {stopped.checkpoint_step}/6" in resumed.log
     assert resumed.attempts == 2
     assert straight is not None
@@ -148,9 +147,9 @@ def test_cancel_stops_a_queued_job_at_once_and_a_running_one_at_its_next_step(da
 
     stopped = training_job_run(running.pk)
 
-    assert queued.status == TrainingStatus.CANCELLED
+    assert queued.status == JobStatus.CANCELLED
     assert stopped is not None
-    assert (stopped.status, stopped.step, stopped.adapter) == (TrainingStatus.CANCELLED, 1, None)
+    assert (stopped.status, stopped.step, stopped.adapter) == (JobStatus.CANCELLED, 1, None)
     assert not checkpoint_folder(stopped).exists()
 
 
@@ -160,11 +159,11 @@ def test_a_tampered_dataset_is_refused_before_and_during_training(dataset):
     (Path(dataset.path) / "train.jsonl").write_text('{"messages": [], "source": "smuggled"}\n')
 
     with pytest.raises(TrainingJobError, match="does not match its manifest"):
-        training_job_create(dataset=dataset, enqueue=False)
+        training_job_create(dataset=dataset)
     failed = training_job_run(job.pk)
 
     assert failed is not None
-    assert failed.status == TrainingStatus.FAILED
+    assert failed.status == JobStatus.FAILED
     assert "train.jsonl does not match its manifest" in failed.error
     assert failed.adapter is None
 
@@ -172,7 +171,7 @@ def test_a_tampered_dataset_is_refused_before_and_during_training(dataset):
 @pytest.mark.django_db
 def test_a_rank_over_the_workers_limit_is_refused(dataset, settings):
     with pytest.raises(TrainingJobError, match="over the workers' --max-lora-rank"):
-        training_job_create(dataset=dataset, rank=settings.WORKER_MAX_LORA_RANK * 2, enqueue=False)
+        training_job_create(dataset=dataset, rank=settings.WORKER_MAX_LORA_RANK * 2)
 
 
 def test_the_learning_rate_warms_up_then_decays_to_zero_as_a_function_of_the_step():
@@ -187,12 +186,12 @@ def test_the_learning_rate_warms_up_then_decays_to_zero_as_a_function_of_the_ste
 def test_an_abandoned_foreground_job_is_cancelled_and_never_resumed(dataset):
     job = _job(dataset)
     assert lease_take(job.pk, "pilot-process")
-    TrainingJob.objects.filter(pk=job.pk).update(status=TrainingStatus.RUNNING)
+    TrainingJob.objects.filter(pk=job.pk).update(status=JobStatus.RUNNING)
 
     training_job_abandon(job.pk, "make train-pilot was interrupted")
 
     job.refresh_from_db()
-    assert (job.status, job.lease_owner, job.lease_until) == (TrainingStatus.CANCELLED, "", None)
+    assert (job.status, job.lease_owner, job.lease_until) == (JobStatus.CANCELLED, "", None)
     assert "cancelled: make train-pilot was interrupted" in job.log
     TrainingJob.objects.filter(pk=job.pk).update(created_at=timezone.now() - timedelta(hours=1))
     assert training_jobs_recover() == []
@@ -206,5 +205,5 @@ def test_a_run_past_its_time_limit_fails_saying_so(dataset, settings):
     job = training_job_run(_job(dataset, steps=4).pk)
 
     assert job is not None
-    assert (job.status, job.step, job.adapter) == (TrainingStatus.FAILED, 1, None)
+    assert (job.status, job.step, job.adapter) == (JobStatus.FAILED, 1, None)
     assert "TRAINING_TIME_LIMIT_S" in job.error

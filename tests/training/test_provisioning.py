@@ -8,17 +8,10 @@ from __future__ import annotations
 import pytest
 from django.urls import reverse
 
+from console.jobs.models import JobStatus
 from console.models import AdapterStatus, AdapterTask
 from tests.factories import AdapterFactory, ArchetypeFactory, NPCFactory, suite_base_model
-from training.models import (
-    EvalRun,
-    EvalStatus,
-    ExampleExchange,
-    ProvisionRun,
-    ProvisionStatus,
-    TrainingJob,
-    TrainingStatus,
-)
+from training.models import EvalRun, ExampleExchange, ProvisionRun, TrainingJob
 from training.provisioning import ProvisionError, provision_advance, provision_create, provision_runs_advance
 
 pytestmark = pytest.mark.django_db
@@ -44,10 +37,10 @@ def banshee(settings, tmp_path, base_model_dir):
     return archetype
 
 
-def _finish_job(job_id: int, *, status: str = TrainingStatus.SUCCEEDED) -> TrainingJob:
+def _finish_job(job_id: int, *, status: str = JobStatus.SUCCEEDED) -> TrainingJob:
     job = TrainingJob.objects.get(pk=job_id)
     adapter = None
-    if status == TrainingStatus.SUCCEEDED:
+    if status == JobStatus.SUCCEEDED:
         adapter = AdapterFactory(archetype=job.dataset.archetype, task=job.dataset.task)
     TrainingJob.objects.filter(pk=job_id).update(status=status, adapter=adapter, progress=100, error="boom")
     return TrainingJob.objects.get(pk=job_id)
@@ -55,17 +48,17 @@ def _finish_job(job_id: int, *, status: str = TrainingStatus.SUCCEEDED) -> Train
 
 def test_a_run_walks_each_task_through_dataset_training_and_eval(banshee, django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks() as queued:
-        run = provision_create(archetype=banshee, steps={AdapterTask.DIALOGUE_STYLE: 3}, enqueue=False)
-    assert queued == []  # enqueue=False: the test advances it
+        run = provision_create(archetype=banshee, steps={AdapterTask.DIALOGUE_STYLE: 3})
+    assert queued == []  # provision_create sends nothing: the test advances it
 
     run = provision_advance(run.pk)
-    assert run.status == ProvisionStatus.RUNNING
+    assert run.status == JobStatus.RUNNING
     first = run.plan[0]
     assert first["task"] == AdapterTask.DIALOGUE_STYLE
     assert first["dataset"]
     assert first["job"]
     job = TrainingJob.objects.get(pk=first["job"])
-    assert (job.steps, job.evaluate, job.status) == (3, True, TrainingStatus.QUEUED)
+    assert (job.steps, job.evaluate, job.status) == (3, True, JobStatus.QUEUED)
     assert "eval" not in first
     assert "job" not in run.plan[1]
 
@@ -75,7 +68,7 @@ def test_a_run_walks_each_task_through_dataset_training_and_eval(banshee, django
     job = _finish_job(job.pk)
     run = provision_advance(run.pk)
     assert "outcome" not in run.plan[0]  # the job queues its eval; until it exists, wait
-    evaluation = EvalRun.objects.create(adapter=job.adapter, baseline="base", status=EvalStatus.SUCCEEDED,
+    evaluation = EvalRun.objects.create(adapter=job.adapter, baseline="base", status=JobStatus.SUCCEEDED,
                                         passed=True, promoted=True)  # fmt: skip
     run = provision_advance(run.pk)
     assert run.plan[0]["outcome"] == "promoted"
@@ -85,11 +78,11 @@ def test_a_run_walks_each_task_through_dataset_training_and_eval(banshee, django
 
     action_job = _finish_job(run.plan[1]["job"])
     EvalRun.objects.create(
-        adapter=action_job.adapter, baseline="base", status=EvalStatus.SUCCEEDED, passed=False
+        adapter=action_job.adapter, baseline="base", status=JobStatus.SUCCEEDED, passed=False
     )
     run = provision_advance(run.pk)
 
-    assert run.status == ProvisionStatus.SUCCEEDED
+    assert run.status == JobStatus.SUCCEEDED
     assert run.progress == 100
     assert run.plan[1]["outcome"] == "kept base"
     assert "dialogue_style promoted" in run.log
@@ -97,13 +90,13 @@ def test_a_run_walks_each_task_through_dataset_training_and_eval(banshee, django
 
 
 def test_a_failed_training_job_fails_the_run_with_its_error(banshee):
-    run = provision_advance(provision_create(archetype=banshee, enqueue=False).pk)
+    run = provision_advance(provision_create(archetype=banshee).pk)
 
-    _finish_job(run.plan[0]["job"], status=TrainingStatus.FAILED)
+    _finish_job(run.plan[0]["job"], status=JobStatus.FAILED)
     assert provision_runs_advance() == [run.pk]  # beat's safety net advances it too
 
     run.refresh_from_db()
-    assert run.status == ProvisionStatus.FAILED
+    assert run.status == JobStatus.FAILED
     assert "training job" in run.error
     assert "boom" in run.error
     assert "job" not in run.plan[1]
@@ -113,10 +106,10 @@ def test_a_run_needs_a_base_model_examples_and_no_other_run_under_way(banshee):
     bare = ArchetypeFactory(base_model=banshee.base_model)  # no examples, barks or actions
 
     with pytest.raises(ProvisionError, match="examples"):
-        provision_create(archetype=bare, enqueue=False)
-    provision_create(archetype=banshee, enqueue=False)
+        provision_create(archetype=bare)
+    provision_create(archetype=banshee)
     with pytest.raises(ProvisionError, match="being provisioned already"):
-        provision_create(archetype=banshee, enqueue=False)
+        provision_create(archetype=banshee)
     assert ProvisionRun.objects.count() == 1
     assert not TrainingJob.objects.exists()
 

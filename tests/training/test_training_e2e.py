@@ -18,6 +18,7 @@ import pytest
 import redis
 from django.utils import timezone
 
+from console.jobs.models import JOB_ENDED, JobStatus
 from console.models import AdapterStatus, AdapterTask
 from console.services.adapters import adapter_lora_name, adapter_status_set
 from inference.context import turn_context_build
@@ -26,17 +27,9 @@ from inference.workers import worker_headers
 from tests.factories import ArchetypeFactory, NPCFactory, suite_base_model
 from tests.processes import process_log, process_running, subprocess_database_env, wait_for
 from training.datasets import dataset_build
-from training.jobs import training_job_create, training_jobs_recover
-from training.models import (
-    PROVISION_ENDED,
-    EvalRun,
-    ExampleExchange,
-    ProvisionRun,
-    ProvisionStatus,
-    TrainingJob,
-    TrainingStatus,
-)
-from training.provisioning import provision_create
+from training.jobs import training_job_start, training_jobs_recover
+from training.models import EvalRun, ExampleExchange, ProvisionRun, TrainingJob
+from training.provisioning import provision_start
 from training.tasks import training_job_task
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -111,7 +104,7 @@ def _job(pk: int) -> TrainingJob:
 
 def test_a_redelivered_job_runs_once_and_its_adapter_is_served(dataset, training_env, vllm_worker):
     with training_worker("training-a", training_env), training_worker("training-b", training_env):
-        job = training_job_create(
+        job = training_job_start(
             dataset=dataset, steps=40, rank=4, alpha=8, learning_rate=5e-3, evaluate=False
         )
         _wait(lambda: _job(job.pk).step >= 1, timeout_s=300, what="the job to start training")
@@ -121,12 +114,12 @@ def test_a_redelivered_job_runs_once_and_its_adapter_is_served(dataset, training
         training_job_task.delay(job.pk)
         _wait(lambda: "left: the lease is held by" in _job(job.pk).log, timeout_s=120, what="the redelivery")
         done = _wait(
-            lambda: _job(job.pk).status in (TrainingStatus.SUCCEEDED, TrainingStatus.FAILED) and _job(job.pk),
+            lambda: _job(job.pk).status in (JobStatus.SUCCEEDED, JobStatus.FAILED) and _job(job.pk),
             timeout_s=420,
             what=f"the job to end (logs: {process_log('training-a')}, {process_log('training-b')})",
         )
 
-    assert done.status == TrainingStatus.SUCCEEDED, done.log
+    assert done.status == JobStatus.SUCCEEDED, done.log
     assert done.attempts == 1
     assert done.log.count("starts:") == 1
     assert "left: the lease is held by" in done.log, done.log  # the second delivery left it alone
@@ -151,26 +144,26 @@ def test_a_redelivered_job_runs_once_and_its_adapter_is_served(dataset, training
 
 def test_a_killed_training_worker_leaves_no_job_stuck_in_running(dataset, training_env):
     with training_worker("training-killed", training_env) as doomed:
-        job = training_job_create(
+        job = training_job_start(
             dataset=dataset, steps=24, rank=4, alpha=8, learning_rate=5e-3, evaluate=False
         )
         _wait(lambda: _job(job.pk).checkpoint_step >= 4, timeout_s=300, what="a first checkpoint")
         doomed.send_signal(signal.SIGKILL)
         doomed.wait()
     killed = _job(job.pk)
-    assert killed.status == TrainingStatus.RUNNING  # for now: its lease has yet to lapse
+    assert killed.status == JobStatus.RUNNING  # for now: its lease has yet to lapse
 
     with training_worker("training-next", training_env):
         lapsed = timezone.now() + timedelta(seconds=int(training_env["TRAINING_LEASE_S"]) + 1)
         _wait(lambda: timezone.now() > lapsed, timeout_s=30, what="the dead execution's lease to lapse")
         assert training_jobs_recover() == [job.pk]  # Celery beat runs this every minute
         done = _wait(
-            lambda: _job(job.pk).status in (TrainingStatus.SUCCEEDED, TrainingStatus.FAILED) and _job(job.pk),
+            lambda: _job(job.pk).status in (JobStatus.SUCCEEDED, JobStatus.FAILED) and _job(job.pk),
             timeout_s=300,
             what=f"the resumed job to end (log: {process_log('training-next')})",
         )
 
-    assert done.status == TrainingStatus.SUCCEEDED, done.log
+    assert done.status == JobStatus.SUCCEEDED, done.log
     assert done.attempts == 2
     assert f"resumes from the checkpoint at step {killed.checkpoint_step}/24" in done.log
     assert len(done.losses) == 24
@@ -201,17 +194,17 @@ def test_one_click_provisions_a_new_archetype_whose_npcs_then_speak_through_its_
     assert turn_context_build(npc_slug=npc.slug).routes[AdapterTask.ACTION_POLICY] == "base"
 
     with training_worker("training-provision", env), process_running("io-provision", IO_WORKER, env):
-        run = provision_create(
+        run = provision_start(
             archetype=banshee, tasks=(AdapterTask.ACTION_POLICY,), steps={AdapterTask.ACTION_POLICY: 40},
             learning_rates={AdapterTask.ACTION_POLICY: 5e-3},
         )  # fmt: skip
         done = _wait(
-            lambda: (run_ := ProvisionRun.objects.get(pk=run.pk)).status in PROVISION_ENDED and run_,
+            lambda: (run_ := ProvisionRun.objects.get(pk=run.pk)).status in JOB_ENDED and run_,
             timeout_s=600,
             what=f"provisioning (logs: {process_log('training-provision')}, {process_log('io-provision')})",
         )
 
-    assert done.status == ProvisionStatus.SUCCEEDED, done.log
+    assert done.status == JobStatus.SUCCEEDED, done.log
     step = done.plan[0]
     evaluation = EvalRun.objects.get(pk=step["eval"])
     assert evaluation.promoted, evaluation.reasons

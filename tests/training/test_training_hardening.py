@@ -11,12 +11,13 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
+from console.jobs.models import JobStatus
 from console.models import AdapterTask
 from tests.factories import AdapterFactory, ArchetypeFactory, BaseModelFactory
 from training.datasets import dataset_build
 from training.eval.harness import eval_runs_recover
 from training.jobs import training_jobs_recover
-from training.models import EvalRun, EvalStatus, ExampleExchange, TrainingJob, TrainingStatus
+from training.models import EvalRun, ExampleExchange, TrainingJob
 
 pytestmark = pytest.mark.django_db
 
@@ -74,7 +75,7 @@ class _Forms(HTMLParser):
 
 def test_the_cancel_button_submits_its_own_form_not_the_admin_form(designer_client):
     # Given a running job, on its page
-    job = _job(status=TrainingStatus.RUNNING)
+    job = _job(status=JobStatus.RUNNING)
     page = designer_client.get(reverse("admin:training_trainingjob_change", args=[job.pk])).content.decode()
     parsed = _Forms()
     parsed.feed(page)
@@ -96,8 +97,8 @@ def test_a_job_whose_worker_keeps_dying_is_failed_after_its_attempts_not_requeue
     # Given two running jobs whose lease lapsed: one died once, one died as often as allowed
     settings.TRAINING_MAX_ATTEMPTS = 3
     lapsed = timezone.now() - timedelta(minutes=5)
-    once = _job(status=TrainingStatus.RUNNING, attempts=1, lease_owner="gone", lease_until=lapsed)
-    killer = _job(status=TrainingStatus.RUNNING, attempts=3, lease_owner="gone", lease_until=lapsed)
+    once = _job(status=JobStatus.RUNNING, attempts=1, lease_owner="gone", lease_until=lapsed)
+    killer = _job(status=JobStatus.RUNNING, attempts=3, lease_owner="gone", lease_until=lapsed)
 
     # When the recovery beat runs
     training_jobs_recover()
@@ -105,7 +106,7 @@ def test_a_job_whose_worker_keeps_dying_is_failed_after_its_attempts_not_requeue
     # Then the first is resumed, the second failed with the reason, and never queued again
     killer.refresh_from_db()
     assert queued == [("train", once.pk)]
-    assert killer.status == TrainingStatus.FAILED
+    assert killer.status == JobStatus.FAILED
     assert "died 3 times" in killer.error
     assert killer.finished_at is not None
 
@@ -115,12 +116,12 @@ def test_a_redelivered_message_of_an_exhausted_job_fails_it_instead_of_training(
 
     settings.TRAINING_MAX_ATTEMPTS = 3
     lapsed = timezone.now() - timedelta(minutes=5)
-    job = _job(status=TrainingStatus.RUNNING, attempts=3, lease_owner="gone", lease_until=lapsed)
+    job = _job(status=JobStatus.RUNNING, attempts=3, lease_owner="gone", lease_until=lapsed)
 
     ended = training_job_run(job.pk, owner="redelivery")
 
     assert ended is not None
-    assert (ended.status, ended.attempts) == (TrainingStatus.FAILED, 3)
+    assert (ended.status, ended.attempts) == (JobStatus.FAILED, 3)
 
 
 def test_an_eval_whose_message_was_lost_is_sent_again_then_failed_when_nobody_takes_it(queued, settings):
@@ -141,8 +142,8 @@ def test_an_eval_whose_message_was_lost_is_sent_again_then_failed_when_nobody_ta
     lost.refresh_from_db()
     forgotten.refresh_from_db()
     fresh.refresh_from_db()
-    assert (lost.status, fresh.status) == (EvalStatus.QUEUED, EvalStatus.QUEUED)
-    assert forgotten.status == EvalStatus.FAILED
+    assert (lost.status, fresh.status) == (JobStatus.QUEUED, JobStatus.QUEUED)
+    assert forgotten.status == JobStatus.FAILED
     assert "training` queue" in forgotten.error
 
 
@@ -176,7 +177,7 @@ def test_no_job_page_nests_a_form_in_the_admin_form(designer_client):
     from console.models import IngestJob
     from training.models import ProvisionRun
 
-    job = _job(status=TrainingStatus.RUNNING)
+    job = _job(status=JobStatus.RUNNING)
     archetype = job.dataset.archetype
     pages = [
         reverse("admin:training_trainingjob_change", args=[job.pk]),

@@ -32,6 +32,8 @@ from django.conf import settings
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from console.jobs.models import JOB_UNDER_WAY, JobStatus
+from console.jobs.services import job_claim, job_enqueue, job_log, job_run
 from console.models import Adapter, AdapterStatus, AdapterTask, Archetype
 from console.services.adapters import BASE_ADAPTER_NAME, adapter_lora_name, adapter_status_set, adapter_verify
 from inference.prompts import Turn
@@ -57,7 +59,7 @@ from training.eval.metrics import (
     lore_facts_from_chunk,
     persona_consistency,
 )
-from training.models import Dataset, EvalRun, EvalStatus, ExampleExchange, row_log
+from training.models import Dataset, EvalRun, ExampleExchange
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +117,7 @@ class Measured:
 
 
 def _log(run_id: int, line: str, **fields: object) -> None:
-    row_log(EvalRun, run_id, line, **fields)
+    job_log(EvalRun, run_id, line, **fields)
 
 
 class _Generator:
@@ -426,23 +428,40 @@ def _worker_for(adapter: Adapter) -> str:
     return worker_for_archetype(adapter.archetype.slug if adapter.archetype else "", healthy)
 
 
-def eval_run_create(*, adapter: Adapter) -> EvalRun:
+def eval_run_check(adapter: Adapter) -> None:
+    """A second run of the same adapter would hold the training queue for nothing and could
+    judge it against itself once the first one promotes it."""
+    if EvalRun.objects.filter(adapter=adapter, status__in=JOB_UNDER_WAY).exists():
+        raise EvalError(f"{adapter}: an evaluation is already under way.")
+
+
+def eval_run_create(*, adapter: Adapter, created_by: Any = None) -> EvalRun:
+    """The run's row, queued, against the adapter's baseline (not sent: see `eval_run_start`)."""
     active = Adapter.objects.filter(
         archetype=adapter.archetype, subfaction=adapter.subfaction, npc=adapter.npc, task=adapter.task,
         status=AdapterStatus.ACTIVE,
     ).exclude(pk=adapter.pk).first()  # fmt: skip
     baseline = adapter_lora_name(active) if active else BASE_ADAPTER_NAME
-    return EvalRun.objects.create(adapter=adapter, baseline=baseline, gate=task_gate(adapter))
+    return EvalRun.objects.create(
+        adapter=adapter, baseline=baseline, gate=task_gate(adapter), created_by=created_by
+    )
+
+
+def eval_run_start(*, adapter: Adapter, created_by: Any = None) -> EvalRun:
+    """Check, create the run and send it to a training worker once the transaction commits."""
+    from training.tasks import eval_run_task
+
+    eval_run_check(adapter)
+    run = eval_run_create(adapter=adapter, created_by=created_by)
+    job_enqueue(eval_run_task, run.pk)
+    return run
 
 
 def eval_run_execute(run: EvalRun, *, promote: bool = True, limit: int | None = None) -> EvalRun:
     """Measure, judge, and promote a candidate that passes (see the module docstring)."""
     adapter = run.adapter
-    _log(
-        run.pk, f"started: {adapter} against {run.baseline}", status=EvalStatus.RUNNING, error="",
-        heartbeat_at=timezone.now(),
-    )  # fmt: skip
-    try:
+
+    def measure(run: EvalRun) -> None:
         folder = adapter_verify(adapter)  # a tampered artifact is never measured, let alone served
         url = _worker_for(adapter)
         candidate_name = adapter_lora_name(adapter)
@@ -492,27 +511,13 @@ def eval_run_execute(run: EvalRun, *, promote: bool = True, limit: int | None = 
             _log(run.pk, f"promoted: {adapter} is active and loaded on {url}", promoted=True)
         elif adapter.status != AdapterStatus.ACTIVE:
             adapter_unload(url, lora_name=candidate_name)  # its LoRA slot goes back to the served ones
-        _log(run.pk, "done", status=EvalStatus.SUCCEEDED, progress=100.0, finished_at=timezone.now())
-    except Exception as exc:  # noqa: BLE001 - the row says why, whatever it was
-        _log(
-            run.pk,
-            f"failed: {exc}",
-            status=EvalStatus.FAILED,
-            error=str(exc) or repr(exc),
-            finished_at=timezone.now(),
-        )
-        logger.exception("eval %s failed", run.pk)
-    run.refresh_from_db()
-    return run
+
+    return job_run(run, measure, started=f"started: {adapter} against {run.baseline}")
 
 
 def eval_run_claim(run_id: int) -> bool:
     """Take a queued run for one execution (a redelivered task finds it taken and leaves)."""
-    return bool(
-        EvalRun.objects.filter(pk=run_id, status=EvalStatus.QUEUED).update(
-            status=EvalStatus.RUNNING, heartbeat_at=timezone.now()
-        )
-    )
+    return job_claim(EvalRun, run_id)
 
 
 def eval_runs_recover() -> list[int]:
@@ -526,18 +531,18 @@ def eval_runs_recover() -> list[int]:
 
     now = timezone.now()
     stale = EvalRun.objects.filter(
-        status=EvalStatus.RUNNING, heartbeat_at__lt=now - EVAL_STALE_AFTER
+        status=JobStatus.RUNNING, heartbeat_at__lt=now - EVAL_STALE_AFTER
     ).values_list("pk", flat=True)
     recovered = []
     for pk in stale:
-        if EvalRun.objects.filter(pk=pk, status=EvalStatus.RUNNING).update(
-            status=EvalStatus.QUEUED, heartbeat_at=now
+        if EvalRun.objects.filter(pk=pk, status=JobStatus.RUNNING).update(
+            status=JobStatus.QUEUED, heartbeat_at=now
         ):
             _log(pk, "its execution stopped answering; queued again")
             eval_run_task.delay(pk)
             recovered.append(pk)
     waiting = EvalRun.objects.annotate(sent_at=Coalesce("heartbeat_at", "created_at")).filter(
-        status=EvalStatus.QUEUED, sent_at__lt=now - timedelta(seconds=settings.EVAL_REQUEUE_AFTER_S)
+        status=JobStatus.QUEUED, sent_at__lt=now - timedelta(seconds=settings.EVAL_REQUEUE_AFTER_S)
     )
     for pk, created_at in waiting.values_list("pk", "created_at"):
         if created_at < now - timedelta(seconds=settings.EVAL_QUEUED_MAX_S):
@@ -545,12 +550,12 @@ def eval_runs_recover() -> list[int]:
                 f"no training worker took it in {settings.EVAL_QUEUED_MAX_S // 60} min (EVAL_QUEUED_MAX_S): "
                 "is a Celery worker serving the `training` queue? Evaluate the adapter again once one is"
             )
-            if EvalRun.objects.filter(pk=pk, status=EvalStatus.QUEUED).update(
-                status=EvalStatus.FAILED, error=error, finished_at=now
+            if EvalRun.objects.filter(pk=pk, status=JobStatus.QUEUED).update(
+                status=JobStatus.FAILED, error=error, finished_at=now
             ):
                 _log(pk, f"failed: {error}")
             continue
-        if EvalRun.objects.filter(pk=pk, status=EvalStatus.QUEUED).update(heartbeat_at=now):
+        if EvalRun.objects.filter(pk=pk, status=JobStatus.QUEUED).update(heartbeat_at=now):
             _log(pk, "still queued: its message may have been lost; sent again")
             eval_run_task.delay(pk)
             recovered.append(pk)

@@ -5,7 +5,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from console.models import IngestJob, IngestStatus, World
+from console.jobs.models import JobStatus
+from console.models import World
 
 
 class Command(BaseCommand):
@@ -24,19 +25,18 @@ class Command(BaseCommand):
     def handle(self, *args: Any, path: Path, world: str, queue: bool, **options: Any) -> None:
         from tqdm import tqdm
 
-        from console.lore.ingest import ingest_job_run
-        from console.tasks import lore_ingest_task
+        from console.lore.ingest import ingest_job_create, ingest_job_run, ingest_job_start
 
         try:
             target = World.objects.get(slug=world)
         except World.DoesNotExist:
             known = ", ".join(World.objects.values_list("slug", flat=True)) or "none yet (run seed_demo)"
             raise CommandError(f"no world {world!r}; worlds: {known}") from None
-        job = IngestJob.objects.create(world=target, source=str(path.resolve()))
         if queue:
-            lore_ingest_task.delay(job.pk)
+            job = ingest_job_start(world=target, source=str(path.resolve()))
             self.stdout.write(f"ingest job {job.pk} queued; see it in the admin (Ingest jobs)")
             return
+        job = ingest_job_create(world=target, source=str(path.resolve()))
         with tqdm(total=100, unit="%", desc=f"ingest {path.name}", disable=None) as bar:
 
             def progress(done: int, total: int) -> None:
@@ -44,7 +44,7 @@ class Command(BaseCommand):
                 bar.refresh()
 
             ingest_job_run(job, on_progress=progress)
-        if job.status == IngestStatus.FAILED:
+        if job.status == JobStatus.FAILED:
             raise CommandError(f"ingest job {job.pk} failed: {job.error}")
         self.stdout.write(
             f"ingest job {job.pk}: {job.documents_written} documents written, {job.documents_skipped} "

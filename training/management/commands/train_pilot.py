@@ -26,13 +26,14 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
 from console import localstack
+from console.jobs.models import JobStatus
 from console.models import Adapter, AdapterStatus, AdapterTask, Archetype
 from console.supervisor import Supervisor
 from inference.workers import worker_health
 from training.datasets import dataset_build
 from training.eval.harness import eval_run_create, eval_run_execute
 from training.jobs import training_job_abandon, training_job_create, training_job_run
-from training.models import ExampleExchange, TrainingStatus
+from training.models import ExampleExchange
 
 PILOT = (("vampire", AdapterTask.DIALOGUE_STYLE), ("vampire", AdapterTask.ACTION_POLICY),
          ("zombie", AdapterTask.DIALOGUE_STYLE), ("zombie", AdapterTask.ACTION_POLICY))  # fmt: skip
@@ -184,7 +185,7 @@ class Command(BaseCommand):
         dataset = dataset_build(archetype=archetype, task=task)
         steps = max(1, round(STEPS[task] * steps_scale))
         job = training_job_create(
-            dataset=dataset, steps=steps, learning_rate=LEARNING_RATE[task], enqueue=False, evaluate=False
+            dataset=dataset, steps=steps, learning_rate=LEARNING_RATE[task], evaluate=False
         )
         began = time.monotonic()
         try:
@@ -196,7 +197,7 @@ class Command(BaseCommand):
             training_job_abandon(job.pk, "make train-pilot was interrupted")
             raise
         trained_s = time.monotonic() - began
-        if done is None or done.status != TrainingStatus.SUCCEEDED or done.adapter is None:
+        if done is None or done.status != JobStatus.SUCCEEDED or done.adapter is None:
             raise CommandError(f"training {slug} {task} failed: {done.error if done else 'no job'}")
         return {
             "archetype": slug, "task": task, "examples": dataset.train_examples,

@@ -34,20 +34,20 @@ async def _reads(*, pairs: list[tuple[str, str]], reads: int, hot: bool) -> list
     from django.conf import settings
     from redis.asyncio import Redis
 
-    from memory import tiers
+    from memory import pairs as pair_store
+    from memory.pairs import HotMemory, memory_for_turn
     from memory.prompt import memory_slot
-    from memory.tiers import HotTier, memory_for_turn
 
     redis = Redis.from_url(settings.REDIS_URL)
     samples = []
-    tiers._hot = HotTier()
+    pair_store._hot = HotMemory()
     if hot:
         for npc, player in pairs:
             await memory_for_turn(redis, npc, player)
     for index in range(reads):
         npc, player = pairs[index % len(pairs)]
         if not hot:
-            tiers._hot = HotTier()  # every read misses the hot tier
+            pair_store._hot = HotMemory()  # every read misses the hot tier
         started = time.perf_counter()
         memory, source = await memory_for_turn(redis, npc, player)
         memory_slot(memory)
@@ -63,18 +63,18 @@ def _cold(*, pairs: list[tuple[str, str]]) -> list[float]:
     from django.conf import settings
     from redis.asyncio import Redis
 
-    from memory import tiers
+    from memory import pairs as pair_store
+    from memory.pairs import HotMemory, memory_for_turn
     from memory.prompt import memory_slot
     from memory.services import memory_rehydrate
-    from memory.tiers import HotTier, memory_for_turn
 
     client = redis_sync.Redis.from_url(settings.REDIS_URL)
     loop = asyncio.new_event_loop()  # the ORM refuses to run inside a running loop: step it by hand
     redis = Redis.from_url(settings.REDIS_URL)
     samples = []
     for npc, player in pairs:
-        client.delete(*(f"mem:{npc}:{player}:{name}" for name in tiers.PAIR_KEYS))
-        tiers._hot = HotTier()
+        client.delete(*(f"mem:{npc}:{player}:{name}" for name in pair_store.PAIR_KEYS))
+        pair_store._hot = HotMemory()
         started = time.perf_counter()
         memory_rehydrate(redis=client, npc=npc, player=player)
         memory, source = loop.run_until_complete(memory_for_turn(redis, npc, player))
@@ -94,7 +94,7 @@ def _pairs_fill(pairs: list[tuple[str, str]], turns: int) -> None:
 
     from memory.archiver import Archiver
     from memory.events import MemoryEventRecord
-    from memory.tiers import RememberedTurn, pair_prefix
+    from memory.pairs import RememberedTurn, pair_prefix
 
     client = redis_sync.Redis.from_url(settings.REDIS_URL)
     now = time.time()

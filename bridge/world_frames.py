@@ -17,7 +17,7 @@ from inference.activation import BadPositions, UnknownRegion, gold_promotions, t
 from inference.context import turn_context_cached
 from inference.turn.background import in_background
 from inference.turn.inputs import turn_inputs_prefetch
-from memory.tiers import QuestCardFull, QuestStageInvalid, memory_quest_update
+from memory.pairs import QuestCardFull, QuestStageInvalid, memory_quest_update
 
 logger = logging.getLogger(__name__)
 

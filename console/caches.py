@@ -147,7 +147,7 @@ class ProcessCache(Generic[K, V]):
         return f"<ProcessCache {self.name}: {len(self)} entries>"
 
 
-# Weak: a cache made for one test (a HotTier of its own) goes away with it; a module's cache lives
+# Weak: a cache made for one test (a HotMemory of its own) goes away with it; a module's cache lives
 # as long as its module.
 _registry: weakref.WeakSet[ProcessCache[Any, Any]] = weakref.WeakSet()
 _registry_lock = threading.Lock()

@@ -1,4 +1,4 @@
-"""Activation tiers: which NPCs get the model, and how much of it (memory.tiers are the
+"""Activation tiers: which NPCs get the model, and how much of it (memory.pairs are the
 memory's hot, warm and archive tiers, another thing).
 
 Gold NPCs speak with full replies and memory, Silver ones briefly, Bronze ones only bark (no
@@ -372,7 +372,7 @@ async def _tiers_home(npc_id: str, region: str | None, world: str | None) -> tup
 def bonds_key(player: str) -> str:
     """ZSET npc -> bond strength of every NPC `player` has a relationship card with (outside
     memory's `mem:` pair namespace). Memory writes it when it consolidates a pair
-    (memory.consolidation, memory.tiers.bond_strength) and drops it when it forgets a player;
+    (memory.consolidation, memory.pairs.bond_strength) and drops it when it forgets a player;
     activation reads it here: a strong bond raises the NPC a tier while the player is near."""
     return f"mem-bonds:{player}"
 
@@ -394,7 +394,7 @@ async def tier_current(
 
 
 async def bonded_npcs(redis: Redis, player_ids: list[str], *, minimum: float) -> frozenset[str]:
-    """NPCs whose bond with one of these players is at least `minimum` (memory.tiers.bond_strength)."""
+    """NPCs whose bond with one of these players is at least `minimum` (memory.pairs.bond_strength)."""
     if not player_ids:
         return frozenset()
     async with redis.pipeline(transaction=False) as pipe:

@@ -42,7 +42,7 @@ from inference.routing import NoHealthyWorker, worker_for_archetype
 from memory.events import MemoryEventRecord
 from memory.extract import MODEL_FACT_IMPORTANCE_MAX, Extracted, memory_candidate_check, player_lines_extract
 from memory.models import MemoryEventKind
-from memory.tiers import (
+from memory.pairs import (
     EVICT_CHANNEL,
     PAIR_KEYS,
     RememberedTurn,

@@ -11,7 +11,7 @@ tokenizer's own special tokens, where the prompt is assembled (inference.prompts
 from __future__ import annotations
 
 from inference.guardrails import untrusted_text_neutralise
-from memory.tiers import PairMemory
+from memory.pairs import PairMemory
 
 FACT_MAX_CHARS = 200
 CARD_LISTS = (

@@ -18,7 +18,7 @@ from redis import Redis
 from console.models import NPC
 from console.redis_clients import redis_text
 from memory.models import MemoryEvent, MemoryEventKind
-from memory.tiers import (
+from memory.pairs import (
     RememberedTurn,
     iso_utc,
     pair_prefix,
@@ -310,7 +310,7 @@ class WarmRejection:
 
 
 def pair_rejections(*, redis: Redis, npc: str, player: str) -> list[WarmRejection]:
-    """The newest candidates the checks kept out of the pair's memory (memory.tiers.rejected_key)."""
+    """The newest candidates the checks kept out of the pair's memory (memory.pairs.rejected_key)."""
     found = []
     for raw in cast(
         "list[bytes]", redis.lrange(rejected_key(pair_prefix(npc, player)), 0, PAIR_ITEMS_MAX - 1)

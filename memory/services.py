@@ -24,7 +24,7 @@ from inference.activation import bonds_key
 from inference.observability import ops_player_forget
 from memory.events import dead_letters_forget
 from memory.models import ForgottenPlayer, MemoryEvent, MemoryEventKind
-from memory.tiers import (
+from memory.pairs import (
     EVICT_CHANNEL,
     FORGOTTEN_MARK_TTL_S,
     PAIR_KEYS,
@@ -302,7 +302,7 @@ def public_fact_publish(*, redis: Redis, npc: str, player: str, fact: str, actor
 
     Only a fact Redis holds for the pair can be published, so the text and its importance are
     what consolidation stored, never what a form sent. Bridges that hold a pair in their hot
-    tier see the change when they next load it from Redis (memory.tiers.memory_for_turn):
+    tier see the change when they next load it from Redis (memory.pairs.memory_for_turn):
     after MEMORY_HOT_TTL_S without a turn, or after the pair's next consolidation. Evicting
     every pair of the NPC from every bridge would cost one message per player.
     """

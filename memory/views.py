@@ -22,6 +22,7 @@ from django.views.decorators.http import require_GET, require_POST
 from redis import Redis
 
 from console.redis_clients import redis_sync
+from memory.pairs import iso_utc
 from memory.selectors import (
     NPCS_PAGE,
     memory_npcs,
@@ -31,7 +32,6 @@ from memory.selectors import (
     warm_players_page,
 )
 from memory.services import FactNotRemembered, public_fact_publish, public_fact_unpublish
-from memory.tiers import iso_utc
 
 VIEW_PERMISSION = "memory.view_memoryevent"
 PUBLISH_PERMISSION = "memory.publish_memoryevent"

@@ -19,8 +19,8 @@ from console.caches import caches_clear
 from console.permissions import DESIGNERS, OPS, groups_sync
 from inference.base_models import bundled_gguf_path, default_model_dir, gguf_convert
 from inference.workers import WorkerProcess
-from memory import tiers
-from memory.tiers import HotTier
+from memory import pairs
+from memory.pairs import HotMemory
 from tests.factories import UserFactory
 from training.lora import ChatExample, lora_train
 
@@ -130,7 +130,7 @@ def vllm_worker(_worker_process: WorkerProcess) -> WorkerProcess:
 def _fresh_hot_tier(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test starts with an empty hot tier: a pair another test left in this process's
     memory would answer a turn before Redis does (test_quest_cards after test_hostile_clients)."""
-    monkeypatch.setattr(tiers, "_hot", HotTier())
+    monkeypatch.setattr(pairs, "_hot", HotMemory())
 
 
 @pytest.fixture(scope="session", autouse=True)

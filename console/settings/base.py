@@ -313,7 +313,7 @@ BRIDGE_ALLOWED_ORIGINS: list[str] = env.list("BRIDGE_ALLOWED_ORIGINS", default=[
 # The tier of an NPC the tiers service has not placed yet.
 BRIDGE_DEFAULT_TIER: str = env.str("BRIDGE_DEFAULT_TIER", default="gold")
 # An NPC whose bond with a player in its region (trust, or affinity either way, 0..1; see
-# memory.tiers.bond_strength) reaches this is raised one activation tier, like a quest NPC.
+# memory.pairs.bond_strength) reaches this is raised one activation tier, like a quest NPC.
 TIER_BOND_MIN: float = env.float("TIER_BOND_MIN", default=0.5)
 # A region's published tiers (Redis, inference.activation) expire this long after its last
 # positions frame: a region no game server reports any more, and ids nobody sends, go away.

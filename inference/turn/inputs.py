@@ -21,9 +21,9 @@ from console.models import NPC
 from inference.context import TurnContext, turn_context_cached
 from inference.prompts import AssembledPrompt, Turn
 from inference.turn.background import enqueue_once
+from memory.pairs import PairMemory, memory_for_turn
 from memory.prompt import memory_slot
 from memory.tasks import lore_pack_task, memory_rehydrate_task
-from memory.tiers import PairMemory, memory_for_turn
 
 logger = logging.getLogger(__name__)
 

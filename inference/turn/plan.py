@@ -36,7 +36,7 @@ class TurnPlan:
     sampling: TierSampling
     adapter: str | None  # the served name of the dialogue adapter (turn.start's `adapter`)
     # Wall-clock start: a forget of the player after this drops the turn's memory
-    # (memory.tiers.memory_record_turn's `started_at`).
+    # (memory.pairs.memory_record_turn's `started_at`).
     started_at: float
 
 

@@ -24,8 +24,8 @@ from inference.turn.background import enqueue_once
 from inference.turn.inputs import TurnInputs
 from inference.turn.plan import TurnPlan
 from inference.turn.play import TurnResult, turn_result_payload
+from memory.pairs import memory_record_turn
 from memory.tasks import memory_consolidate_task
-from memory.tiers import memory_record_turn
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from console.models import GameClientKey, NPCStatus
 from console.player_tokens import player_token_for, player_token_sign
 from console.services.keys import game_key_create, game_key_revoke, player_token_mint
 from inference.turn import plan
-from memory.tiers import pair_prefix
+from memory.pairs import pair_prefix
 from tests.bridge.conftest import connect, frames_until, send, started
 from tests.factories import NPCFactory, RegionFactory
 

@@ -14,10 +14,10 @@ from django.conf import settings
 from redis.asyncio import Redis
 from websockets.asyncio.client import connect
 
-from memory import tiers
+from memory import pairs
 from memory.models import MemoryEvent, MemoryEventKind
+from memory.pairs import HotMemory, memory_for_turn, pair_prefix
 from memory.prompt import memory_slot
-from memory.tiers import HotTier, memory_for_turn, pair_prefix
 from tests.processes import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -64,7 +64,7 @@ def test_an_npc_remembers_a_gift_for_the_player_who_gave_it_and_only_for_them(
 
     # Alice comes back: the memory her next turn is given carries the gift; Bob's does not.
     async def memory_of(player: str):
-        tiers._hot = HotTier()
+        pairs._hot = HotMemory()
         connection = Redis.from_url(settings.REDIS_URL)
         try:
             return (await memory_for_turn(connection, npc, player))[0]

@@ -13,8 +13,8 @@ from redis.asyncio import Redis
 
 from console.services.keys import game_key_create
 from memory.events import ENTRY_FIELD
+from memory.pairs import memory_for_turn, pair_prefix
 from memory.prompt import memory_slot
-from memory.tiers import memory_for_turn, pair_prefix
 from tests.bridge.conftest import connect, send, started
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -88,7 +88,7 @@ def test_caches_clear_empties_every_module_cache():
     from console import selectors
     from console.lore import packs as lore
     from inference import context, guardrails, prompts, workers
-    from memory import tiers
+    from memory import pairs
 
     module_caches = [
         workers._health_seen,
@@ -97,7 +97,7 @@ def test_caches_clear_empties_every_module_cache():
         prompts._token_counters,
         lore._packs,
         selectors._worker_figures,
-        tiers.hot_tier()._pairs,
+        pairs.hot_memory()._pairs,
     ]
     for cache in module_caches:
         assert cache in caches_registered()

@@ -22,7 +22,7 @@ from inference.context import turn_context_build, turn_context_forget
 from inference.turn import pipeline, play, replay
 from inference.turn.replay import turn_replay
 from memory.events import ENTRY_FIELD
-from memory.tiers import hot_tier
+from memory.pairs import hot_memory
 from tests.bridge.conftest import GAME_SERVER_SCOPES, connect, frames_until, send, started
 from tests.factories import ArchetypeFactory, NPCFactory
 
@@ -63,7 +63,7 @@ def worker(base_model_dir, settings, monkeypatch) -> Iterator[_Worker]:
     turn_context_forget()
     yield double
     turn_context_forget()
-    hot_tier().evict("player-1")  # this process's memory of the pair: later tests start afresh
+    hot_memory().evict("player-1")  # this process's memory of the pair: later tests start afresh
 
 
 @pytest.fixture

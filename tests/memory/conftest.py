@@ -8,7 +8,7 @@ import asyncio
 from django.conf import settings
 from redis.asyncio import Redis
 
-from memory.tiers import PairMemory, memory_for_turn, memory_record_turn
+from memory.pairs import PairMemory, memory_for_turn, memory_record_turn
 
 
 def talk(npc: str, player: str, lines: list[str]) -> None:

@@ -12,11 +12,11 @@ from django.test import Client
 from django.urls import reverse
 
 from console.permissions import DESIGNERS
-from memory import tiers
+from memory import pairs
 from memory.archiver import Archiver
 from memory.consolidation import pair_consolidate
+from memory.pairs import HotMemory, pair_prefix, public_facts_key
 from memory.selectors import warm_players_page
-from memory.tiers import HotTier, pair_prefix, public_facts_key
 from tests.factories import NPCFactory, UserFactory
 from tests.memory.conftest import load, talk
 
@@ -125,7 +125,7 @@ def test_a_published_fact_reaches_every_players_memory_with_its_importance(desig
     _alice_gave_a_ring(redis_client)
 
     response = _publish(designer_client)
-    tiers._hot = HotTier()  # bridges pick public facts up on their next load from Redis
+    pairs._hot = HotMemory()  # bridges pick public facts up on their next load from Redis
     bob, _ = load("count-valerian", "bob")
     page = designer_client.get(response["Location"])
 
@@ -143,7 +143,7 @@ def test_a_designer_unmarks_a_public_fact(designer_client, redis_client):
     response = designer_client.post(
         reverse("admin:memory_fact_unpublish", args=["count-valerian"]), {"fact": RING}
     )
-    tiers._hot = HotTier()
+    pairs._hot = HotMemory()
 
     assert response.status_code == 302
     assert response["Location"] == reverse("admin:memory_warm_npc", args=["count-valerian"])

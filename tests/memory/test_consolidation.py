@@ -10,12 +10,12 @@ import pytest
 from django.conf import settings
 
 from inference.activation import bonds_key
-from memory import consolidation, tiers
+from memory import consolidation, pairs
 from memory.consolidation import SUMMARY_MAX_CHARS, looping, pair_consolidate, summary_write
 from memory.events import event_from_entry
 from memory.extract import instruction_like, player_lines_extract
+from memory.pairs import HotMemory, RememberedTurn, bond_strength
 from memory.prompt import memory_slot
-from memory.tiers import HotTier, RememberedTurn, bond_strength
 from tests.memory.conftest import load, talk
 
 
@@ -89,7 +89,7 @@ def test_a_gift_reaches_the_relationship_card_facts_summary_and_archive_for_that
     talk("count-valerian", "bob", ["Hello."])
 
     report = _consolidate(redis_client, "alice")
-    tiers._hot = HotTier()
+    pairs._hot = HotMemory()
     alice, bob = load("count-valerian", "alice")[0], load("count-valerian", "bob")[0]
 
     assert report.gifts == ["a silver ring"]
@@ -117,7 +117,7 @@ def test_consolidation_only_reads_turns_since_the_last_run(redis_client):
     talk("count-valerian", "alice", ["Here is a dagger for you."])
     third = _consolidate(redis_client, "alice")
 
-    tiers._hot = HotTier()  # a bridge's listener evicts the pair on consolidation; none runs here
+    pairs._hot = HotMemory()  # a bridge's listener evicts the pair on consolidation; none runs here
 
     assert (first.turns, again.turns, third.turns) == (1, 0, 1)
     assert load("count-valerian", "alice")[0].relationship["gifts"] == ["a silver ring", "a dagger"]

@@ -22,8 +22,8 @@ from inference.observability import COST_KEY, WORKER_MS_KEY
 from memory.archiver import Archiver
 from memory.events import ENTRY_FIELD, MemoryEventRecord, event_from_entry, memory_event_emit_sync
 from memory.models import MemoryEvent
+from memory.pairs import pair_prefix, public_facts_key
 from memory.services import player_forget, public_fact_publish
-from memory.tiers import pair_prefix, public_facts_key
 
 # Threads write through their own connections: the test's own transaction would hide their rows.
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -167,7 +167,7 @@ def test_forgetting_players_while_busy_archivers_write_their_events_leaves_nothi
 def test_a_turn_in_flight_when_its_player_is_forgotten_is_not_remembered(redis_client):
     from redis.asyncio import Redis as AsyncRedis
 
-    from memory.tiers import memory_record_turn
+    from memory.pairs import memory_record_turn
 
     async def record(started_at: float) -> int:
         client = AsyncRedis.from_url(settings.REDIS_URL)

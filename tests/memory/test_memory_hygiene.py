@@ -19,7 +19,7 @@ from memory import consolidation
 from memory.consolidation import pair_consolidate
 from memory.events import event_from_entry
 from memory.extract import MODEL_FACT_IMPORTANCE_MAX, memory_candidate_check, player_lines_extract
-from memory.tiers import QuestStageInvalid, memory_quest_update, pair_prefix
+from memory.pairs import QuestStageInvalid, memory_quest_update, pair_prefix
 from tests.memory.conftest import talk
 
 NPC = "count-valerian"

@@ -9,7 +9,7 @@ import asyncio
 from django.conf import settings
 from redis.asyncio import Redis
 
-from memory.tiers import CARD_MAX_BYTES, QuestCardFull, memory_quest_update, pair_prefix
+from memory.pairs import CARD_MAX_BYTES, QuestCardFull, memory_quest_update, pair_prefix
 
 
 def test_concurrent_quest_updates_never_take_the_card_past_2_kb(redis_client):

@@ -12,12 +12,12 @@ from django.conf import settings
 from django.core.management import call_command
 
 from inference.activation import bonds_key
-from memory import tiers
+from memory import pairs
 from memory.archiver import Archiver
 from memory.events import MemoryEventRecord, memory_event_emit_sync
 from memory.models import MemoryEvent
+from memory.pairs import HotMemory, pair_prefix, public_facts_key
 from memory.services import memory_rehydrate, player_forget
-from memory.tiers import HotTier, pair_prefix, public_facts_key
 from tests.memory.conftest import load, talk
 
 pytestmark = pytest.mark.django_db
@@ -35,7 +35,7 @@ def test_a_pair_whose_redis_window_expired_is_rebuilt_from_the_archive(redis_cli
     _archive_all(redis_client)
     for key in redis_client.scan_iter(match="mem:*"):
         redis_client.delete(key)  # thirty days later
-    tiers._hot = HotTier()
+    pairs._hot = HotMemory()
 
     restored = memory_rehydrate(redis=redis_client, npc="count-valerian", player="alice")
     memory, source = load("count-valerian", "alice")
@@ -52,7 +52,7 @@ def test_a_late_rebuild_of_a_pair_redis_still_holds_doubles_no_turn(redis_client
     the turns were archived. The archive's timestamps (microseconds) must match Redis' floats."""
     talk("npc-late", "alice", ["Good evening.", "I brought you a silver ring."])
     _archive_all(redis_client)
-    tiers._hot = HotTier()
+    pairs._hot = HotMemory()
 
     restored = memory_rehydrate(redis=redis_client, npc="npc-late", player="alice")
     memory, _ = load("npc-late", "alice")
@@ -82,7 +82,7 @@ def test_a_rebuild_restores_facts_summaries_and_cards_with_the_latest_values(red
     _archive_all(redis_client)
     for key in redis_client.scan_iter(match="mem:*"):
         redis_client.delete(key)
-    tiers._hot = HotTier()
+    pairs._hot = HotMemory()
 
     memory_rehydrate(redis=redis_client, npc="count-valerian", player="alice")
     memory, _ = load("count-valerian", "alice")
@@ -122,7 +122,7 @@ def test_forgetting_a_player_clears_redis_and_the_archive_and_drops_events_still
 def test_bridges_drop_a_forgotten_player_from_their_hot_tier(redis_client):
     talk("count-valerian", "alice", ["hi"])
     load("count-valerian", "alice")  # starts this process's eviction listener
-    assert tiers._hot.get("count-valerian", "alice") is not None
+    assert pairs._hot.get("count-valerian", "alice") is not None
     time.sleep(0.2)  # the listener's subscription is in place
 
     # In this thread, outside any event loop: the ORM refuses to run inside one, and a worker

@@ -1,4 +1,5 @@
-"""The hot and warm memory tiers of one NPC-player pair, and the turn's two calls into them.
+"""The memory of one NPC-player pair: hot in this process, warm in Redis (the archive in
+Postgres is memory.events and memory.archiver), and the turn's two calls into it.
 
 Warm (Redis, MEMORY_WARM_TTL_S after the last write, 30 days by default), one key per
 structure under `mem:{npc}:{player}:`
@@ -144,14 +145,14 @@ def relationship_encode(card: dict[str, Any]) -> dict[str, str]:
     return encoded
 
 
-class HotTier:
+class HotMemory:
     """Per-process memory of recently active pairs: an LRU whose entries expire after the
     last interaction (a console.caches.ProcessCache, re-set on every turn; thread-safe, as
     evictions arrive on the listener's thread)."""
 
     def __init__(self, *, max_pairs: int | None = None, ttl_s: float | None = None) -> None:
         self._pairs: ProcessCache[tuple[str, str], PairMemory] = ProcessCache(
-            "memory.tiers.hot",
+            "memory.pairs.hot",
             ttl_s=ttl_s or settings.MEMORY_HOT_TTL_S,
             maxsize=max_pairs or settings.MEMORY_HOT_PAIRS,
         )
@@ -169,10 +170,10 @@ class HotTier:
         return len(self._pairs)
 
 
-_hot = HotTier()
+_hot = HotMemory()
 
 
-def hot_tier() -> HotTier:
+def hot_memory() -> HotMemory:
     return _hot
 
 

@@ -7,23 +7,23 @@ import time
 
 from django.conf import settings
 
-from memory import tiers
+from memory import pairs
 from memory.events import event_from_entry
-from memory.prompt import memory_slot
-from memory.tiers import (
+from memory.pairs import (
     CARD_MAX_BYTES,
-    HotTier,
+    HotMemory,
     PairMemory,
     pair_prefix,
     public_facts_key,
     relationship_encode,
 )
+from memory.prompt import memory_slot
 from tests.memory.conftest import load, talk
 
 
 def test_turns_reach_the_warm_tier_and_the_archive_stream_and_come_back_in_order(redis_client):
     talk("count-valerian", "alice", ["Hello.", "I brought wine.", "Goodbye."])
-    tiers._hot = HotTier()  # another bridge process, or after the hot tier expired
+    pairs._hot = HotMemory()  # another bridge process, or after the hot tier expired
 
     memory, source = load("count-valerian", "alice")
 
@@ -58,7 +58,7 @@ def test_a_player_never_gets_another_players_memory_but_public_facts_reach_every
         pair_prefix("count-valerian", "alice") + "facts", {"Alice hid a key under the stone": 7}
     )
     redis_client.zadd(public_facts_key("count-valerian"), {"The bell tower fell last winter": 5})
-    tiers._hot = HotTier()
+    pairs._hot = HotMemory()
 
     bob, _ = load("count-valerian", "bob")
     alice, _ = load("count-valerian", "alice")
@@ -78,7 +78,7 @@ def test_a_pair_redis_no_longer_holds_is_reported_for_rehydration(redis_client):
 
 
 def test_hot_tier_is_bounded_and_forgets_idle_pairs():
-    hot = HotTier(max_pairs=2, ttl_s=0.2)
+    hot = HotMemory(max_pairs=2, ttl_s=0.2)
     for player in ("a", "b", "c"):
         hot.put("npc", player, PairMemory())
 

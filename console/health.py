@@ -23,6 +23,7 @@ from health_check.exceptions import ServiceUnavailable
 from health_check.views import HealthCheckView
 
 from console.redis_clients import redis_async
+from inference.workers import worker_health
 
 
 class _ReturnsConnection:
@@ -76,7 +77,6 @@ class InferenceWorkers(HealthCheck):
     """At least one vLLM worker answers; the message lists each worker's state."""
 
     def run(self) -> None:
-        from inference.workers import worker_health
 
         states = [worker_health(url) for url in settings.INFERENCE_WORKERS]
         if not any(state.healthy for state in states):

@@ -7,8 +7,20 @@ from typing import Any
 from django.db.models import QuerySet
 
 from console.caches import ProcessCache
-from console.models import NPC
+from console.models import NPC, IngestJob
 from console.models.npcs import NPCStatus
+from console.services.adapters import BASE_ADAPTER_NAME
+from console.supervisor import supervisor_restarts
+from inference.observability import (
+    COST_WINDOW_HOURS,
+    archive_lag,
+    cost_top,
+    recent_turns,
+    region_tiers,
+    turn_figures,
+)
+from inference.workers import worker_health
+from training.models import EvalRun, ProvisionRun, TrainingJob
 
 
 def playtest_npcs() -> QuerySet[NPC]:
@@ -39,9 +51,6 @@ def _workers_figures() -> list[dict[str, Any]]:
 def _workers_figures_read() -> list[dict[str, Any]]:
     from django.conf import settings
 
-    from console.services.adapters import BASE_ADAPTER_NAME
-    from inference.workers import worker_health
-
     figures = []
     for url in settings.INFERENCE_WORKERS:
         health = worker_health(url, timeout_s=1.0)
@@ -54,9 +63,6 @@ def _workers_figures_read() -> list[dict[str, Any]]:
 def _job_states() -> dict[str, dict[str, int]]:
     """Per kind of long job, how many rows are in each status."""
     from django.db.models import Count
-
-    from console.models import IngestJob
-    from training.models import EvalRun, ProvisionRun, TrainingJob
 
     states: dict[str, dict[str, int]] = {}
     for label, model in (("ingest", IngestJob), ("training", TrainingJob), ("eval", EvalRun),
@@ -72,16 +78,6 @@ def ops_snapshot() -> dict[str, Any]:
 
     import redis
     from django.conf import settings
-
-    from console.supervisor import supervisor_restarts
-    from inference.observability import (
-        COST_WINDOW_HOURS,
-        archive_lag,
-        cost_top,
-        recent_turns,
-        region_tiers,
-        turn_figures,
-    )
 
     queues = sorted({"io", "celery", *(route["queue"] for route in settings.CELERY_TASK_ROUTES.values())})
     # Closed after each read, as the warm memory pages do: the panel polls every 2 s.

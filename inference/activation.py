@@ -264,6 +264,8 @@ class _RegionConfig:
 
 
 def _region_read(region: str) -> Region:
+    # Imported here: this module computes tiers without Django set up (bench.tiers); models load
+    # only once apps are ready.
     from console.models import Region
 
     found = list(Region.objects.filter(slug=region).select_related("world")[:10])
@@ -281,6 +283,8 @@ def _region_read(region: str) -> Region:
 
 
 def _region_config_read(region: str) -> _RegionConfig:
+    # Imported here: this module computes tiers without Django set up (bench.tiers); models load
+    # only once apps are ready.
     from console.models import NPC
 
     found = _region_read(region)
@@ -298,6 +302,8 @@ def _region_config_read(region: str) -> _RegionConfig:
 
 def _npc_home_read(npc_id: str) -> tuple[str, str] | None:
     """The NPC's (world, region) slugs, None for an NPC the database lacks."""
+    # Imported here: this module computes tiers without Django set up (bench.tiers); models load
+    # only once apps are ready.
     from console.models import NPC
 
     found = NPC.objects.filter(slug=npc_id).values_list("region__world__slug", "region__slug").first()

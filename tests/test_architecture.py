@@ -54,3 +54,29 @@ def test_every_layer_names_a_module_that_exists():
     modules = set(_modules()) | set(PACKAGES)
     missing = [name for layer in _layers() for name in layer if name not in modules]
     assert missing == []
+
+
+def test_imports_of_our_packages_inside_functions_are_few_and_each_says_why():
+    # bench/inner_imports.py counts them; issue 18 brought them from 55 to 9.
+    import ast
+
+    unexplained, found = [], 0
+    for module in _modules():
+        path = ROOT / (module.replace(".", "/") + ".py")
+        if not path.exists():
+            path = ROOT / module.replace(".", "/") / "__init__.py"
+        lines = path.read_text().splitlines()
+        for function in ast.walk(ast.parse("\n".join(lines))):
+            if not isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            for node in ast.walk(function):
+                if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    if node.module.split(".")[0] not in PACKAGES:
+                        continue
+                    found += 1
+                    above = lines[max(0, node.lineno - 4) : node.lineno]
+                    if not any("#" in line for line in above):
+                        unexplained.append(f"{module}:{node.lineno} {node.module}")
+
+    assert unexplained == [], "say why each is imported inside a function, or import it at the top"
+    assert found < 10

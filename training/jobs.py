@@ -36,10 +36,13 @@ from console.models import BaseModel
 from console.services.adapters import AdapterArtifactError, adapter_import
 from inference.base_models import base_model_for
 from training.datasets import DatasetError, dataset_read, dataset_verify
+from training.eval.harness import eval_run_start
 from training.lora import lora_fit
 from training.models import Dataset, TrainingJob
 
 logger = logging.getLogger(__name__)
+# The task that runs it, sent by name (console.jobs.services.job_enqueue).
+TRAINING_JOB_TASK = "training.tasks.training_job_task"
 
 
 # A queued job nobody took for this long lost its message (a broker restart without AOF).
@@ -99,10 +102,8 @@ def training_job_create(
 
 def training_job_start(*, dataset: Dataset, **options: Any) -> TrainingJob:
     """`training_job_create`, and the job sent to a training worker once the transaction commits."""
-    from training.tasks import training_job_task
-
     job = training_job_create(dataset=dataset, **options)
-    job_enqueue(training_job_task, job.pk)
+    job_enqueue(TRAINING_JOB_TASK, job.pk)
     return job
 
 
@@ -199,8 +200,6 @@ def training_job_run(
     if job.status == JobStatus.CANCELLED:
         shutil.rmtree(checkpoint_folder(job), ignore_errors=True)
     elif job.status == JobStatus.SUCCEEDED and job.evaluate and job.adapter is not None:
-        from training.eval.harness import eval_run_start
-
         run = eval_run_start(adapter=job.adapter, created_by=job.created_by)
         _log(job.pk, f"evaluation {run.pk} queued against {run.baseline}")
         job.refresh_from_db()
@@ -307,6 +306,8 @@ def training_jobs_recover() -> list[int]:
     """Queue again the jobs whose execution died: running with a lapsed lease, or queued for
     long with nobody on them (a lost message). The lease makes a double queueing harmless. A
     job whose executions died TRAINING_MAX_ATTEMPTS times is failed instead."""
+    # Imported here: training.tasks imports this module to run it. The sweep sends with the task's
+    # own .delay at once (beat runs it outside any transaction; tests catch it at that boundary).
     from training.tasks import training_job_task
 
     close_old_connections()

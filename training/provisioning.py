@@ -27,7 +27,7 @@ from console.models import AdapterTask, Archetype
 from inference.base_models import base_model_for
 from training.datasets import DatasetError, dataset_build, dataset_check
 from training.jobs import TrainingJobError, training_job_start
-from training.models import EvalRun, ProvisionRun, TrainingJob
+from training.models import Dataset, EvalRun, ProvisionRun, TrainingJob
 
 # The tasks a turn uses an adapter for, in the order they are provisioned (the voice first).
 PROVISION_TASKS = (AdapterTask.DIALOGUE_STYLE, AdapterTask.ACTION_POLICY)
@@ -38,6 +38,9 @@ PROVISION_LEARNING_RATE: dict[str, float] = {
     AdapterTask.DIALOGUE_STYLE: 2e-3,
     AdapterTask.ACTION_POLICY: 3e-3,
 }
+
+# The task that runs it, sent by name (console.jobs.services.job_enqueue).
+PROVISION_ADVANCE_TASK = "training.tasks.provision_advance_task"
 
 
 class ProvisionError(Exception):
@@ -85,10 +88,8 @@ def provision_create(
 
 def provision_start(*, archetype: Archetype, **options: Any) -> ProvisionRun:
     """`provision_create`, and its first step sent once the transaction commits."""
-    from training.tasks import provision_advance_task
-
     run = provision_create(archetype=archetype, **options)
-    job_enqueue(provision_advance_task, run.pk)
+    job_enqueue(PROVISION_ADVANCE_TASK, run.pk)
     return run
 
 
@@ -157,8 +158,6 @@ def _advance_step(run: ProvisionRun, step: dict[str, Any], notes: list[str]) -> 
         step["dataset"] = dataset.pk
         notes.append(f"{task}: dataset {dataset} ({dataset.train_examples} examples)")
     if not step.get("job"):
-        from training.models import Dataset
-
         try:
             job = training_job_start(
                 dataset=Dataset.objects.get(pk=step["dataset"]), steps=step["steps"],
@@ -193,14 +192,12 @@ def _advance_step(run: ProvisionRun, step: dict[str, Any], notes: list[str]) -> 
 
 def provision_advance_for(archetype_id: int | None) -> None:
     """Queue a step of the archetype's provisioning run, if one is under way (a job of it ended)."""
-    from training.tasks import provision_advance_task
-
     if archetype_id is None:
         return
     for run_id in ProvisionRun.objects.filter(archetype_id=archetype_id).exclude(
         status__in=JOB_ENDED
     ).values_list("pk", flat=True):  # fmt: skip
-        provision_advance_task.delay(run_id)
+        job_enqueue(PROVISION_ADVANCE_TASK, run_id)
 
 
 def provision_runs_advance() -> list[int]:

@@ -6,7 +6,9 @@ from __future__ import annotations
 from celery import shared_task
 
 from console.jobs.models import JobStatus
+from training.eval.harness import eval_run_claim, eval_run_execute, eval_runs_recover
 from training.jobs import training_job_run, training_jobs_recover
+from training.models import EvalRun
 from training.provisioning import provision_advance, provision_advance_for, provision_runs_advance
 
 
@@ -23,7 +25,6 @@ def training_job_task(job_id: int) -> str:
 @shared_task(ignore_result=True)
 def training_jobs_recover_task() -> list[int]:
     """Queue again the training jobs and eval runs whose execution died (beat, every minute)."""
-    from training.eval.harness import eval_runs_recover
 
     eval_runs_recover()
     return training_jobs_recover()
@@ -33,8 +34,6 @@ def training_jobs_recover_task() -> list[int]:
 def eval_run_task(run_id: int) -> str:
     """Evaluate a candidate against its baseline; promote it if it passes (idempotent: a run
     that already ended is left alone)."""
-    from training.eval.harness import eval_run_claim, eval_run_execute
-    from training.models import EvalRun
 
     if not eval_run_claim(run_id):  # ended, or another execution has it
         return str(EvalRun.objects.get(pk=run_id).status)

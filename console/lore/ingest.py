@@ -41,6 +41,8 @@ from console.models.lore import (
 )
 
 logger = logging.getLogger(__name__)
+# The task that runs it, sent by name (console.jobs.services.job_enqueue).
+LORE_INGEST_TASK = "console.tasks.lore_ingest_task"
 
 
 def lore_bytes_read(name: str, data: bytes) -> list[LoreFile]:
@@ -148,10 +150,8 @@ def ingest_job_start(
     *, world: World, source: str, upload: File | None = None, created_by: Any = None
 ) -> IngestJob:
     """`ingest_job_create`, and the job sent to an io worker once the transaction commits."""
-    from console.tasks import lore_ingest_task  # console.tasks imports this module for the run
-
     job = ingest_job_create(world=world, source=source, upload=upload, created_by=created_by)
-    job_enqueue(lore_ingest_task, job.pk)
+    job_enqueue(LORE_INGEST_TASK, job.pk)
     return job
 
 

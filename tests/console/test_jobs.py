@@ -188,3 +188,26 @@ def test_each_kinds_status_fragment_shows_progress_and_log_and_polls_until_the_j
         assert f'hx-get="{status}"' in html
     assert 'class="errornote">the lantern went out' in ended
     assert "hx-get" not in ended
+
+
+def test_the_tasks_the_start_services_send_by_name_exist():
+    # The *_start services send their job's task by name (console.jobs.services.job_enqueue):
+    # a renamed task would be sent to nobody.
+    from console import tasks as console_tasks
+    from console.lore.ingest import LORE_INGEST_TASK
+    from training import tasks as training_tasks
+    from training.eval.harness import EVAL_RUN_TASK
+    from training.jobs import TRAINING_JOB_TASK
+    from training.provisioning import PROVISION_ADVANCE_TASK
+
+    registered = {
+        task.name
+        for task in (
+            console_tasks.lore_ingest_task,
+            training_tasks.training_job_task,
+            training_tasks.eval_run_task,
+            training_tasks.provision_advance_task,
+        )
+    }
+
+    assert {LORE_INGEST_TASK, TRAINING_JOB_TASK, EVAL_RUN_TASK, PROVISION_ADVANCE_TASK} == registered

@@ -34,11 +34,13 @@ from django.utils import timezone
 
 from console.jobs.models import JOB_UNDER_WAY, JobStatus
 from console.jobs.services import job_claim, job_enqueue, job_log, job_run
+from console.lore.embeddings import embed
 from console.models import Adapter, AdapterStatus, AdapterTask, Archetype
 from console.services.adapters import BASE_ADAPTER_NAME, adapter_lora_name, adapter_status_set, adapter_verify
 from inference.prompts import Turn
 from inference.residency import adapter_load, adapter_unload, residency_sync, worker_loras
 from inference.routing import worker_for_archetype
+from inference.sampling import tier_sampling
 from inference.workers import sampling_seed_supported, worker_headers, workers_probe_now
 from training.datasets import CHOICE_TASKS, Prompter, dataset_examples_read, dataset_read
 from training.eval.metrics import (
@@ -62,6 +64,8 @@ from training.eval.metrics import (
 from training.models import Dataset, EvalRun, ExampleExchange
 
 logger = logging.getLogger(__name__)
+# The task that runs it, sent by name (console.jobs.services.job_enqueue).
+EVAL_RUN_TASK = "training.tasks.eval_run_task"
 
 VOICE_TASKS = (AdapterTask.DIALOGUE_STYLE, AdapterTask.PERSONALITY)
 # A player who keeps the NPC talking for 20 turns: the repetition probe.
@@ -155,7 +159,6 @@ class _Generator:
         # Imported here: inference.engine loads the OpenAI client (0.6 s), and the admin imports
         # this module at every process start (a chaos test's archiver started too late).
         from inference.engine import BACKGROUND_PRIORITY
-        from inference.sampling import tier_sampling
 
         sampling = tier_sampling("gold")
         if seed is not None and not sampling_seed_supported():
@@ -338,7 +341,6 @@ def eval_generate(prompts: EvalPrompts, generate: _Generator) -> dict[str, list[
 
 def eval_score(prompts: EvalPrompts, outputs: dict[str, list[str]]) -> Measured:
     """Every metric the prompts allow, for one model's outputs."""
-    from console.lore.embeddings import embed
 
     measured = Measured(outputs=outputs)
     if prompts.choices:
@@ -449,11 +451,9 @@ def eval_run_create(*, adapter: Adapter, created_by: Any = None) -> EvalRun:
 
 def eval_run_start(*, adapter: Adapter, created_by: Any = None) -> EvalRun:
     """Check, create the run and send it to a training worker once the transaction commits."""
-    from training.tasks import eval_run_task
-
     eval_run_check(adapter)
     run = eval_run_create(adapter=adapter, created_by=created_by)
-    job_enqueue(eval_run_task, run.pk)
+    job_enqueue(EVAL_RUN_TASK, run.pk)
     return run
 
 
@@ -527,6 +527,8 @@ def eval_runs_recover() -> list[int]:
     A queued run nobody took for EVAL_REQUEUE_AFTER_S lost its message (a broker restart): it is
     sent again (a duplicate finds the run claimed and leaves). For a queued run, `heartbeat_at`
     is when it was last sent. Queued for EVAL_QUEUED_MAX_S in all, it is failed with the reason."""
+    # Imported here: training.tasks imports this module to run it. The sweep sends with the task's
+    # own .delay at once (beat runs it outside any transaction; tests catch it at that boundary).
     from training.tasks import eval_run_task
 
     now = timezone.now()

@@ -6,6 +6,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from console.jobs.models import JobStatus
+from console.lore.ingest import ingest_job_create, ingest_job_run, ingest_job_start
 from console.models import World
 
 
@@ -24,8 +25,6 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, path: Path, world: str, queue: bool, **options: Any) -> None:
         from tqdm import tqdm
-
-        from console.lore.ingest import ingest_job_create, ingest_job_run, ingest_job_start
 
         try:
             target = World.objects.get(slug=world)

@@ -12,6 +12,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from bridge.server import daphne_argv
 from console import localstack
 from console.supervisor import ManagedProcess, Supervisor, supervisor_restart_record
+from inference.tasks import residency_sync_task
 from inference.workers import worker_health
 
 
@@ -137,7 +138,6 @@ def _restart_counted(process: ManagedProcess) -> None:
 
 def _residency_sync_soon() -> None:
     """Queue a residency sync (the Celery io worker runs it); never stops the supervisor."""
-    from inference.tasks import residency_sync_task
 
     try:
         residency_sync_task.delay()

@@ -8,6 +8,8 @@ import re
 import tomllib
 from pathlib import Path
 
+from bench.inner_imports import inner_imports
+
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("console", "bridge", "inference", "memory", "training")
 # Outside the layering: the project's composition root, and Django's migrations.
@@ -58,25 +60,12 @@ def test_every_layer_names_a_module_that_exists():
 
 def test_imports_of_our_packages_inside_functions_are_few_and_each_says_why():
     # bench/inner_imports.py counts them; issue 18 brought them from 55 to 9.
-    import ast
-
-    unexplained, found = [], 0
-    for module in _modules():
-        path = ROOT / (module.replace(".", "/") + ".py")
-        if not path.exists():
-            path = ROOT / module.replace(".", "/") / "__init__.py"
-        lines = path.read_text().splitlines()
-        for function in ast.walk(ast.parse("\n".join(lines))):
-            if not isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
-                continue
-            for node in ast.walk(function):
-                if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                    if node.module.split(".")[0] not in PACKAGES:
-                        continue
-                    found += 1
-                    above = lines[max(0, node.lineno - 4) : node.lineno]
-                    if not any("#" in line for line in above):
-                        unexplained.append(f"{module}:{node.lineno} {node.module}")
+    places = inner_imports()
+    unexplained = []
+    for place in places:
+        lines = (ROOT / place.path).read_text().splitlines()
+        if not any("#" in line for line in lines[max(0, place.line - 4) : place.line]):
+            unexplained.append(str(place))
 
     assert unexplained == [], "say why each is imported inside a function, or import it at the top"
-    assert found < 10
+    assert len(places) < 10

@@ -19,8 +19,6 @@ from console.caches import caches_clear
 from console.permissions import DESIGNERS, OPS, groups_sync
 from inference.base_models import bundled_gguf_path, default_model_dir, gguf_convert
 from inference.workers import WorkerProcess
-from memory import pairs
-from memory.pairs import HotMemory
 from tests.factories import UserFactory
 from training.lora import ChatExample, lora_train
 
@@ -124,13 +122,6 @@ def vllm_worker(_worker_process: WorkerProcess) -> WorkerProcess:
     if not _worker_process.alive():
         _worker_process.start()
     return _worker_process
-
-
-@pytest.fixture(autouse=True)
-def _fresh_hot_tier(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each test starts with an empty hot tier: a pair another test left in this process's
-    memory would answer a turn before Redis does (test_quest_cards after test_hostile_clients)."""
-    monkeypatch.setattr(pairs, "_hot", HotMemory())
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -19,7 +19,6 @@ from console.asgi import application
 from console.models import AdapterTask
 from console.services.adapters import adapter_import, adapter_lora_name
 from console.services.keys import game_key_create
-from inference.context import turn_context_forget
 from inference.residency import residency_sync
 from inference.workers import worker_mark_down
 from tests.factories import ArchetypeFactory, NPCFactory, suite_base_model
@@ -28,13 +27,6 @@ from tests.processes import daphne_running, process_running, subprocess_database
 # What a game server holds (the suite plays many player ids with one key); play-only keys are tested apart.
 GAME_SERVER_SCOPES = ["play", "positions", "quests", "players"]
 NOWHERE = "http://127.0.0.1:9"  # the discard port: no worker answers, turns fall back to barks
-
-
-@pytest.fixture(autouse=True)
-def _fresh_caches():
-    turn_context_forget()
-    yield
-    turn_context_forget()
 
 
 @pytest.fixture

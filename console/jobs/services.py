@@ -7,7 +7,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any, TypeVar
 
-from celery import Task, current_app
+from celery import current_app
 from django.db import close_old_connections, connection, transaction
 from django.db.models import F, Q, Value
 from django.db.models.functions import Coalesce, Concat
@@ -109,15 +109,12 @@ def job_run(
     return job
 
 
-def job_enqueue(task: Task[[int], Any] | str, pk: int) -> None:
-    """Send `task(pk)` once the transaction commits (at once outside one): a worker that took
-    the message before the commit would find no row, or a stale one. This is Celery's
-    `delay_on_commit`, spelled out because celery-types does not know that method yet.
+def job_enqueue(task_name: str, pk: int) -> None:
+    """Send the task registered as `task_name` with `pk` once the transaction commits (at once
+    outside one): a worker that took the message before the commit would find no row, or a
+    stale one (Celery's `delay_on_commit`, by name).
 
-    `task` may be the task's registered name: a `*_start` service sends the task that runs its
-    job by name, so that it need not import the tasks module, which imports the service to run
-    the job (the task names are checked against the registry in tests/console/test_jobs.py)."""
-    if isinstance(task, str):
-        transaction.on_commit(partial(current_app.send_task, task, args=[pk]))
-    else:
-        transaction.on_commit(partial(task.delay, pk))
+    By name: a `*_start` service sends the task that runs its job without importing the tasks
+    module, which imports the service to run the job (the names are checked against the
+    registry in tests/console/test_jobs.py)."""
+    transaction.on_commit(partial(current_app.send_task, task_name, args=[pk]))

@@ -6,12 +6,9 @@ from __future__ import annotations
 
 import re
 import tomllib
-from pathlib import Path
 
-from bench.inner_imports import inner_imports
+from bench.inner_imports import PACKAGES, ROOT, inner_imports
 
-ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("console", "bridge", "inference", "memory", "training")
 # Outside the layering: the project's composition root, and Django's migrations.
 OUTSIDE = ("console.settings", "console.urls", "console.asgi", "console.celery", "console.apps")
 

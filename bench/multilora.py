@@ -7,14 +7,14 @@ the base model alone, then spread over --adapters distinct LoRA adapters, on the
 the ratio of their aggregate output tokens/s is the tax. Two workers run one after the other,
 in one process, so their figures are side by side:
 
-- raw: vLLM as it comes, `--max-lora-rank` at its default (16);
-- ours: the worker `make run` starts (`worker_argv`), whose `--max-lora-rank` is sized to the
-  adapters the trainer makes (WORKER_MAX_LORA_RANK, 8). vLLM's CPU LoRA kernels copy each
-  token's adapter matrices at the worker's maximum rank, so the maximum is the cost.
+- raw: vLLM's LoRA as it comes: without our plugin (inference.vllm_plugin, which groups tokens
+  by adapter and skips rows without one) and with `--max-lora-rank` at its default (16);
+- ours: the worker `make run` starts (`worker_argv`, the plugin on), whose `--max-lora-rank` is
+  sized to the adapters the trainer makes (WORKER_MAX_LORA_RANK, 8).
 
-Also measured on ours: the same load through the zero-delta "base" adapter that base-model
-turns use (see console.services.adapters). Rounds alternate base and adapter loads so machine noise
-falls on both; figures are medians over rounds. Prints one JSON line.
+Both run in the dtype `make run` picks for this CPU (inference.workers.worker_dtype). Rounds
+alternate base and adapter loads so machine noise falls on both; figures are medians over
+rounds. Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,41 +41,25 @@ from django.conf import settings  # noqa: E402 - after django.setup(), like ever
 from django.test import override_settings  # noqa: E402
 
 from console.localstack import free_port  # noqa: E402
-from console.services.adapters import BASE_ADAPTER_NAME, zero_adapter_folder  # noqa: E402
 from inference.base_models import bundled_gguf_path, default_model_dir, gguf_convert  # noqa: E402
 from inference.engine import EngineClient  # noqa: E402
 from inference.residency import adapter_load  # noqa: E402
-from inference.workers import WorkerProcess  # noqa: E402
+from inference.workers import WorkerProcess, cpu_model, worker_dtype  # noqa: E402
+from training.lora import lora_random  # noqa: E402
 
 SERVED = "bench-base"
 VLLM_DEFAULT_MAX_LORA_RANK = 16
 
 
 def random_adapters(*, model_dir: Path, root: Path, count: int, rank: int) -> list[Path]:
-    """`count` PEFT folders with random (non-zero) A and B on q/k/v/o, like trained ones in size.
-
-    Throughput does not depend on what the weights say, and training eight adapters would
-    take minutes; the layout is the trainer's (training.lora).
-    """
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    folders = []
-    for index in range(count):
-        torch.manual_seed(index)
-        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
-        config = LoraConfig(
-            r=rank,
-            lora_alpha=2 * rank,
-            target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
-            init_lora_weights=False,  # random B as well, so the delta is not zero
-            task_type="CAUSAL_LM",
+    """`count` adapters with random weights, like trained ones in size (training.lora.lora_random):
+    throughput does not depend on what the weights say, and training eight would take minutes."""
+    return [
+        lora_random(
+            base_model_path=str(model_dir), output_dir=root / f"adapter-{index}", rank=rank, seed=index
         )
-        folder = root / f"adapter-{index}"
-        get_peft_model(model, config).save_pretrained(str(folder))
-        folders.append(folder)
-    return folders
+        for index in range(count)
+    ]
 
 
 @dataclass
@@ -115,13 +101,33 @@ async def load_run(url: str, *, models: list[str], tokens: int) -> LoadFigures:
     return LoadFigures(tokens_s=len(models) * tokens / elapsed, ttft_ms=ttfts)
 
 
+@contextmanager
+def plugin_set(*, on: bool) -> Iterator[None]:
+    """REVENANT_VLLM_PLUGIN for the workers started inside (they inherit this environment)."""
+    before = os.environ.get("REVENANT_VLLM_PLUGIN")
+    os.environ["REVENANT_VLLM_PLUGIN"] = "on" if on else "off"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("REVENANT_VLLM_PLUGIN")
+        else:
+            os.environ["REVENANT_VLLM_PLUGIN"] = before
+
+
 def percentile(values: list[float], share: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
 
 
 def worker_measure(
-    *, model_dir: Path, adapters: list[Path], max_lora_rank: int, args: argparse.Namespace, log: Path
+    *,
+    model_dir: Path,
+    adapters: list[Path],
+    max_lora_rank: int,
+    plugin: bool,
+    args: argparse.Namespace,
+    log: Path,
 ) -> dict[str, float]:
     url = f"http://127.0.0.1:{free_port()}"
     names = [f"adapter-{index}" for index in range(len(adapters))]
@@ -129,16 +135,14 @@ def worker_measure(
     loads = {
         "base": [SERVED] * args.streams,
         "adapters": mixed,
-        "served_base": [BASE_ADAPTER_NAME] * args.streams,
     }
     results: dict[str, list[LoadFigures]] = {name: [] for name in loads}
-    with override_settings(WORKER_MAX_LORA_RANK=max_lora_rank):
+    with override_settings(WORKER_MAX_LORA_RANK=max_lora_rank), plugin_set(on=plugin):
         worker = WorkerProcess(url=url, base_model_dir=model_dir, log_path=log, served_name=SERVED)
         worker.start()
     try:
         for name, folder in zip(names, adapters, strict=True):
             adapter_load(url, lora_name=name, folder=folder)
-        adapter_load(url, lora_name=BASE_ADAPTER_NAME, folder=zero_adapter_folder(model_dir=model_dir))
         for models in loads.values():  # warm-up: first-use allocations are not counted
             asyncio.run(load_run(url, models=models[:4], tokens=8))
         for round_index in range(args.rounds):
@@ -152,14 +156,13 @@ def worker_measure(
                 )
     finally:
         worker.stop()
-    figures: dict[str, float] = {"max_lora_rank": max_lora_rank}
+    figures: dict[str, float] = {"max_lora_rank": max_lora_rank, "plugin": plugin}
     for load_name, runs in results.items():
         ttfts = [ttft for run in runs for ttft in run.ttft_ms]
         figures[f"{load_name}_tokens_s"] = round(statistics.median(run.tokens_s for run in runs), 1)
         figures[f"{load_name}_ttft_p50_ms"] = round(percentile(ttfts, 0.5))
         figures[f"{load_name}_ttft_p95_ms"] = round(percentile(ttfts, 0.95))
     figures["ratio"] = round(figures["adapters_tokens_s"] / figures["base_tokens_s"], 3)
-    figures["served_base_ratio"] = round(figures["served_base_tokens_s"] / figures["base_tokens_s"], 3)
     return figures
 
 
@@ -180,14 +183,16 @@ def main() -> None:
                 model_dir=model_dir,
                 adapters=adapters,
                 max_lora_rank=rank,
+                plugin=plugin,
                 args=args,
                 log=Path(tmp) / f"{name}.log",
             )
-            for name, rank in (("raw", VLLM_DEFAULT_MAX_LORA_RANK), ("ours", ours_rank))
+            for name, rank, plugin in (("raw", VLLM_DEFAULT_MAX_LORA_RANK, False), ("ours", ours_rank, True))
         )
     line = {
         "bench": "multilora", "streams": args.streams, "tokens": args.tokens, "adapters": args.adapters,
-        "adapter_rank": ours_rank, "rounds": args.rounds, "raw_ratio": raw["ratio"],
+        "adapter_rank": ours_rank, "rounds": args.rounds, "dtype": worker_dtype(), "cpu_model": cpu_model(),
+        "raw_ratio": raw["ratio"],
         "ours_ratio": ours["ratio"], "raw": raw, "ours": ours,
     }  # fmt: skip
     print(json.dumps(line))

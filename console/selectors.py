@@ -9,7 +9,6 @@ from django.db.models import QuerySet
 from console.caches import ProcessCache
 from console.models import NPC, IngestJob
 from console.models.npcs import NPCStatus
-from console.services.adapters import BASE_ADAPTER_NAME
 from console.supervisor import supervisor_restarts
 from inference.observability import (
     COST_WINDOW_HOURS,
@@ -54,8 +53,7 @@ def _workers_figures_read() -> list[dict[str, Any]]:
     figures = []
     for url in settings.INFERENCE_WORKERS:
         health = worker_health(url, timeout_s=1.0)
-        # /v1/models lists the base model, then each LoRA; the zero "base" LoRA is not an adapter.
-        adapters = [name for name in health.models[1:] if name != BASE_ADAPTER_NAME] if health.healthy else []
+        adapters = list(health.adapters) if health.healthy else []
         figures.append({"url": url, "healthy": health.healthy, "detail": health.detail, "adapters": adapters})
     return figures
 

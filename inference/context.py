@@ -16,7 +16,7 @@ from django.db.models import Q
 
 from console.caches import ProcessCache
 from console.models import NPC, Adapter, AdapterStatus, AdapterTask
-from console.services.adapters import BASE_ADAPTER_NAME, adapter_lora_name
+from console.services.adapters import BASE_MODEL_NAME, adapter_lora_name
 from inference.base_models import base_model_for
 from inference.routing import adapter_route_pick
 
@@ -38,7 +38,7 @@ class TurnContext:
     actions: tuple[str, ...]
     barks: dict[str, list[str]]
     blocked_terms: tuple[str, ...]
-    # task -> served LoRA name; BASE_ADAPTER_NAME when the task has no active adapter.
+    # task -> served LoRA name; BASE_MODEL_NAME when the task has no active adapter.
     routes: dict[str, str] = field(default_factory=dict)
     missing_adapters: tuple[str, ...] = ()
     model_path: str = ""
@@ -90,7 +90,7 @@ def turn_context_build(*, npc_slug: str) -> TurnContext:
             subfaction_id=npc.subfaction_id,
             archetype_id=archetype.pk,
         )
-        routes[str(task)] = adapter_lora_name(picked) if picked else BASE_ADAPTER_NAME
+        routes[str(task)] = adapter_lora_name(picked) if picked else BASE_MODEL_NAME
         if picked is None:
             missing.append(str(task))
     base_model = base_model_for(archetype)

@@ -2,8 +2,8 @@
 
 Active adapters are loaded into their archetype's worker (rendezvous affinity, see routing)
 after their files' sha256 matches the registry; adapters no longer active are unloaded.
-Every worker also holds the zero-delta "base" adapter that base-model requests use (see
-adapters.zero_adapter_ensure for why no request may go to the engine without an adapter).
+Base-model requests need no adapter: every worker serves the base model under its own name and
+under BASE_MODEL_NAME (inference.workers.worker_argv).
 """
 
 from __future__ import annotations
@@ -18,14 +18,7 @@ from django.db.models import Q
 
 from console.jobs.models import JobStatus
 from console.models import Adapter, AdapterStatus
-from console.services.adapters import (
-    BASE_ADAPTER_NAME,
-    AdapterArtifactError,
-    adapter_lora_name,
-    adapter_verify,
-    zero_adapter_ensure,
-)
-from inference.base_models import base_model_for
+from console.services.adapters import AdapterArtifactError, adapter_lora_name, adapter_verify
 from inference.routing import worker_for_archetype
 from inference.workers import worker_headers, worker_health
 
@@ -119,13 +112,8 @@ def residency_sync(*, workers: Sequence[str]) -> ResidencyReport:
             report.unhealthy.append(url)
     if not healthy:
         return report
-    base_model = base_model_for()
-    zero_folder = zero_adapter_ensure(base_model=base_model) if base_model else None
     for url, planned in residency_plan(healthy=healthy).items():
         served = worker_loras(url)
-        if zero_folder is not None and BASE_ADAPTER_NAME not in served:
-            adapter_load(url, lora_name=BASE_ADAPTER_NAME, folder=zero_folder)
-            report.loaded.append((url, BASE_ADAPTER_NAME))
         for lora_name, adapter in planned.items():
             if lora_name in served:
                 continue
@@ -137,7 +125,7 @@ def residency_sync(*, workers: Sequence[str]) -> ResidencyReport:
                 continue
             adapter_load(url, lora_name=lora_name, folder=folder)
             report.loaded.append((url, lora_name))
-        for lora_name in served - set(planned) - {BASE_ADAPTER_NAME}:
+        for lora_name in served - set(planned):
             adapter_unload(url, lora_name=lora_name)
             report.unloaded.append((url, lora_name))
     return report

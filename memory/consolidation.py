@@ -33,7 +33,7 @@ from django.conf import settings
 from redis import Redis
 from redis.exceptions import WatchError
 
-from console.services.adapters import BASE_ADAPTER_NAME
+from console.services.adapters import BASE_MODEL_NAME
 from inference.activation import bonds_key
 from inference.engine import BACKGROUND_PRIORITY, EngineClient
 from inference.guardrails import untrusted_text_neutralise
@@ -179,7 +179,7 @@ async def _model_summary(
     engine = EngineClient(worker)
     try:
         return await engine.complete_json(
-            model=BASE_ADAPTER_NAME, messages=messages, schema=SUMMARY_SCHEMA, max_tokens=320,
+            model=BASE_MODEL_NAME, messages=messages, schema=SUMMARY_SCHEMA, max_tokens=320,
             repetition_penalty=SUMMARY_REPETITION_PENALTY, priority=BACKGROUND_PRIORITY,
         )  # fmt: skip
     except Exception as exc:  # noqa: BLE001 - the model is optional here: fall back to the lines

@@ -39,7 +39,7 @@ from training.models import Dataset, ExampleExchange, TranscriptApproval
 logger = logging.getLogger(__name__)
 
 # Tasks whose adapter answers with a choice (vLLM structured output), and the question the turn
-# asks (inference.turn.play.structured_choice); the others answer in voice.
+# asks (inference.turn.play.structured_choices); the others answer in voice.
 CHOICE_TASKS: dict[str, tuple[str, str]] = {
     AdapterTask.ACTION_POLICY: ("action", "What does {name} do now?"),
     AdapterTask.EMOTIONAL_RESPONSE: ("emotion", "How does {name} feel hearing this?"),

@@ -87,6 +87,32 @@ def lora_train(
 TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
 
+def lora_random(*, base_model_path: str, output_dir: Path, rank: int = 8, seed: int = 0) -> Path:
+    """A PEFT folder with random, non-zero A and B on the trainer's modules and rank: the size and
+    layout of a trained adapter, made in a second instead of minutes.
+
+    For benchmarks (speed does not depend on what the weights say) and for tests that need an
+    adapter whose effect is unmistakable: at this scale the model under it says nonsense from
+    the first token, so its delta showing up in another request's reply cannot be missed.
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base_model_path, dtype=torch.float32)
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=2 * rank,
+        target_modules=TARGET_MODULES,
+        init_lora_weights=False,  # random B as well as A, so the delta is not zero
+        task_type="CAUSAL_LM",
+    )
+    output_dir.mkdir(parents=True, exist_ok=True)
+    get_peft_model(model, config).save_pretrained(str(output_dir))
+    return output_dir
+
+
 def _assistant_labels(
     tokenizer: Any, messages: list[dict[str, str]], max_tokens: int
 ) -> tuple[list[int], list[int]]:

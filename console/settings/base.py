@@ -245,9 +245,10 @@ WORKER_MAX_LORAS: int = env.int("WORKER_MAX_LORAS", default=8)
 # this rank, so 16 instead of 8 costs ~15 % of multi-adapter throughput (bench.multilora).
 WORKER_MAX_LORA_RANK: int = env.int("WORKER_MAX_LORA_RANK", default=8)
 WORKER_MAX_CPU_LORAS: int = env.int("WORKER_MAX_CPU_LORAS", default=8)
-# Empty: float32 on CPU, the model's own dtype on GPU. On CPU in bf16 a greedy reply changed
-# with the batch it ran in (diverging after ~50 characters); in float32 it did not (the
-# e2e tests check this), for ~25 % slower decoding (68 vs 53 ms per token measured here).
+# Empty: chosen by the machine (inference.workers.worker_dtype): the model's own dtype on GPU;
+# on CPU bfloat16 where the CPU has avx512_bf16 or AMX, float32 elsewhere. float32 is
+# batch-exact on CPU (a greedy reply equals the same request alone), bf16 is not; figures in
+# docs/performance.md.
 WORKER_DTYPE: str = env.str("WORKER_DTYPE", default="")
 # How long a worker's health answer is trusted on the turn path (seconds).
 WORKER_HEALTH_TTL_S: float = env.float("WORKER_HEALTH_TTL_S", default=5.0)

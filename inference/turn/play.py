@@ -27,7 +27,7 @@ import httpx
 import openai
 from django.conf import settings
 
-from console.services.adapters import BASE_ADAPTER_NAME
+from console.services.adapters import BASE_MODEL_NAME
 from inference import metrics
 from inference.context import TurnContext
 from inference.engine import EngineClient, StreamUsage
@@ -187,11 +187,11 @@ async def turn_run(
         except openai.NotFoundError:
             # Not loaded on this worker (retired since the context was read, or the worker restarted
             # and residency has not caught up): the base model with the persona prompt instead.
-            if result.text or model == BASE_ADAPTER_NAME:
+            if result.text or model == BASE_MODEL_NAME:
                 raise
             _fallback(result, "adapter_not_loaded:dialogue_style")
-            result.adapters["dialogue_style"] = BASE_ADAPTER_NAME
-            await dialogue_stream(BASE_ADAPTER_NAME)
+            result.adapters["dialogue_style"] = BASE_MODEL_NAME
+            await dialogue_stream(BASE_MODEL_NAME)
 
     async def dialogue_stream(model: str) -> None:
         async for delta in engine.stream_chat(
@@ -212,31 +212,37 @@ async def turn_run(
         await emit(guard.finish())
 
     # Emotion and action are asked once the dialogue's first token is out, not with it: the
-    # dialogue's prefill then runs alone (the player waits for it) and fills the prefix cache
-    # that the two choices, which share the prompt, read instead of prefilling it again.
-    choice_tasks: list[asyncio.Task[str | None]] = []
+    # dialogue's prefill then runs alone (the player waits for it). Kinds whose tasks share a
+    # route (both on the base model, or one adapter for both) are one request with one prefill;
+    # two requests sent together would each prefill the whole prompt (docs/performance.md).
+    choice_tasks: list[asyncio.Task[dict[str, str | None]]] = []
 
     def choices_start() -> None:
         if not choice_tasks:
             choice_tasks.extend(
                 asyncio.create_task(
-                    structured_choice(
+                    structured_choices(
                         engine,
                         context=context,
                         messages=prompt.messages,
-                        kind=kind,
+                        kinds=kinds,
                         seed=seed,
                         priority=sampling.priority,
                     )  # fmt: skip
                 )
-                for kind in ("emotion", "action")
+                for kinds in choice_requests(context)
             )
 
     try:
         async with asyncio.timeout(sampling.deadline_s):
             await dialogue()
             choices_start()
-            emotion, action = await asyncio.gather(*choice_tasks)
+            chosen = {
+                kind: value
+                for answer in await asyncio.gather(*choice_tasks)
+                for kind, value in answer.items()
+            }
+            emotion, action = chosen.get("emotion"), chosen.get("action")
     except TimeoutError:
         _fallback(result, "deadline")
         emotion = action = None
@@ -246,11 +252,10 @@ async def turn_run(
         _fallback(result, "worker_down")
         emotion = action = None
     except openai.NotFoundError as exc:
-        # The worker does not know the zero "base" adapter every other one falls back to: it
-        # restarted and residency has not reloaded it yet. A worker fault, not ours: the player
-        # gets a bark. Marked down, the worker's next successful probe (WORKER_HEALTH_TTL_S)
-        # queues a residency sync (inference.workers), besides beat's every minute.
-        logger.warning("worker %s serves no %s adapter (restarted?): %s", worker, BASE_ADAPTER_NAME, exc)
+        # The worker does not serve BASE_MODEL_NAME, which every other route falls back to: it
+        # was started by something other than worker_argv. A worker fault, not ours: the player
+        # gets a bark, and the worker is routed around until its next probe.
+        logger.warning("worker %s does not serve %s (not started by us?): %s", worker, BASE_MODEL_NAME, exc)
         worker_mark_down(worker)
         _fallback(result, "worker_down")
         emotion = action = None
@@ -273,55 +278,66 @@ async def turn_run(
     return _finish(result, started)
 
 
-async def structured_choice(
+CHOICES = {
+    # kind -> (its task, the question it answers)
+    "emotion": ("emotional_response", "How does {name} feel hearing this?"),
+    "action": ("action_policy", "What does {name} do now?"),
+}
+
+
+def choice_requests(context: TurnContext) -> list[tuple[str, ...]]:
+    """The kinds to ask together: one request per route (task adapter, or the base model)."""
+    by_route: dict[str, list[str]] = {}
+    for kind, (task, _) in CHOICES.items():
+        by_route.setdefault(context.routes[task], []).append(kind)
+    return [tuple(kinds) for kinds in by_route.values()]
+
+
+async def structured_choices(
     engine: EngineClient,
     *,
     context: TurnContext,
     messages: list[dict[str, str]],
-    kind: str,
+    kinds: Sequence[str],
     seed: int | None = None,
     priority: int = 0,
-) -> str | None:
-    """The NPC's emotion or action for this moment, from vLLM's structured output (an enum).
+) -> dict[str, str | None]:
+    """The NPC's emotion and/or action for this moment, from vLLM's structured output (one enum
+    per kind, in one JSON object).
 
-    Runs on its task's adapter (emotional_response or action_policy). None when the call
-    fails; the caller falls back to neutral / the default action.
+    Runs on the kinds' shared route (their task's adapter, or the base model). A kind is None
+    when the call fails or its answer is not an allowed one; the caller falls back to neutral
+    and the default action.
     """
-    task, options, question = {
-        "emotion": (
-            "emotional_response",
-            context.emotions,
-            f"How does {context.npc_name} feel hearing this?",
-        ),
-        "action": ("action_policy", context.actions, f"What does {context.npc_name} do now?"),
-    }[kind]
+    options = {"emotion": context.emotions, "action": context.actions}
+    tasks = {CHOICES[kind][0] for kind in kinds}
+    (route,) = {context.routes[task] for task in tasks}
     schema = {
         "type": "object",
-        "properties": {kind: {"type": "string", "enum": list(options)}},
-        "required": [kind],
+        "properties": {kind: {"type": "string", "enum": list(options[kind])} for kind in kinds},
+        "required": list(kinds),
         "additionalProperties": False,
     }
-    question_messages = _choice_messages(messages, f"{question} Answer with JSON.")
+    questions = " ".join(CHOICES[kind][1].format(name=context.npc_name) for kind in kinds)
+    question_messages = _choice_messages(messages, f"{questions} Answer with JSON.")
     try:
         try:
             value = await engine.complete_json(
-                model=context.routes[task], messages=question_messages, schema=schema, seed=seed,
-                priority=priority,
+                model=route, messages=question_messages, schema=schema, seed=seed, priority=priority,
             )  # fmt: skip
         except openai.NotFoundError:
-            if context.routes[task] == BASE_ADAPTER_NAME:
+            if route == BASE_MODEL_NAME:
                 raise
             # The adapter is not loaded on this worker (see dialogue): the base model answers.
-            logger.warning("structured %s: %s not loaded, using the base model", task, context.routes[task])
+            logger.warning("structured %s: %s not loaded, using the base model", "+".join(kinds), route)
             value = await engine.complete_json(
-                model=BASE_ADAPTER_NAME, messages=question_messages, schema=schema, seed=seed,
+                model=BASE_MODEL_NAME, messages=question_messages, schema=schema, seed=seed,
                 priority=priority,
             )  # fmt: skip
     except CHOICE_ERRORS as exc:
-        logger.warning("structured %s failed: %s", task, exc)
-        return None
-    chosen = value.get(kind)
-    return chosen if chosen in options else None
+        logger.warning("structured %s failed: %s", "+".join(kinds), exc)
+        return dict.fromkeys(kinds)
+    return {kind: value.get(kind) if value.get(kind) in options[kind] else None for kind in kinds}
 
 
 def _default_action(context: TurnContext) -> str:

@@ -9,7 +9,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from console.services.adapters import BASE_ADAPTER_NAME
+from console.services.adapters import BASE_MODEL_NAME
 from inference.context import TurnContext
 from inference.sampling import tier_sampling
 from inference.turn.inputs import turn_inputs_from_trace
@@ -52,7 +52,7 @@ async def turn_replay(*, context: TurnContext, trace: dict[str, Any], player_tex
     )  # fmt: skip
     outcome = await turn_take(request=request, io=TurnIO())
     result = outcome.result
-    adapter = result.adapters.get("dialogue_style", BASE_ADAPTER_NAME)
+    adapter = result.adapters.get("dialogue_style", BASE_MODEL_NAME)
     if "worker_down" in result.fallbacks:
         if result.worker is None:
             error = "no healthy worker: start one (make run starts it)"

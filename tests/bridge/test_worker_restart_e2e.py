@@ -14,7 +14,6 @@ import time
 import pytest
 from websockets.asyncio.client import connect
 
-from console.services.adapters import BASE_ADAPTER_NAME
 from inference.residency import worker_loras
 from inference.workers import worker_health
 
@@ -46,7 +45,7 @@ def test_a_worker_restarted_mid_session_reloads_its_adapters_and_no_turn_ends_in
 ):
     npc, lora_name = speaking_npc
     url = vllm_worker.url
-    expected = {lora_name, BASE_ADAPTER_NAME}
+    expected = {lora_name}
     assert _resident(url, expected)
 
     async def scenario() -> tuple[list[dict], float, float]:

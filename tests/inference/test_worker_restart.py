@@ -1,6 +1,6 @@
-"""A restarted vLLM worker holds no adapters, not even the zero "base" one every request uses:
-residency is synced every minute and as soon as a worker is seen coming back, and until then a
-turn on it is a worker fault (a bark), never an exception that ends the turn `internal`."""
+"""A restarted vLLM worker holds no adapters: residency is synced every minute and as soon as a
+worker is seen coming back, and until then a turn on it is played by the base model, which every
+worker serves under BASE_MODEL_NAME from its start, never an exception that ends the turn."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import time
 import pytest
 from django.conf import settings
 
-from console.services.adapters import BASE_ADAPTER_NAME
+from console.services.adapters import BASE_MODEL_NAME
 from inference.context import TurnContext
 from inference.residency import adapter_unload, residency_sync, worker_loras
 from inference.turn.play import turn_run
@@ -72,17 +72,17 @@ def test_a_worker_seen_coming_back_up_queues_a_residency_sync(vllm_worker, redis
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("dialogue", [BASE_ADAPTER_NAME, "an-adapter-it-never-loaded"])
-def test_a_worker_without_the_base_adapter_gives_a_bark_not_an_exception(
+@pytest.mark.parametrize("dialogue", [BASE_MODEL_NAME, "an-adapter-it-never-loaded"])
+def test_a_worker_without_adapters_plays_the_turn_through_the_base_model(
     db, base_model_dir, vllm_worker, dialogue
 ):
-    # Given the worker as it comes back from a restart: no adapter loaded, not even "base"
+    # Given the worker as it comes back from a restart: no adapter loaded
     url = vllm_worker.url
     suite_base_model(base_model_dir)
     for lora_name in worker_loras(url):
         adapter_unload(url, lora_name=lora_name)
     try:
-        # When a turn runs on it through the zero adapter, or an adapter it does not know
+        # When a turn runs on it through the base model, or through an adapter it does not know
         result = asyncio.run(
             turn_run(
                 context=_context(str(base_model_dir), dialogue=dialogue),
@@ -94,7 +94,9 @@ def test_a_worker_without_the_base_adapter_gives_a_bark_not_an_exception(
     finally:
         residency_sync(workers=[url])  # the next tests find the worker as they expect
 
-    # Then the player gets a bark, and the turn says why (a worker fault, not `internal`)
-    assert result.text in BARKS["greet"]
-    assert "worker_down" in result.fallbacks
-    assert BASE_ADAPTER_NAME in worker_loras(url)
+    # Then the base model answers (no bark, no worker fault), and an unknown adapter is named
+    assert result.text
+    assert result.text not in BARKS["greet"]
+    assert "worker_down" not in result.fallbacks
+    assert ("adapter_not_loaded:dialogue_style" in result.fallbacks) == (dialogue != BASE_MODEL_NAME)
+    assert result.adapters["dialogue_style"] == BASE_MODEL_NAME

@@ -36,7 +36,7 @@ from console.jobs.models import JOB_UNDER_WAY, JobStatus
 from console.jobs.services import job_claim, job_enqueue, job_log, job_run
 from console.lore.embeddings import embed
 from console.models import Adapter, AdapterStatus, AdapterTask, Archetype
-from console.services.adapters import BASE_ADAPTER_NAME, adapter_lora_name, adapter_status_set, adapter_verify
+from console.services.adapters import BASE_MODEL_NAME, adapter_lora_name, adapter_status_set, adapter_verify
 from inference.prompts import Turn
 from inference.residency import adapter_load, adapter_unload, residency_sync, worker_loras
 from inference.routing import worker_for_archetype
@@ -443,7 +443,7 @@ def eval_run_create(*, adapter: Adapter, created_by: Any = None) -> EvalRun:
         archetype=adapter.archetype, subfaction=adapter.subfaction, npc=adapter.npc, task=adapter.task,
         status=AdapterStatus.ACTIVE,
     ).exclude(pk=adapter.pk).first()  # fmt: skip
-    baseline = adapter_lora_name(active) if active else BASE_ADAPTER_NAME
+    baseline = adapter_lora_name(active) if active else BASE_MODEL_NAME
     return EvalRun.objects.create(
         adapter=adapter, baseline=baseline, gate=task_gate(adapter), created_by=created_by
     )

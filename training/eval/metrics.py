@@ -372,7 +372,7 @@ def action_parse(output: str, allowed: list[str]) -> str | None:
     """The action a free-text output commits to, or None.
 
     A JSON object with an "action" key anywhere in the text wins, since that is the answer the
-    turn path asks for (inference.turn.play.structured_choice) and small models wrap it in chatter;
+    turn path asks for (inference.turn.play.structured_choices) and small models wrap it in chatter;
     its value is returned even when it is not allowed, so an invented action counts as invalid
     rather than being rescued by a word elsewhere. Otherwise the allowed name that appears first
     in the text as a whole word (the longest one where two start at the same place). Negation is

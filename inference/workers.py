@@ -95,6 +95,16 @@ def sampling_seed_supported() -> bool:
     return not engine_is_cpu_build()
 
 
+# vLLM fuses some projections into one layer; its LoRA layer is named after the fused one.
+PACKED_MODULES = {"q_proj": "qkv_proj", "k_proj": "qkv_proj", "v_proj": "qkv_proj",
+                  "gate_proj": "gate_up_proj", "up_proj": "gate_up_proj"}  # fmt: skip
+
+
+def lora_target_modules(modules: Sequence[str]) -> list[str]:
+    """vLLM's --lora-target-modules for adapters that change `modules` (PEFT's names)."""
+    return sorted({PACKED_MODULES.get(module, module) for module in modules})
+
+
 def worker_argv(*, model_path: str, served_name: str, url: str) -> list[str]:
     """Command line of a vLLM worker serving `model_path` with run-time LoRA loading."""
     parts = urlsplit(url)
@@ -112,6 +122,8 @@ def worker_argv(*, model_path: str, served_name: str, url: str) -> list[str]:
         "--max-loras", str(settings.WORKER_MAX_LORAS),
         "--max-lora-rank", str(settings.WORKER_MAX_LORA_RANK),
         "--max-cpu-loras", str(settings.WORKER_MAX_CPU_LORAS),
+        # Only these layers pay the LoRA path (settings.WORKER_LORA_MODULES).
+        "--lora-target-modules", *lora_target_modules(settings.WORKER_LORA_MODULES),
         # Prompts start with the archetype's persona, so its KV blocks are shared across NPCs.
         "--enable-prefix-caching",
         # Requests carry their tier's priority (inference.sampling.TierSampling.priority): Gold first.

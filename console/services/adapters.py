@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,25 @@ def adapter_lora_name(adapter: Adapter) -> str:
     return f"a{adapter.pk}-{adapter.target_label}-{adapter.task}-v{adapter.version}-{adapter.sha256[:8]}"
 
 
+# The Llama family's linear layers, as module paths: a `target_modules` regex is matched against them.
+LLAMA_MODULE_PATHS = {
+    **{name: f"model.layers.0.self_attn.{name}" for name in ("q_proj", "k_proj", "v_proj", "o_proj")},
+    **{name: f"model.layers.0.mlp.{name}" for name in ("gate_proj", "up_proj", "down_proj")},
+    "lm_head": "lm_head",
+}
+
+
+def adapter_target_modules(config: dict[str, Any]) -> set[str]:
+    """The module names a PEFT adapter_config.json targets (a list, a name, or a regex)."""
+    targets = config.get("target_modules") or []
+    if isinstance(targets, str):
+        # PEFT full-matches a regex against module paths such as model.layers.0.self_attn.q_proj.
+        pattern = re.compile(targets)
+        matched = {name for name, path in LLAMA_MODULE_PATHS.items() if pattern.fullmatch(path)}
+        return matched or {targets}
+    return {str(target).rsplit(".", 1)[-1] for target in targets}
+
+
 def adapter_import(
     *, path: Path, archetype: Archetype, task: str, base_model: BaseModel, activate: bool = False
 ) -> Adapter:
@@ -115,6 +135,13 @@ def adapter_register(
         raise AdapterArtifactError(
             f"{folder}: rank {rank} exceeds the workers' --max-lora-rank {settings.WORKER_MAX_LORA_RANK} "
             "(raise WORKER_MAX_LORA_RANK or retrain with a smaller rank)"
+        )
+    unserved = adapter_target_modules(config) - set(settings.WORKER_LORA_MODULES)
+    if unserved:
+        raise AdapterArtifactError(
+            f"{folder}: the adapter changes {', '.join(sorted(unserved))}, "
+            f"but workers apply LoRA to {', '.join(settings.WORKER_LORA_MODULES)} only "
+            "(retrain on those modules, or add them to WORKER_LORA_MODULES at some cost in speed)"
         )
     previous = (
         Adapter.objects.filter(archetype=archetype, subfaction=subfaction, npc=npc, task=task)

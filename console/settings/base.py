@@ -244,6 +244,13 @@ WORKER_MAX_LORAS: int = env.int("WORKER_MAX_LORAS", default=8)
 # The rank the trainer uses: vLLM's CPU LoRA kernels copy every token's adapter matrices at
 # this rank, so 16 instead of 8 costs ~15 % of multi-adapter throughput (bench.multilora).
 WORKER_MAX_LORA_RANK: int = env.int("WORKER_MAX_LORA_RANK", default=8)
+# The modules an adapter may change, in PEFT's names (the trainer's training.lora.TARGET_MODULES).
+# The worker wraps only these in LoRA layers (--lora-target-modules); unwrapped, the MLP and the
+# logits run at the base model's speed (profile in docs/performance.md). Adapters that target
+# anything else are refused at import.
+WORKER_LORA_MODULES: list[str] = env.list(
+    "WORKER_LORA_MODULES", default=["q_proj", "k_proj", "v_proj", "o_proj"]
+)
 WORKER_MAX_CPU_LORAS: int = env.int("WORKER_MAX_CPU_LORAS", default=8)
 # Empty: chosen by the machine (inference.workers.worker_dtype): the model's own dtype on GPU;
 # on CPU bfloat16 where the CPU has avx512_bf16 or AMX, float32 elsewhere. float32 is

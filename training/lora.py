@@ -87,13 +87,16 @@ def lora_train(
 TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
 
-def lora_random(*, base_model_path: str, output_dir: Path, rank: int = 8, seed: int = 0) -> Path:
+def lora_random(
+    *, base_model_path: str, output_dir: Path, rank: int = 8, seed: int = 0, strength: float = 1.0
+) -> Path:
     """A PEFT folder with random, non-zero A and B on the trainer's modules and rank: the size and
     layout of a trained adapter, made in a second instead of minutes.
 
-    For benchmarks (speed does not depend on what the weights say) and for tests that need an
-    adapter whose effect is unmistakable: at this scale the model under it says nonsense from
-    the first token, so its delta showing up in another request's reply cannot be missed.
+    For benchmarks (speed does not depend on what the weights say) and, with a large `strength`
+    (B scaled by it), for tests that need an adapter whose effect is unmistakable: the model
+    under it says nonsense from the first token, so its delta showing up in another request's
+    reply cannot be missed. At strength 1 the replies stay fluent, only different.
     """
     import torch
     from peft import LoraConfig, get_peft_model
@@ -108,8 +111,13 @@ def lora_random(*, base_model_path: str, output_dir: Path, rank: int = 8, seed: 
         init_lora_weights=False,  # random B as well as A, so the delta is not zero
         task_type="CAUSAL_LM",
     )
+    peft_model = get_peft_model(model, config)
+    with torch.no_grad():
+        for name, parameter in peft_model.named_parameters():
+            if "lora_B" in name:
+                parameter.mul_(strength)
     output_dir.mkdir(parents=True, exist_ok=True)
-    get_peft_model(model, config).save_pretrained(str(output_dir))
+    peft_model.save_pretrained(str(output_dir))
     return output_dir
 
 

@@ -69,9 +69,10 @@ def demo_world_ready() -> None:
 
     localstack.redis_ensure(settings.REDIS_URL)
     print("migrating and seeding the bench database…", file=sys.stderr)
-    call_command("migrate", interactive=False, verbosity=0)
-    call_command("seed_demo", verbosity=0)
-    call_command("bootstrap_model", verbosity=0)
+    # Their reports go to stderr: stdout is the bench's one JSON line.
+    call_command("migrate", interactive=False, verbosity=0, stdout=sys.stderr)
+    call_command("seed_demo", verbosity=0, stdout=sys.stderr)
+    call_command("bootstrap_model", verbosity=0, stdout=sys.stderr)
 
 
 @dataclass

@@ -9,6 +9,7 @@ Redis lacks is rebuilt in the background (memory.tasks) and this turn goes on wi
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +41,10 @@ class TurnInputs:
     memory: dict[str, Any] = field(default_factory=lambda: {"source": "none", "turns": 0, "facts": 0})
     # A replay's prompt exactly as it was sent then; None: assembled from the parts above.
     prompt: AssembledPrompt | None = None
+    # How long reading the pair's memory and ranking the lore took, in milliseconds rounded as
+    # turn.end's `timing` (which carries them); None where the turn loaded none (no player, no
+    # Redis, a replay's inputs).
+    timing: dict[str, float | None] = field(default_factory=lambda: {"memory_ms": None, "lore_ms": None})
 
 
 async def turn_inputs_load(
@@ -50,15 +55,22 @@ async def turn_inputs_load(
     if redis is None:
         return TurnInputs(lore=TurnLore(state="unavailable"))
     pair, source = PairMemory(), "none"
+    started = time.perf_counter()
     if player_id is not None:
         pair, source = await _pair_memory(redis, context.npc_slug, player_id)
+    remembered = time.perf_counter()
     recent = list(pair.turns)[-settings.BRIDGE_HISTORY_TURNS :]
     lore = await _turn_lore(redis, context, player_text, pair)
+    ranked = time.perf_counter()
     return TurnInputs(
         memory_text=memory_slot(pair),
         history=[Turn(player=turn.player, npc=turn.npc) for turn in recent],
         lore=lore,
         memory={"source": source, "turns": len(recent), "facts": len(pair.facts) + len(pair.public_facts)},
+        timing={
+            "memory_ms": round((remembered - started) * 1000, 1) if player_id is not None else None,
+            "lore_ms": round((ranked - remembered) * 1000, 1),
+        },
     )
 
 

@@ -56,6 +56,9 @@ class TurnResult:
     dropped: list[str] = field(default_factory=list)
     messages: list[dict[str, str]] = field(default_factory=list)  # what the dialogue request sent
     sampling: dict[str, Any] = field(default_factory=dict)  # what the dialogue request asked for
+    # Parts of total_ms: assembling the prompt, and the emotion/action requests from their start
+    # to their end (None: the part did not run, e.g. a bark or a deadline).
+    parts_ms: dict[str, float | None] = field(default_factory=lambda: {"prompt_ms": None, "choices_ms": None})
 
 
 DeltaSink = Callable[[str], Awaitable[None]]
@@ -153,6 +156,7 @@ async def turn_run(
     result.worker = worker
     engine = engine_for(worker)
 
+    assembling = time.perf_counter()
     prompt = prompt or prompt_assemble(
         PromptParts(
             persona=context.persona,
@@ -167,6 +171,7 @@ async def turn_run(
         count=tokenizer_counter(context.model_path),
         special_tokens=special_token_strings(context.model_path),
     )
+    result.parts_ms["prompt_ms"] = (time.perf_counter() - assembling) * 1000
     result.prompt_sections, result.dropped, result.messages = prompt.sections, prompt.dropped, prompt.messages
     result.sampling = {
         "greedy": greedy, "max_tokens": sampling.max_tokens,
@@ -216,9 +221,12 @@ async def turn_run(
     # route (both on the base model, or one adapter for both) are one request with one prefill;
     # two requests sent together would each prefill the whole prompt (docs/performance.md).
     choice_tasks: list[asyncio.Task[dict[str, str | None]]] = []
+    choices_started = 0.0
 
     def choices_start() -> None:
+        nonlocal choices_started
         if not choice_tasks:
+            choices_started = time.perf_counter()
             choice_tasks.extend(
                 asyncio.create_task(
                     structured_choices(
@@ -242,6 +250,7 @@ async def turn_run(
                 for answer in await asyncio.gather(*choice_tasks)
                 for kind, value in answer.items()
             }
+            result.parts_ms["choices_ms"] = (time.perf_counter() - choices_started) * 1000
             emotion, action = chosen.get("emotion"), chosen.get("action")
     except TimeoutError:
         _fallback(result, "deadline")
@@ -367,7 +376,11 @@ def turn_result_payload(result: TurnResult) -> dict[str, Any]:
             "prompt_tokens": result.usage.prompt_tokens,
             "completion_tokens": result.usage.completion_tokens,
         },
-        "timing": {"ttft_ms": _ms(result.ttft_ms), "total_ms": _ms(result.total_ms)},
+        "timing": {
+            "ttft_ms": _ms(result.ttft_ms),
+            "total_ms": _ms(result.total_ms),
+            **{part: _ms(value) for part, value in result.parts_ms.items()},
+        },
         "prompt_sections": result.prompt_sections,
         "dropped": result.dropped,
         "sampling": result.sampling,

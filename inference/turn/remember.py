@@ -46,8 +46,10 @@ def turn_trace(
 ) -> dict[str, Any]:
     """What the archive keeps of a turn to explain it later (the console's trace page), and what
     a replay of it gives back: the same keys whoever played the turn."""
+    payload = turn_result_payload(result)
     return {
-        **turn_result_payload(result), "turn_id": plan.turn_id, "tier_reason": plan.tier_reason,
+        **payload, "timing": {**payload["timing"], **inputs.timing},  # the inputs' parts beside play's
+        "turn_id": plan.turn_id, "tier_reason": plan.tier_reason,
         "region": context.region_slug, "archetype": context.archetype_slug,
         "archetype_version": context.archetype_version, "lore": inputs.lore.used,
         "lore_state": inputs.lore.state, "memory": inputs.memory, "messages": result.messages,

@@ -105,7 +105,9 @@ def test_a_turn_streams_start_deltas_and_end_with_increasing_seq(game_key, npc, 
     assert end["action"] in npc.archetype.action_names
     assert "worker_down" in end["fallbacks"]
     assert set(end["usage"]) == {"prompt_tokens", "completion_tokens"}
-    assert set(end["timing"]) == {"ttft_ms", "total_ms"}
+    # A bark: no prompt was assembled and no emotion or action asked for.
+    assert end["timing"] == {**end["timing"], "prompt_ms": None, "choices_ms": None}
+    assert set(end["timing"]) == {"ttft_ms", "total_ms", "memory_ms", "lore_ms", "prompt_ms", "choices_ms"}
     assert [frame["seq"] for frame in frames] == list(range(2, 2 + len(frames)))
     assert {frame["turn_id"] for frame in frames} == {start["turn_id"]}
 

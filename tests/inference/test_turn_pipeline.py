@@ -139,3 +139,18 @@ def test_a_replay_without_a_worker_keeps_the_trace_fields_and_says_why(
     assert replayed.error == "no healthy worker: start one (make run starts it)"
     assert replayed.text == ""
     assert set(replayed.trace) == set(live)
+
+
+TIMING_PARTS = {"ttft_ms", "total_ms", "memory_ms", "lore_ms", "prompt_ms", "choices_ms"}
+
+
+def test_a_websocket_turn_times_each_part_in_turn_end_and_its_trace(npc, worker, redis_client):
+    end, trace = _socket_turn(redis_client, npc.slug, "Who are you?")
+
+    # Every part ran (a player's turn on a worker): each is measured, none left out.
+    assert set(end["timing"]) == TIMING_PARTS
+    assert all(isinstance(end["timing"][part], float) for part in TIMING_PARTS), end["timing"]
+    assert trace["timing"] == end["timing"]
+    # Prompt assembly and the emotion/action requests are parts of the turn's total.
+    timing = end["timing"]
+    assert timing["prompt_ms"] + timing["choices_ms"] <= timing["total_ms"]

@@ -59,9 +59,13 @@ def memory_read_bandwidth(*, size_mb: int = 512, repeats: int = 5) -> float:
     return data.nbytes / best
 
 
-async def inter_token_ms(url: str, *, model: str, tokens: int, runs: int) -> tuple[float, float]:
-    """(median ms between streamed tokens, median time to first token in ms) over `runs`."""
-    engine = EngineClient(url, timeout_s=600)
+async def inter_token_ms(
+    url: str, *, model: str, tokens: int, runs: int, client: type[EngineClient] = EngineClient
+) -> tuple[float, float]:
+    """(median ms between streamed tokens, median time to first token in ms) over `runs`.
+
+    `client`: another server's dialect of the same API (bench.anchor's llama-server client)."""
+    engine = client(url, timeout_s=600)
     gaps: list[float] = []
     ttfts: list[float] = []
     try:

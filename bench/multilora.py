@@ -68,9 +68,13 @@ class LoadFigures:
     ttft_ms: list[float]
 
 
-async def load_run(url: str, *, models: list[str], tokens: int) -> LoadFigures:
-    """All streams at once, as clients send them; aggregate tokens/s and each stream's TTFT."""
-    engine = EngineClient(url, timeout_s=900)
+async def load_run(
+    url: str, *, models: list[str], tokens: int, client: type[EngineClient] = EngineClient
+) -> LoadFigures:
+    """All streams at once, as clients send them; aggregate tokens/s and each stream's TTFT.
+
+    `client`: another server's dialect of the same API (bench.anchor's llama-server client)."""
+    engine = client(url, timeout_s=900)
     ttfts: list[float] = []
     counted = 0
 

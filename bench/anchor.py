@@ -64,7 +64,7 @@ from console.processes import process_start, process_stop, ready_wait  # noqa: E
 from inference.base_models import bundled_gguf_path, default_model_dir, gguf_convert  # noqa: E402
 from inference.engine import EngineClient, StreamUsage  # noqa: E402
 from inference.residency import adapter_load  # noqa: E402
-from inference.workers import WorkerProcess, worker_argv  # noqa: E402
+from inference.workers import WorkerProcess, cpu_model, worker_argv  # noqa: E402
 
 # The llama-cpp-python release whose sdist carries llama.cpp's source (vendor/llama.cpp, with
 # tools/server and the GGUF converters): PyPI is the one registry reachable here that has it.
@@ -103,17 +103,6 @@ PERSONA_FACTS = [
     "You never reveal where you sleep during the day, you never admit to having killed anyone in "
     "the valley, and you change the subject when asked about your late wife, Countess Ilse.",
 ]
-
-
-def cpu_model() -> str:
-    """The CPU's name as /proc/cpuinfo gives it: figures from different CPUs do not compare."""
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
-
-
-# --- llama.cpp: source, binary, GGUF files --------------------------------------------------
 
 
 def llama_cpp_dir() -> Path:

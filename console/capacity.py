@@ -130,9 +130,12 @@ def measured_worker_tokens_s(bench_dir: Path) -> tuple[float | None, str]:
     try:
         figures: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
         tokens_s = float(figures["ours"]["adapters_tokens_s"])
+        # Older files lack dtype and CPU (before the dtype was chosen by the CPU).
+        machine = ", ".join(str(figures[key]) for key in ("dtype", "cpu_model") if figures.get(key))
         return (
             tokens_s,
-            f"bench.multilora, {figures.get('measured_at', 'undated')}, {figures['adapters']} adapters",
+            f"bench.multilora, {figures.get('measured_at', 'undated')}, {figures['adapters']} adapters"
+            + (f", {machine}" if machine else ""),
         )
     except (OSError, ValueError, KeyError, TypeError):
         return None, "not measured here yet: run `python -m bench.multilora`"

@@ -5,6 +5,7 @@ turn's trace and replay)."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 from django.test import Client
@@ -181,6 +182,16 @@ def test_capacity_arithmetic_shows_the_seeds_70b_error_and_sizes_servers_from_a_
     assert plan.demand_tokens_s == 200 * 2 / 60 * 96 + 400 / 60 * 48
     assert plan.servers == 20  # ceil(960 / 50)
     assert measured_worker_tokens_s(tmp_path)[0] == 41.5
+    (tmp_path / "dated").mkdir()
+    (tmp_path / "dated" / "multilora.json").write_text(
+        json.dumps(
+            {"ours": {"adapters_tokens_s": 60.0}, "adapters": 8, "dtype": "bfloat16", "cpu_model": "Xeon"}
+        )
+    )
+    assert measured_worker_tokens_s(tmp_path / "dated") == (
+        60.0,
+        "bench.multilora, undated, 8 adapters, bfloat16, Xeon",
+    )
     assert measured_worker_tokens_s(tmp_path / "nowhere")[0] is None
 
 

@@ -227,6 +227,12 @@ class LlamaServerClient(EngineClient):
     base model. Only what the benchmarks send is passed on.
     """
 
+    def __init__(self, base_url: str, *, timeout_s: float = 60.0) -> None:
+        super().__init__(base_url, timeout_s=timeout_s)
+        # llama-server closes idle keep-alive connections; a request that meets one is refused
+        # before it starts ("Server disconnected without sending a response") and is safe to resend.
+        self._client = self._client.with_options(max_retries=2)
+
     async def stream_chat(
         self,
         *,

@@ -180,6 +180,9 @@ class _Player:
                 break
             elif frame["type"] in ("turn.error", "error"):
                 raise RuntimeError(f"the bridge answered {frame}")
+        # Acknowledged as a game client does: the bridge closes a socket (4408) whose
+        # unacknowledged frames pass BRIDGE_MAX_UNACKED, which 30 streamed turns do.
+        await self.socket.send(json.dumps({"type": "ack", "seq": frame["seq"]}))
         if tier != "gold":
             raise RuntimeError(f"{npc}'s turn ran at {tier}, not gold")
         # The trace is written after turn.end; waiting for it also means the next turn finds

@@ -175,6 +175,10 @@ def _add_lora_linear(
     if not groups:
         return
     flat_x = x.view(-1, x.shape[-1])
+    per_token = getattr(self, "_revenant_per_token", None)
+    if per_token is not None:
+        _add_lora_per_token(flat_y, flat_x, lora_a_stacked, lora_b_stacked, scale, output_slices, per_token)
+        return
     for slot, rows in groups:
         rows_x = _rows_take(flat_x, rows).float()
         offset = 0
@@ -189,10 +193,49 @@ def _add_lora_linear(
             offset += size
 
 
+# A batch of at most this many rows spread over several adapters (a decode step of many NPCs)
+# takes each row's adapter by a gather and one batched product per projection, a handful of ops
+# where the grouped path takes a dozen per adapter; above it (prompts), gathering each token's
+# matrices costs more than grouping (bench.multilora; docs/performance.md).
+PER_TOKEN_MAX_ROWS = 64
+
+
+def _add_lora_per_token(
+    flat_y: Any,
+    flat_x: Any,
+    lora_a_stacked: Sequence[Any],
+    lora_b_stacked: Sequence[Any],
+    scale: float,
+    output_slices: Sequence[int],
+    per_token: tuple[Any, Any],
+) -> None:
+    """The LoRA delta row by row: each row's slot gathered, -1 rows multiplied by zero."""
+    import torch
+
+    slots, keep = per_token
+    count = slots.numel()
+    rows_x = flat_x[:count].float().unsqueeze(2)  # (rows, in, 1)
+    offset = 0
+    for lora_a, lora_b, size in zip(lora_a_stacked, lora_b_stacked, output_slices, strict=True):
+        weights_a = lora_a[slots, 0] if lora_a.dim() == 4 else lora_a[slots]  # (rows, rank, in)
+        shrunk = torch.bmm(weights_a.float(), rows_x) * (keep * scale)  # (rows, rank, 1)
+        weights_b = lora_b[slots, 0] if lora_b.dim() == 4 else lora_b[slots]  # (rows, out, rank)
+        delta = torch.bmm(weights_b.to(dtype=flat_y.dtype), shrunk.to(dtype=flat_y.dtype)).squeeze(2)
+        flat_y[:count, offset : offset + size] += delta[:, :size]
+        offset += size
+
+
 def _update_metadata_wrapped(original: Callable[..., Any]) -> Callable[..., Any]:
     def update_metadata(self: Any, *args: Any, **kwargs: Any) -> Any:
+        import torch
+
         result = original(self, *args, **kwargs)
-        self._revenant_token_groups = index_groups(self.token_lora_indices)
+        indices = self.token_lora_indices
+        self._revenant_token_groups = index_groups(indices)
+        self._revenant_per_token = None
+        if len(self._revenant_token_groups) > 1 and indices.numel() <= PER_TOKEN_MAX_ROWS:
+            keep = (indices >= 0).to(torch.float32).view(-1, 1, 1)
+            self._revenant_per_token = (indices.clamp(min=0), keep)
         return result
 
     return update_metadata

@@ -12,6 +12,7 @@ import torch
 from vllm.lora.layers.utils import LoRAMapping
 from vllm.lora.punica_wrapper import punica_cpu
 
+from inference import vllm_plugin
 from inference.vllm_plugin import (
     _PATCHED_FLAG,
     grouped_expand,
@@ -57,8 +58,12 @@ def _patched() -> None:
     assert getattr(punica_cpu.PunicaWrapperCPU, _PATCHED_FLAG)
 
 
+@pytest.mark.parametrize("per_token_max_rows", [0, 64], ids=["grouped", "per_token"])
 @pytest.mark.parametrize("prefill", [False, True])
-def test_rows_without_an_adapter_get_no_delta_and_adapter_rows_get_their_own(prefill: bool) -> None:
+def test_rows_without_an_adapter_get_no_delta_and_adapter_rows_get_their_own(
+    prefill: bool, per_token_max_rows: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(vllm_plugin, "PER_TOKEN_MAX_ROWS", per_token_max_rows)
     # Tokens: two of a base request (id 0), two through the last slot (id 7), one through slot 0,
     # one more base token; the way a mixed batch reaches the LoRA layers.
     index_mapping = (0, 0, 7, 7, 5, 0)
@@ -69,6 +74,7 @@ def test_rows_without_an_adapter_get_no_delta_and_adapter_rows_get_their_own(pre
 
     wrapper.add_lora_linear(y, x, a, b, 1.0, (OUT, OUT))
 
+    assert (wrapper._revenant_per_token is not None) == (per_token_max_rows > 0)
     expected = _expected(x, a, b, [-1, -1, 2, 2, 0, -1])
     assert torch.equal(y[[0, 1, 5]], torch.zeros(3, 2 * OUT))
     torch.testing.assert_close(y, expected, rtol=1e-4, atol=1e-4)
